@@ -1,0 +1,383 @@
+"""DenseNets (Huang et al. 2017, arXiv 1608.06993) as Flax Linen modules.
+
+The modules read like the paper's figures: `DenseLayer` (H_l), `DenseBlock`,
+`Transition` and the `DenseNet` that composes them. Parameter names follow
+torchvision (conv0, norm0, denseblockN/denselayerM/{norm1,conv1,norm2,conv2},
+transitionN/{norm,conv}, classifier), so weights map one-to-one and the code can
+be read against torchvision's.
+
+Every architectural choice is a field with a default; presets are dictionaries of
+fields, created by name with `create_model`.
+
+Shapes: images are NHWC, `x: [batch, height, width, channels]`; any channel
+count works (1 for grayscale faces, 3 for RGB).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Array = Any
+Dtype = Any
+ModuleDef = Any
+
+STEMS = ('imagenet', 'cifar', 'fer')
+
+# Kaiming He normal init (fan_in, gain sqrt(2)), as the paper and torchvision.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+class DenseLayer(nn.Module):
+  """One H_l: it sees the list of all earlier feature maps of its block.
+
+  Bottleneck ("B") layer: BN-ReLU-Conv1x1(bn_size*k)-BN-ReLU-Conv3x3(k);
+  basic layer (bn_size=None): BN-ReLU-Conv3x3(k). Dropout, when on, follows
+  each conv, as in the paper.
+
+  The layer takes the *list* of earlier maps rather than their concatenation:
+  with `memory_efficient=True` the concatenation, BN, ReLU and first conv are
+  recomputed in the backward pass from that list (Pleiss et al. 2017), so the
+  only tensors kept per layer are its own small outputs, and memory grows
+  linearly with depth. Passing a concatenation in would store it per layer and
+  undo the saving.
+  """
+  growth_rate: int
+  bn_size: int | None
+  drop_rate: float
+  memory_efficient: bool
+  conv: ModuleDef
+  norm: ModuleDef
+
+  def setup(self):
+    if self.bn_size is None:
+      self.norm1 = self.norm()
+      self.conv1 = self.conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))
+    else:
+      self.norm1 = self.norm()
+      self.conv1 = self.conv(self.bn_size * self.growth_rate, (1, 1))
+      self.norm2 = self.norm()
+      self.conv2 = self.conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))
+    self.dropout = nn.Dropout(self.drop_rate)
+
+  def _first_conv(self, features: Sequence[Array], train: bool) -> Array:
+    """concat -> BN -> ReLU -> conv1 (-> dropout): the part worth recomputing."""
+    x = jnp.concatenate(features, axis=-1)
+    x = nn.relu(self.norm1(x, use_running_average=not train))
+    x = self.conv1(x)
+    if self.drop_rate > 0:
+      x = self.dropout(x, deterministic=not train)
+    return x
+
+  def __call__(self, features: Sequence[Array], train: bool) -> Array:
+    """features: list of [N, H, W, C_i] -> new features [N, H, W, growth_rate]."""
+    first = lambda module, feats: module._first_conv(feats, train)
+    if self.memory_efficient:
+      first = nn.remat(first)
+    x = first(self, list(features))
+    if self.bn_size is None:
+      return x
+    x = nn.relu(self.norm2(x, use_running_average=not train))
+    x = self.conv2(x)
+    if self.drop_rate > 0:
+      x = self.dropout(x, deterministic=not train)
+    return x
+
+
+class DenseBlock(nn.Module):
+  """`num_layers` dense layers; layer l sees the concatenation [x_0, ..., x_{l-1}].
+
+  Returns the concatenation of the input and every layer's output:
+  [N, H, W, C_in + num_layers * growth_rate].
+  """
+  num_layers: int
+  growth_rate: int
+  bn_size: int | None
+  drop_rate: float
+  memory_efficient: bool
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    features = [x]
+    for i in range(self.num_layers):
+      layer = DenseLayer(
+          growth_rate=self.growth_rate,
+          bn_size=self.bn_size,
+          drop_rate=self.drop_rate,
+          memory_efficient=self.memory_efficient,
+          conv=self.conv,
+          norm=self.norm,
+          name=f'denselayer{i + 1}',
+      )
+      features.append(layer(features, train))
+    return jnp.concatenate(features, axis=-1)
+
+
+class Transition(nn.Module):
+  """BN-ReLU-Conv1x1(out_features)-AvgPool 2x2/2: halves height and width once."""
+  out_features: int
+  drop_rate: float
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = nn.relu(self.norm(name='norm')(x, use_running_average=not train))
+    x = self.conv(self.out_features, (1, 1), name='conv')(x)
+    if self.drop_rate > 0:
+      x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
+    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+
+def spatial_sizes(stem: str, num_transitions: int, size: int) -> list[int]:
+  """Height (or width) after the stem and after each transition, for one input size.
+
+  The formulas are those of the layers used below: explicit padding as
+  torchvision/Keras, and VALID 2x2/2 average pools (floor).
+  """
+  if stem == 'imagenet':
+    size = (size + 2 * 3 - 7) // 2 + 1  # conv 7x7/2, pad 3
+    size = (size + 2 * 1 - 3) // 2 + 1  # max pool 3x3/2, pad 1
+  elif stem == 'fer':
+    size = size // 2  # conv 3x3/1 pad 1 keeps the size; max pool 2x2/2
+  elif stem != 'cifar':
+    raise ValueError(f'stem must be one of {STEMS}; got {stem!r}')
+  sizes = [size]
+  for _ in range(num_transitions):
+    size = size // 2
+    sizes.append(size)
+  return sizes
+
+
+def min_input_size(stem: str, num_transitions: int) -> int:
+  """Smallest height/width for which every stage keeps at least a 1x1 map."""
+  size = 1
+  while min(spatial_sizes(stem, num_transitions, size)) < 1:
+    size += 1
+  return size
+
+
+class DenseNet(nn.Module):
+  """A DenseNet: stem, dense blocks joined by transitions, BN-ReLU-pool-dense head.
+
+  Call it as `model.apply(variables, x, train=False)` with x [N, H, W, C];
+  it returns float32 logits [N, num_classes]. With `train=True`, pass
+  `mutable=['batch_stats']` and, when `drop_rate > 0`, a 'dropout' rng.
+
+  Attributes:
+    growth_rate: k, the channels each dense layer adds.
+    block_sizes: dense layers per block.
+    num_init_features: channels of the stem conv.
+    bn_size: bottleneck width factor (the 1x1 conv has bn_size*k channels);
+      None for the basic layer without bottleneck.
+    compression: theta; a transition keeps floor(theta * m) of m channels.
+    drop_rate: dropout after each conv except the stem's (0 = off).
+    stem: 'imagenet' (Conv7x7/2-BN-ReLU-MaxPool3x3/2), 'cifar' (Conv3x3), or
+      'fer' (Conv3x3-BN-ReLU-MaxPool2x2/2).
+    num_classes: width of the classifier.
+    memory_efficient: recompute each dense layer's concat-BN-ReLU-Conv1x1 in
+      the backward pass instead of storing it; same outputs and gradients.
+    dtype: compute dtype (e.g. jnp.bfloat16); parameters and BN statistics
+      stay in `param_dtype`, logits are returned as float32.
+    param_dtype: dtype of parameters and BN statistics.
+    bn_momentum: decay of the BN moving averages (0.9 = torchvision's 0.1).
+    bn_epsilon: BN epsilon (1e-5 torchvision; 1.001e-5 Keras).
+    bn_axis_name: a pmap/shard_map axis name over which BN batch statistics
+      are averaged, so N devices x B examples == 1 device x N*B examples.
+  """
+  growth_rate: int = 32
+  block_sizes: Sequence[int] = (6, 12, 24, 16)
+  num_init_features: int = 64
+  bn_size: int | None = 4
+  compression: float = 0.5
+  drop_rate: float = 0.0
+  stem: str = 'imagenet'
+  num_classes: int = 1000
+  memory_efficient: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: str | None = None
+
+  @property
+  def min_input_size(self) -> int:
+    return min_input_size(self.stem, len(self.block_sizes) - 1)
+
+  def _check_input(self, x: Array) -> None:
+    if x.ndim != 4:
+      raise ValueError(
+          f'DenseNet expects images shaped [batch, height, width, channels]; '
+          f'got an array of shape {tuple(x.shape)}')
+    height, width = x.shape[1:3]
+    need = self.min_input_size
+    if min(height, width) < need:
+      raise ValueError(
+          f'Input {height}x{width} is too small for this DenseNet: the '
+          f'{self.stem!r} stem and {len(self.block_sizes) - 1} transitions need '
+          f'at least {need}x{need} pixels.')
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    self._check_input(x)
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
+    norm = functools.partial(
+        nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        axis_name=self.bn_axis_name)
+
+    x = jnp.asarray(x, self.dtype)
+    x = self._stem(x, train, conv, norm)
+
+    num_features = self.num_init_features
+    for i, num_layers in enumerate(self.block_sizes):
+      x = DenseBlock(
+          num_layers=num_layers,
+          growth_rate=self.growth_rate,
+          bn_size=self.bn_size,
+          drop_rate=self.drop_rate,
+          memory_efficient=self.memory_efficient,
+          conv=conv,
+          norm=norm,
+          name=f'denseblock{i + 1}',
+      )(x, train)
+      num_features += num_layers * self.growth_rate
+      if i != len(self.block_sizes) - 1:
+        num_features = int(math.floor(self.compression * num_features))
+        x = Transition(
+            out_features=num_features, drop_rate=self.drop_rate,
+            conv=conv, norm=norm, name=f'transition{i + 1}')(x, train)
+
+    x = nn.relu(norm(name='norm_final')(x, use_running_average=not train))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name='classifier')(x)
+    return jnp.asarray(x, jnp.float32)
+
+  def _stem(self, x: Array, train: bool, conv: ModuleDef,
+            norm: ModuleDef) -> Array:
+    if self.stem == 'imagenet':
+      # Explicit symmetric padding as torchvision/Keras ('SAME' pads
+      # asymmetrically at even sizes and would shift imported weights).
+      x = conv(self.num_init_features, (7, 7), strides=(2, 2),
+               padding=((3, 3), (3, 3)), name='conv0')(x)
+      x = nn.relu(norm(name='norm0')(x, use_running_average=not train))
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.stem == 'cifar':
+      # The first dense layer's BN-ReLU follows directly, as in the paper.
+      return conv(self.num_init_features, (3, 3), padding=((1, 1), (1, 1)),
+                  name='conv0')(x)
+    if self.stem == 'fer':
+      x = conv(self.num_init_features, (3, 3), padding=((1, 1), (1, 1)),
+               name='conv0')(x)
+      x = nn.relu(norm(name='norm0')(x, use_running_average=not train))
+      return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    raise ValueError(f'stem must be one of {STEMS}; got {self.stem!r}')
+
+
+# ---------------------------------------------------------------------------
+# Presets: each is the set of DenseNet fields that defines the architecture.
+
+def _imagenet(block_sizes, growth_rate=32, num_init_features=64):
+  return dict(growth_rate=growth_rate, block_sizes=block_sizes,
+              num_init_features=num_init_features, bn_size=4, compression=0.5,
+              stem='imagenet')
+
+
+def _cifar(depth, growth_rate, bc):
+  """The paper's CIFAR nets: 3 blocks of (depth-4)/3 layers, halved for BC."""
+  layers = (depth - 4) // 3
+  if bc:
+    layers //= 2
+  return dict(growth_rate=growth_rate, block_sizes=(layers,) * 3,
+              num_init_features=2 * growth_rate if bc else 16,
+              bn_size=4 if bc else None, compression=0.5 if bc else 1.0,
+              stem='cifar')
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    'densenet121': _imagenet((6, 12, 24, 16)),
+    'densenet161': _imagenet((6, 12, 36, 24), growth_rate=48,
+                             num_init_features=96),
+    'densenet169': _imagenet((6, 12, 32, 32)),
+    'densenet201': _imagenet((6, 12, 48, 32)),
+    'densenet264': _imagenet((6, 12, 64, 48)),
+    'densenet_40_12': _cifar(40, 12, bc=False),
+    'densenet_100_12': _cifar(100, 12, bc=False),
+    'densenet_100_24': _cifar(100, 24, bc=False),
+    'densenet_bc_100_12': _cifar(100, 12, bc=True),
+    'densenet_bc_250_24': _cifar(250, 24, bc=True),
+    'densenet_bc_190_40': _cifar(190, 40, bc=True),
+    # 48x48 grayscale faces. The FER2013 sketch this follows downsampled twice
+    # per transition (a stride-2 conv and a pool); here a transition pools once,
+    # so the maps go 48 -> 24 (stem) -> 12 -> 6 -> 3.
+    'fer_densenet': dict(growth_rate=12, block_sizes=(6, 12, 24, 16),
+                         num_init_features=24, bn_size=4, compression=0.5,
+                         drop_rate=0.2, stem='fer'),
+}
+
+MODEL_FIELDS = tuple(
+    f for f in DenseNet.__dataclass_fields__ if f not in ('parent', 'name'))
+
+
+def create_model(name: str, *, num_classes: int, **overrides: Any) -> DenseNet:
+  """Returns the preset `name` with `num_classes` outputs.
+
+  Overrides are DenseNet fields, e.g.
+  `create_model('densenet_bc_100_12', num_classes=10, block_sizes=(40, 40, 40))`
+  for a deeper BC net, or `dtype=jnp.bfloat16, memory_efficient=True`.
+  """
+  if name not in PRESETS:
+    raise ValueError(
+        f'Unknown model {name!r}; available: {", ".join(sorted(PRESETS))}')
+  unknown = sorted(set(overrides) - set(MODEL_FIELDS))
+  if unknown:
+    raise ValueError(
+        f'Unknown DenseNet field(s) {unknown} for model {name!r}; valid fields: '
+        f'{", ".join(MODEL_FIELDS)}')
+  fields = {**PRESETS[name], **overrides, 'num_classes': num_classes}
+  if fields['stem'] not in STEMS:
+    raise ValueError(f'stem must be one of {STEMS}; got {fields["stem"]!r}')
+  if 'block_sizes' in fields:
+    fields['block_sizes'] = tuple(fields['block_sizes'])
+  return DenseNet(**fields)
+
+
+# The dataset each stem was designed for decides a preset function's default
+# class count (ImageNet 1000, CIFAR-10, FER2013's 7 emotions).
+_DEFAULT_NUM_CLASSES = {'imagenet': 1000, 'cifar': 10, 'fer': 7}
+
+
+def _preset_fn(name: str) -> Callable[..., DenseNet]:
+  default_classes = _DEFAULT_NUM_CLASSES[PRESETS[name]['stem']]
+
+  def fn(*, num_classes: int = default_classes, **overrides: Any) -> DenseNet:
+    return create_model(name, num_classes=num_classes, **overrides)
+
+  fn.__name__ = fn.__qualname__ = name
+  fn.__doc__ = (f'The {name!r} preset ({default_classes} classes unless '
+                f'given); overrides are DenseNet fields.')
+  return fn
+
+
+densenet121 = _preset_fn('densenet121')
+densenet161 = _preset_fn('densenet161')
+densenet169 = _preset_fn('densenet169')
+densenet201 = _preset_fn('densenet201')
+densenet264 = _preset_fn('densenet264')
+densenet_40_12 = _preset_fn('densenet_40_12')
+densenet_100_12 = _preset_fn('densenet_100_12')
+densenet_100_24 = _preset_fn('densenet_100_24')
+densenet_bc_100_12 = _preset_fn('densenet_bc_100_12')
+densenet_bc_250_24 = _preset_fn('densenet_bc_250_24')
+densenet_bc_190_40 = _preset_fn('densenet_bc_190_40')
+fer_densenet = _preset_fn('fer_densenet')
