@@ -1,6 +1,42 @@
-"""Test session set-up: quiet TensorFlow logs; CPU only."""
+"""Test session set-up: quiet TensorFlow logs, CPU only, shared prepared data."""
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+# Test helpers (fakedata.py) live beside the tests.
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(scope='session')
+def fer_rows():
+  import fakedata
+  return fakedata.fer_rows()
+
+
+@pytest.fixture(scope='session')
+def fer_dirs(fer_rows, tmp_path_factory):
+  """(data_dir, manual_dir) with a generated fer2013.csv built by TFDS."""
+  import fakedata
+  from densenet_flax.datasets import prepare
+
+  root = tmp_path_factory.mktemp('fer2013')
+  manual = root / 'manual'
+  os.makedirs(manual)
+  fakedata.write_fer_csv(manual / 'fer2013.csv', fer_rows)
+  prepare.load_builder('fer2013', data_dir=str(root / 'data'),
+                       manual_dir=str(manual))
+  return str(root / 'data'), str(manual)
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  from densenet_flax.datasets import prepare
+
+  root = tmp_path_factory.mktemp('digits')
+  prepare.load_builder('digits', data_dir=str(root))
+  return str(root)

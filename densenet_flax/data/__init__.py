@@ -1,0 +1,1 @@
+"""Data: dataset specs (no TensorFlow) and the tf.data input pipeline."""

@@ -1,0 +1,357 @@
+"""Readers for the FER2013 releases and the FER+ votes (no TensorFlow).
+
+Each reader validates every row and raises `DataFormatError` naming the file,
+the line and what was expected; no row is ever dropped silently. The TFDS
+builders (fer2013, ferplus) are thin wrappers around these.
+
+Releases of FER2013 (Kaggle, "Challenges in Representation Learning: Facial
+Expression Recognition Challenge"):
+  - fer2013.csv: columns emotion,pixels,Usage; 2304 space-separated pixels.
+  - fer2013.tar.gz: the archive holding fer2013.csv (read without extracting).
+  - icml_face_data.csv: the same rows; header names carry a leading space.
+  - the folder release: train/<class>/*.jpg and test/<class>/*.jpg, class
+    folders named in alphabetical order (not the CSV id order); test/ holds
+    PublicTest and PrivateTest, told apart by the file-name prefix.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from typing import IO
+
+import numpy as np
+
+IMAGE_SIZE = 48
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+# CSV id order: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral.
+EMOTIONS = ('angry', 'disgust', 'fear', 'happy', 'sad', 'surprise', 'neutral')
+# CSV `Usage` value -> split name.
+USAGE_TO_SPLIT = {'Training': 'train', 'PublicTest': 'public_test',
+                  'PrivateTest': 'private_test'}
+SPLITS = tuple(USAGE_TO_SPLIT.values())
+
+CSV_NAME = 'fer2013.csv'
+TAR_NAME = 'fer2013.tar.gz'
+ICML_NAME = 'icml_face_data.csv'
+FOLDER_SPLITS = ('train', 'test')
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+FER2013 needs a Kaggle login, so it is downloaded by hand. Put ONE of these in
+the manual directory (by default ~/tensorflow_datasets/downloads/manual/, or
+the --manual_dir / config.manual_dir you pass):
+
+  {CSV_NAME}       from https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data
+  {TAR_NAME}    the same file as the competition ships it (read without extracting)
+  {ICML_NAME} the same rows, from the same page
+  train/ and test/     the folder release (https://www.kaggle.com/datasets/msambare/fer2013):
+                       train/<class>/*.jpg, test/<class>/*.jpg
+"""
+
+
+class DataFormatError(ValueError):
+  """A source file does not have the documented format; says where and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  key: str        # stable id: 'row00017' (CSV row) or 'train/angry/x.jpg'
+  split: str      # train | public_test | private_test
+  image: np.ndarray  # [48, 48, 1] uint8
+  label: int      # CSV id order
+
+
+# --- CSV releases ----------------------------------------------------------
+
+def parse_pixels(text: str, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
+  """'p0 p1 ... p2303' -> [size, size, 1] uint8, or a DataFormatError at `where`."""
+  tokens = text.split()
+  if len(tokens) != size * size:
+    raise DataFormatError(
+        f'{where}: pixels has {len(tokens)} values; expected {size * size} '
+        f'({size}x{size}) space-separated integers 0-255')
+  try:
+    values = np.array(tokens, dtype=np.int64)
+  except ValueError:
+    bad = next(t for t in tokens if not t.lstrip('-').isdigit())
+    raise DataFormatError(
+        f'{where}: pixel value {bad!r} is not an integer; expected integers '
+        f'0-255') from None
+  if values.min() < 0 or values.max() > 255:
+    bad = values[(values < 0) | (values > 255)][0]
+    raise DataFormatError(
+        f'{where}: pixel value {bad} is out of range; expected integers 0-255')
+  return values.astype(np.uint8).reshape(size, size, 1)
+
+
+def _dict_rows(stream: IO[str], source: str,
+               required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+  """Yields (where, row) with stripped header names; checks columns and widths."""
+  reader = csv.reader(stream)
+  try:
+    header = next(reader)
+  except StopIteration:
+    raise DataFormatError(f'{source}: the file is empty; expected a header '
+                          f'with columns {",".join(required)}') from None
+  header = [name.strip() for name in header]
+  missing = [name for name in required if name not in header]
+  if missing:
+    raise DataFormatError(
+        f'{source} line 1: missing column(s) {missing}; found {header}, '
+        f'expected {",".join(required)}')
+  for fields in reader:
+    where = f'{source} line {reader.line_num}'
+    if not fields:
+      raise DataFormatError(f'{where}: empty line; expected a row with '
+                            f'{len(header)} fields')
+    if len(fields) != len(header):
+      raise DataFormatError(
+          f'{where}: {len(fields)} fields; expected {len(header)} '
+          f'({",".join(header)})')
+    yield where, dict(zip(header, fields))
+
+
+def read_fer_csv(stream: IO[str], source: str) -> Iterator[Example]:
+  """Rows of fer2013.csv / icml_face_data.csv, in file order."""
+  rows = _dict_rows(stream, source, ('emotion', 'pixels', 'Usage'))
+  for index, (where, row) in enumerate(rows):
+    usage = row['Usage'].strip()
+    if usage not in USAGE_TO_SPLIT:
+      raise DataFormatError(
+          f'{where}: unknown Usage {usage!r}; expected one of '
+          f'{", ".join(USAGE_TO_SPLIT)}')
+    label_text = row['emotion'].strip()
+    if not label_text.isdigit() or int(label_text) >= len(EMOTIONS):
+      raise DataFormatError(
+          f'{where}: unknown emotion id {label_text!r}; expected an integer '
+          f'0-{len(EMOTIONS) - 1} ({", ".join(EMOTIONS)})')
+    yield Example(key=f'row{index:05d}', split=USAGE_TO_SPLIT[usage],
+                  image=parse_pixels(row['pixels'], where),
+                  label=int(label_text))
+
+
+def _open_tar_csv(path: str) -> tuple[tarfile.TarFile, IO[str], str]:
+  archive = tarfile.open(path, 'r:*')
+  members = [m for m in archive.getmembers()
+             if m.isfile() and os.path.basename(m.name) == CSV_NAME]
+  if not members:
+    archive.close()
+    raise DataFormatError(f'{path}: no {CSV_NAME} inside the archive')
+  stream = io.TextIOWrapper(archive.extractfile(members[0]), encoding='utf-8',
+                            newline='')
+  return archive, stream, f'{path}:{members[0].name}'
+
+
+def find_csv_source(manual_dir: str) -> str | None:
+  """The first CSV-like release present in manual_dir, or None."""
+  for name in (CSV_NAME, TAR_NAME, ICML_NAME):
+    path = os.path.join(manual_dir, name)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def read_csv_source(path: str) -> Iterator[Example]:
+  """Examples of fer2013.csv, fer2013.tar.gz or icml_face_data.csv, in row order."""
+  if path.endswith(('.tar.gz', '.tgz', '.tar')):
+    archive, stream, source = _open_tar_csv(path)
+    with archive, stream:
+      yield from read_fer_csv(stream, source)
+  else:
+    with open(path, newline='', encoding='utf-8') as stream:
+      yield from read_fer_csv(stream, path)
+
+
+# --- the folder release ------------------------------------------------------
+
+# Alphabetical folder names -> CSV ids (the folder order is NOT the id order).
+FOLDER_TO_LABEL = {name: i for i, name in enumerate(EMOTIONS)}
+PREFIX_TO_SPLIT = {f'{usage}_': split for usage, split in USAGE_TO_SPLIT.items()}
+_FOLDER_ALLOWS = {'train': ('train',), 'test': ('public_test', 'private_test')}
+
+
+def has_folder_release(manual_dir: str) -> bool:
+  return all(os.path.isdir(os.path.join(manual_dir, s)) for s in FOLDER_SPLITS)
+
+
+def read_folder_release(manual_dir: str) -> Iterator[Example]:
+  """Examples of train/<class>/* and test/<class>/*, in sorted path order."""
+  from PIL import Image  # pillow comes with matplotlib; only this reader needs it
+
+  for top in FOLDER_SPLITS:
+    top_dir = os.path.join(manual_dir, top)
+    for class_name in sorted(os.listdir(top_dir)):
+      class_dir = os.path.join(top_dir, class_name)
+      if not os.path.isdir(class_dir):
+        raise DataFormatError(
+            f'{class_dir}: expected only class folders in {top_dir}')
+      if class_name.lower() not in FOLDER_TO_LABEL:
+        raise DataFormatError(
+            f'{class_dir}: unknown class folder {class_name!r}; expected one '
+            f'of {", ".join(sorted(FOLDER_TO_LABEL))}')
+      for file_name in sorted(os.listdir(class_dir)):
+        path = os.path.join(class_dir, file_name)
+        if not file_name.lower().endswith(IMAGE_SUFFIXES):
+          raise DataFormatError(
+              f'{path}: not an image; expected {"/".join(IMAGE_SUFFIXES)} '
+              f'files named Training_*, PublicTest_* or PrivateTest_*')
+        split = next((s for p, s in PREFIX_TO_SPLIT.items()
+                      if file_name.startswith(p)), None)
+        if split is None or split not in _FOLDER_ALLOWS[top]:
+          raise DataFormatError(
+              f'{path}: the file name does not say its split; expected a '
+              f'{" or ".join(_prefixes(top))} prefix in {top}/')
+        try:
+          with Image.open(path) as img:
+            img = img.convert('L')
+            pixels = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError) as e:
+          raise DataFormatError(f'{path}: unreadable image ({e})') from None
+        if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
+          raise DataFormatError(
+              f'{path}: image is {pixels.shape[1]}x{pixels.shape[0]}; '
+              f'expected {IMAGE_SIZE}x{IMAGE_SIZE}')
+        key = f'{top}/{class_name}/{file_name}'
+        yield Example(key=key, split=split, image=pixels[..., None],
+                      label=FOLDER_TO_LABEL[class_name.lower()])
+
+
+def _prefixes(top: str) -> list[str]:
+  return [p for p, s in PREFIX_TO_SPLIT.items() if s in _FOLDER_ALLOWS[top]]
+
+
+# --- any release ---------------------------------------------------------------
+
+def find_release(manual_dir: str) -> str:
+  """Path of the release to read: a CSV source, else the folder release."""
+  csv_path = find_csv_source(manual_dir)
+  if csv_path:
+    return csv_path
+  if has_folder_release(manual_dir):
+    return manual_dir
+  looked = [os.path.join(manual_dir, n) for n in (CSV_NAME, TAR_NAME,
+                                                  ICML_NAME)]
+  looked += [os.path.join(manual_dir, s) + os.sep for s in FOLDER_SPLITS]
+  raise FileNotFoundError(
+      f'No FER2013 data in {manual_dir}; looked for:\n  ' +
+      '\n  '.join(looked) + '\n\n' + MANUAL_DOWNLOAD_INSTRUCTIONS)
+
+
+def read_release(path: str) -> dict[str, list[Example]]:
+  """All examples of a release, grouped by split (all rows validated first)."""
+  reader = (read_folder_release(path) if os.path.isdir(path)
+            else read_csv_source(path))
+  by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
+  for example in reader:
+    by_split[example.split].append(example)
+  return by_split
+
+
+# --- FER+ ----------------------------------------------------------------------
+
+FERPLUS_NAME = 'fer2013new.csv'
+# fer2013new.csv vote columns, in file order.
+FERPLUS_EMOTIONS = ('neutral', 'happiness', 'surprise', 'sadness', 'anger',
+                    'disgust', 'fear', 'contempt')
+FERPLUS_VOTE_COLUMNS = FERPLUS_EMOTIONS + ('unknown', 'NF')
+
+
+@dataclasses.dataclass(frozen=True)
+class Votes:
+  where: str
+  split: str
+  image_name: str      # '' for rows that are not faces
+  votes: np.ndarray    # [10] int32: 8 emotions, unknown, NF
+
+
+def read_ferplus_votes(path: str) -> Iterator[Votes]:
+  """Rows of fer2013new.csv (microsoft/FERPlus), in file order."""
+  with open(path, newline='', encoding='utf-8') as stream:
+    required = ('Usage', 'Image name') + FERPLUS_VOTE_COLUMNS
+    for where, row in _dict_rows(stream, path, required):
+      usage = row['Usage'].strip()
+      if usage not in USAGE_TO_SPLIT:
+        raise DataFormatError(
+            f'{where}: unknown Usage {usage!r}; expected one of '
+            f'{", ".join(USAGE_TO_SPLIT)}')
+      votes = []
+      for column in FERPLUS_VOTE_COLUMNS:
+        text = row[column].strip()
+        if not text.isdigit():
+          raise DataFormatError(
+              f'{where}: {column} vote count {text!r} is not a non-negative '
+              f'integer')
+        votes.append(int(text))
+      yield Votes(where=where, split=USAGE_TO_SPLIT[usage],
+                  image_name=row['Image name'].strip(),
+                  votes=np.array(votes, np.int32))
+
+
+def ferplus_majority(votes: np.ndarray) -> int | None:
+  """The FER+ "majority" label: emotion index 0-7, or None when there is none.
+
+  As microsoft/FERPlus: votes of 1 are dropped as outliers, then the top
+  class must hold more than half of the remaining votes and be an emotion
+  (not 'unknown' or 'NF').
+  """
+  kept = np.where(votes > 1, votes, 0)
+  total = kept.sum()
+  if total == 0:
+    return None
+  top = int(np.argmax(kept))
+  if kept[top] <= 0.5 * total or top >= len(FERPLUS_EMOTIONS):
+    return None
+  return top
+
+
+def join_ferplus(fer_path: str, votes_path: str):
+  """Pairs FER2013 rows with FER+ vote rows (same order) and labels them.
+
+  Returns (examples by split, exclusion counts by split and reason). Rows
+  that are not faces (empty image name) and rows without a majority emotion
+  are excluded, and counted.
+  """
+  by_split: dict[str, list[tuple[Example, np.ndarray, int]]] = {
+      s: [] for s in SPLITS}
+  excluded = {s: collections.Counter() for s in SPLITS}
+  fer_rows = read_csv_source(fer_path)
+  vote_rows = read_ferplus_votes(votes_path)
+  for example, votes in _zip_exact(fer_rows, vote_rows, fer_path, votes_path):
+    if example.split != votes.split:
+      raise DataFormatError(
+          f'{votes.where}: Usage {votes.split} does not match {fer_path} '
+          f'{example.key} ({example.split}); fer2013new.csv must list the rows of '
+          f'fer2013.csv in the same order')
+    if not votes.image_name:
+      excluded[example.split]['not_a_face'] += 1
+      continue
+    label = ferplus_majority(votes.votes)
+    if label is None:
+      excluded[example.split]['no_majority'] += 1
+      continue
+    by_split[example.split].append((example, votes.votes, label))
+  return by_split, excluded
+
+
+def _zip_exact(a, b, a_name, b_name):
+  count = 0
+  sentinel = object()
+  a, b = iter(a), iter(b)
+  while True:
+    x, y = next(a, sentinel), next(b, sentinel)
+    if x is sentinel and y is sentinel:
+      return
+    if x is sentinel or y is sentinel:
+      longer = b_name if x is sentinel else a_name
+      raise DataFormatError(
+          f'{a_name} and {b_name} have different row counts: {longer} has '
+          f'more than {count} rows; FER+ labels must match fer2013.csv row '
+          f'for row')
+    count += 1
+    yield x, y

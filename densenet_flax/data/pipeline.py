@@ -1,0 +1,270 @@
+"""The tf.data input pipeline: per-process shards, augmentation, device batches.
+
+Batches are dicts of NumPy arrays shaped for the data-parallel step:
+  image [local_devices, per_device_batch, H, W, C] float32 (normalised)
+  label [local_devices, per_device_batch] int32
+  mask  [local_devices, per_device_batch] bool (evaluation only)
+
+Training is deterministic and restartable: epoch e is a permutation drawn from
+(seed, e), and each example's augmentation is seeded by (seed, e, position),
+so `train_batches(start_step=s)` yields exactly the batches an uninterrupted
+run would have yielded from step s on, without replaying earlier steps.
+
+Evaluation visits every example of a split exactly once whatever the batch
+size: the last batch is padded and `mask` marks the real examples (the Flax
+ImageNet example drops that tail). All processes yield the same number of
+batches, so collective ops in the eval step line up.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from densenet_flax.data import augment
+from densenet_flax.data import specs
+from densenet_flax.datasets import prepare
+
+Batch = dict[str, np.ndarray]
+AUTOTUNE = tf.data.AUTOTUNE
+TTA_MODES = (None, 'ten_crop')
+
+log = logging.getLogger(__name__)
+
+
+def _divide(total: int, parts: int, what: str, key: str) -> int:
+  if total % parts:
+    raise ValueError(f'config.{key}={total} is not divisible by the {parts} '
+                     f'{what}; choose a multiple of {parts}')
+  return total // parts
+
+
+class InputPipeline:
+  """Training and evaluation batches of one dataset, for this process.
+
+  Args:
+    config: the run's ConfigDict (dataset, data_dir, manual_dir, batch_size,
+      eval_batch_size, seed, image_size, channels, augment.*).
+    num_devices: local devices the batch is split over (default: all).
+    process_index, process_count: this host's place among the hosts.
+  """
+
+  def __init__(self, config, *, num_devices: int | None = None,
+               process_index: int | None = None,
+               process_count: int | None = None):
+    import jax  # only for the device/process topology defaults
+
+    self.config = config
+    self.spec = specs.get_spec(config.dataset)
+    self.num_devices = num_devices or jax.local_device_count()
+    self.process_index = (jax.process_index() if process_index is None
+                          else process_index)
+    self.process_count = process_count or jax.process_count()
+    per_process = _divide(config.batch_size, self.process_count, 'processes',
+                          'batch_size')
+    self.local_batch = per_process
+    _divide(config.batch_size, self.num_devices * self.process_count,
+            'devices', 'batch_size')
+    self.local_eval_batch = _divide(
+        config.eval_batch_size, self.process_count, 'processes',
+        'eval_batch_size')
+    _divide(config.eval_batch_size, self.num_devices * self.process_count,
+            'devices', 'eval_batch_size')
+    self.builder = prepare.load_builder(
+        self.spec.name, data_dir=config.get('data_dir') or None,
+        manual_dir=config.get('manual_dir') or None)
+    self.mean, self.std = self._normalization()
+
+  # --- sizes and names --------------------------------------------------------
+
+  def split_size(self, split: str) -> int:
+    """Examples in the whole split (all processes)."""
+    return self.builder.info.splits[split].num_examples
+
+  @property
+  def class_names(self) -> list[str]:
+    if self.spec.class_names:
+      return list(self.spec.class_names)
+    return list(self.builder.info.features['label'].names)
+
+  @property
+  def train_split(self) -> str:
+    return self.config.get('train_split', 'train')
+
+  @functools.cached_property
+  def _process_train_split(self) -> str:
+    return tfds.split_for_jax_process(
+        self.train_split, process_index=self.process_index,
+        process_count=self.process_count, drop_remainder=True)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Full batches per epoch (the remainder is left out, reshuffled each epoch)."""
+    size = self.builder.info.splits[self._process_train_split].num_examples
+    steps = size // self.local_batch
+    if steps == 0:
+      raise ValueError(
+          f'config.batch_size={self.config.batch_size} is larger than the '
+          f'{size} training examples of this process')
+    return steps
+
+  # --- host arrays (small datasets) -----------------------------------------
+
+  def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    return _load_arrays(self.builder, split)
+
+  def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if self.spec.mean is not None:
+      return self.spec.mean, self.spec.std
+    images, _ = self._arrays(self.train_split)  # the whole split, every host
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+    log.info('%s: mean %s, std %s (computed from %d training images)',
+                 self.spec.name, mean, std, len(images))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+  # --- preprocessing -----------------------------------------------------------
+
+  def _augment_kwargs(self) -> dict[str, Any]:
+    a = self.config.augment
+    return dict(image_size=self.config.image_size, crop=a.crop,
+                resize=a.get('resize', 0))
+
+  def _finish(self, image: tf.Tensor) -> tf.Tensor:
+    return augment.normalize(image, self.mean, self.std, self.config.channels)
+
+  def _decode(self, image: tf.Tensor) -> tf.Tensor:
+    if image.dtype == tf.string:
+      image = tf.io.decode_image(image, channels=self.spec.channels,
+                                 expand_animations=False)
+    return image
+
+  def _train_map(self, epoch: int):
+    a = self.config.augment
+    kwargs = dict(self._augment_kwargs(), crop_padding=a.get('crop_padding', 0),
+                  flip=a.get('flip', False), rotation=a.get('rotation', 0.0))
+    epoch_seed = self.config.seed * 1_000_003 + epoch
+    process_offset = self.process_index << 32
+
+    def fn(position, image, label):
+      seed = tf.stack([tf.constant(epoch_seed, tf.int64),
+                       position + process_offset])
+      image = augment.train_image(self._decode(image), seed, **kwargs)
+      return {'image': self._finish(image), 'label': tf.cast(label, tf.int32)}
+    return fn
+
+  # --- training -------------------------------------------------------------------
+
+  def _epoch_source(self, epoch: int, skip: int) -> tf.data.Dataset:
+    """(position, image, label) of one epoch, in its order, from position `skip`."""
+    count = self.steps_per_epoch * self.local_batch
+    if self.spec.in_memory:
+      images, labels = self._arrays(self._process_train_split)
+      order = np.random.default_rng([self.config.seed, epoch]).permutation(
+          len(labels))[skip:count]
+      return tf.data.Dataset.from_tensor_slices(
+          (np.arange(skip, count, dtype=np.int64), images[order],
+           labels[order]))
+    epoch_seed = self.config.seed * 1_000_003 + epoch
+    ds = self.builder.as_dataset(
+        split=self._process_train_split, shuffle_files=True,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed))
+    ds = ds.shuffle(self.config.get('shuffle_buffer', 16 * 1024),
+                    seed=epoch_seed)
+    ds = ds.map(lambda ex: (ex['image'], ex['label'])).take(count)
+    return ds.enumerate().skip(skip).map(lambda i, x: (i, *x))
+
+  def _epoch_batches(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
+    ds = self._epoch_source(epoch, skip_batches * self.local_batch)
+    ds = ds.map(self._train_map(epoch), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(self.local_batch, drop_remainder=True)
+    return ds.prefetch(AUTOTUNE)
+
+  def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
+    """Endless training batches, beginning with the batch of step `start_step`."""
+    epoch, skip = divmod(start_step, self.steps_per_epoch)
+    while True:
+      for batch in self._epoch_batches(epoch, skip).as_numpy_iterator():
+        yield self._shard(batch)
+      epoch, skip = epoch + 1, 0
+
+  # --- evaluation -----------------------------------------------------------------
+
+  def num_eval_batches(self, split: str) -> int:
+    """Batches every process yields for `split` (its largest shard, padded)."""
+    largest_shard = math.ceil(self.split_size(split) / self.process_count)
+    return max(1, math.ceil(largest_shard / self.local_eval_batch))
+
+  def eval_batches(self, split: str, tta: str | None = None
+                   ) -> Iterator[Batch]:
+    """Each example of this process's shard once, padded; `mask` marks real ones.
+
+    With tta='ten_crop', `image` is [devices, batch, 10, H, W, C].
+    """
+    if tta not in TTA_MODES:
+      raise ValueError(f'tta must be one of {TTA_MODES}; got {tta!r}')
+    if tta and self.config.augment.crop not in ('random', 'resized'):
+      raise ValueError(
+          f'ten_crop needs crops smaller than the image (config.augment.crop '
+          f'"random" or "resized"); got {self.config.augment.crop!r}')
+    shard = tfds.even_splits(split, n=self.process_count,
+                             drop_remainder=False)[self.process_index]
+    if self.spec.in_memory:
+      images, labels = self._arrays(shard)
+      ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    else:
+      ds = self.builder.as_dataset(
+          split=shard, shuffle_files=False,
+          decoders={'image': tfds.decode.SkipDecoding()})
+      ds = ds.map(lambda ex: (ex['image'], ex['label']))
+    crop_fn = augment.ten_crop if tta else augment.eval_image
+    kwargs = self._augment_kwargs()
+
+    def fn(image, label):
+      image = crop_fn(self._decode(image), **kwargs)
+      return {'image': self._finish(image), 'label': tf.cast(label, tf.int32)}
+
+    ds = ds.map(fn, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(self.local_eval_batch).prefetch(AUTOTUNE)
+    produced = 0
+    for batch in ds.as_numpy_iterator():
+      produced += 1
+      yield self._shard(_pad(batch, self.local_eval_batch))
+    # Shards of a split differ by at most one example; every process yields
+    # the same number of batches, padding with fully masked ones.
+    empty = {k: np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
+             for k, s in ds.element_spec.items()}
+    for _ in range(produced, self.num_eval_batches(split)):
+      yield self._shard(_pad(empty, self.local_eval_batch))
+
+  # --- layout ---------------------------------------------------------------------
+
+  def _shard(self, batch: Batch) -> Batch:
+    """[local_batch, ...] -> [devices, local_batch / devices, ...]."""
+    return {k: v.reshape(self.num_devices, -1, *v.shape[1:])
+            for k, v in batch.items()}
+
+
+def _pad(batch: Batch, size: int) -> Batch:
+  """Pads to `size` examples with zeros and adds `mask` (True = real)."""
+  real = len(batch['label'])
+  out = {k: np.concatenate([v, np.zeros((size - real, *v.shape[1:]), v.dtype)])
+         for k, v in batch.items()}
+  out['mask'] = np.arange(size) < real
+  return out
+
+
+@functools.lru_cache(maxsize=8)
+def _load_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole split as (images uint8 [N, H, W, C], labels int64 [N]), stored order."""
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
+                                          shuffle_files=False))
+  return data['image'], data['label']

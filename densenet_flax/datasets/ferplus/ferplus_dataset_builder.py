@@ -1,0 +1,79 @@
+"""TFDS builder for FER+: FER2013 faces relabelled by 10 crowd votes each.
+
+Needs, in the manual directory, fer2013new.csv (microsoft/FERPlus) and a
+FER2013 CSV release (fer2013.csv, fer2013.tar.gz or icml_face_data.csv; the
+folder release has no row order to join on). Row i of fer2013new.csv labels
+row i of fer2013.csv.
+
+Every split uses the FER+ paper's "majority" mode: after dropping single votes
+as outliers, the top emotion must hold more than half of the votes. Rows that
+are not faces (empty image name) and rows without a majority emotion (tied,
+or 'unknown'/'NF' on top) are excluded; the counts per split and reason are in
+`info.metadata['excluded']`. `votes` keeps all 10 raw counts (8 emotions,
+unknown, NF) for the soft-target modes (probability, crossentropy,
+multi_target).
+"""
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from densenet_flax.data import fer_sources
+from densenet_flax.datasets import manual
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+FER+ needs two files in the manual directory:
+  {fer_sources.FERPLUS_NAME}  from https://github.com/microsoft/FERPlus
+  and one FER2013 CSV release:
+
+""" + fer_sources.MANUAL_DOWNLOAD_INSTRUCTIONS.split('\n\n', 1)[1].split(
+    '  train/ and test/')[0]
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """FER+ labels joined to FER2013 pixels, majority mode."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = fer_sources.IMAGE_SIZE
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(size, size, 1)),
+            'votes': tfds.features.Tensor(
+                shape=(len(fer_sources.FERPLUS_VOTE_COLUMNS),),
+                dtype=np.int32),
+            'label': tfds.features.ClassLabel(
+                names=fer_sources.FERPLUS_EMOTIONS),
+        }),
+        supervised_keys=('image', 'label'),
+        homepage='https://github.com/microsoft/FERPlus',
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    directory = manual.manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    votes_path = os.path.join(directory, fer_sources.FERPLUS_NAME)
+    fer_path = fer_sources.find_csv_source(directory)
+    if not os.path.isfile(votes_path) or fer_path is None:
+      missing = [p for p in (votes_path,) if not os.path.isfile(p)]
+      if fer_path is None:
+        missing.append(os.path.join(directory, fer_sources.CSV_NAME) +
+                       ' (or .tar.gz / icml_face_data.csv)')
+      raise FileNotFoundError(
+          f'FER+ files missing: {", ".join(missing)}\n\n'
+          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    by_split, excluded = fer_sources.join_ferplus(fer_path, votes_path)
+    self.info.metadata['excluded'] = {
+        split: dict(counts) for split, counts in excluded.items()}
+    return {split: self._generate_examples(rows)
+            for split, rows in by_split.items()}
+
+  def _generate_examples(self, rows):
+    for example, votes, label in rows:
+      yield example.key, {'image': example.image, 'votes': votes,
+                          'label': label}
