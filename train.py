@@ -1,9 +1,10 @@
-"""Training entry point (the training loop lands with the training issue).
+"""Train a DenseNet: python train.py --workdir DIR [--config configs/X.py].
 
-For now it points at the model API; see README.md.
+Without --config it runs the offline digits demo (configs/default.py).
+Config fields can be overridden, e.g. --config.num_epochs=3.
 """
 
+from densenet_flax.train import main
+
 if __name__ == '__main__':
-  print('Training is not wired up yet. Build a model with '
-        "densenet_flax.models.create_model('fer_densenet', num_classes=7); "
-        'see README.md.')
+  main()

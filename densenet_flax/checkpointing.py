@@ -1,0 +1,169 @@
+"""Orbax checkpoints of the train state: save, resume, best, and checks.
+
+A checkpoint holds the (single-replica) TrainState and a JSON record: the
+model and dataset it belongs to, the config, and the eval metrics when it was
+taken at an evaluation. The manager keeps the last `keep` checkpoints plus the
+best by the selection metric; saves are asynchronous, and `wait()` blocks until
+the last one has committed (Orbax writes to a temporary directory and renames
+it, so an interrupted save leaves no half-written checkpoint behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+Meta = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint was written for another model or another class count."""
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _model_shapes(state) -> dict[str, tuple[int, ...]]:
+  """'params/denseblock1/.../kernel' -> shape, for params and BN statistics.
+
+  Works on a TrainState, its abstract shape, or Orbax's stored metadata
+  (a dict), which name the same leaves differently.
+  """
+  shapes = {}
+  for collection in ('params', 'batch_stats'):
+    subtree = (getattr(state, collection) if hasattr(state, collection)
+               else state[collection])
+    leaves = jax.tree_util.tree_flatten_with_path(subtree)[0]
+    for path, leaf in leaves:
+      name = '/'.join([collection] + [_key_name(k) for k in path])
+      shapes[name] = tuple(getattr(leaf, 'shape', ()))
+  return shapes
+
+
+class Checkpoints:
+  """The checkpoints of one workdir."""
+
+  def __init__(self, directory: str, *, keep: int = 2,
+               select_metric: str = 'accuracy'):
+    self.directory = os.path.abspath(directory)
+    self.select_metric = select_metric
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=keep),
+        ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: metrics[select_metric],
+            reverse=False, n=1, keep_checkpoints_without_metrics=False),
+    ])
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            create=True, preservation_policy=policy,
+            enable_async_checkpointing=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
+
+  # --- which steps ---------------------------------------------------------------
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The retained step with the highest selection metric (None if none has one)."""
+    scored = []
+    for step in self.all_steps():
+      metrics = self.meta(step).get('eval_metrics') or {}
+      if self.select_metric in metrics:
+        scored.append((metrics[self.select_metric], step))
+    return max(scored)[1] if scored else None
+
+  def resolve(self, which: str | int) -> int:
+    """'latest', 'best' or a step number -> a step that exists."""
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'No checkpoints in {self.directory}')
+    if which == 'latest':
+      return self.latest_step()
+    if which == 'best':
+      best = self.best_step()
+      if best is None:
+        raise FileNotFoundError(
+            f'No checkpoint in {self.directory} has eval metrics to pick the '
+            f'best from; steps: {steps}')
+      return best
+    step = int(which)
+    if step not in steps:
+      raise FileNotFoundError(
+          f'No checkpoint for step {step} in {self.directory}; steps: {steps}')
+    return step
+
+  # --- save and restore -----------------------------------------------------------
+
+  def save(self, step: int, state, meta: Meta,
+           eval_metrics: dict[str, float] | None = None,
+           force: bool = False) -> bool:
+    meta = dict(meta, step=step, eval_metrics=eval_metrics)
+    saved = self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)),
+        metrics=eval_metrics, force=force)
+    if saved:
+      log.info('Saving checkpoint %d to %s', step, self.directory)
+    return saved
+
+  def meta(self, step: int) -> Meta:
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored['meta']
+
+  def check_compatible(self, step: int, abstract_state,
+                       expected: Meta) -> None:
+    """Raises CheckpointMismatchError naming the first parameter that differs."""
+    meta = self.meta(step)
+    written_for = ', '.join(f'{k}={meta[k]!r}' for k in ('model', 'num_classes')
+                            if k in meta)
+    running = ', '.join(f'{k}={expected[k]!r}' for k in ('model', 'num_classes')
+                        if k in expected)
+    where = (f'Checkpoint {step} in {self.directory} (written for '
+             f'{written_for}' + (f'; this run: {running})' if running else ')'))
+    stored = _model_shapes(self._manager.item_metadata(step)['state'])
+    wanted = _model_shapes(abstract_state)
+    for name in sorted(set(stored) | set(wanted)):
+      if name not in stored:
+        raise CheckpointMismatchError(
+            f'{where} has no {name}, which the model needs')
+      if name not in wanted:
+        raise CheckpointMismatchError(
+            f'{where} has {name}, which the model does not have')
+      if stored[name] != wanted[name]:
+        raise CheckpointMismatchError(
+            f'{where}: {name} has shape {stored[name]}, the model expects '
+            f'{wanted[name]}')
+    for key in ('model', 'num_classes'):
+      if key in meta and key in expected and meta[key] != expected[key]:
+        raise CheckpointMismatchError(f'{where}: {key} differs')
+
+  def restore(self, step: int, abstract_state, expected: Meta | None = None):
+    """(state, meta) of `step`, restored into the structure of `abstract_state`."""
+    self.check_compatible(step, abstract_state, expected or {})
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        meta=ocp.args.JsonRestore()))
+    log.info('Restored checkpoint %d from %s', step, self.directory)
+    return restored['state'], restored['meta']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

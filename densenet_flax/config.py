@@ -1,0 +1,181 @@
+"""The run configuration: every key with its default, and its validation.
+
+Config files in configs/ start from `base_config()` and override a few keys;
+every key can also be overridden on the command line, e.g.
+`--config.num_epochs=3`. `validate` checks a config before any data is read
+or anything compiled, and names the offending key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from densenet_flax import models
+from densenet_flax.data import specs
+
+OPTIMIZERS = ('sgd', 'adamw')
+SCHEDULES = ('piecewise', 'cosine', 'constant')
+WEIGHT_DECAY_MODES = ('l2', 'decoupled')
+CLASS_WEIGHTINGS = ('none', 'balanced')
+CROPS = ('none', 'pad', 'random', 'resized')
+HALF_DTYPES = ('bfloat16', 'float16')
+TTAS = ('', 'ten_crop')
+SELECT_METRICS = ('accuracy', 'macro_f1')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # Model: a preset of densenet_flax.models and overrides of its fields.
+  c.model = 'densenet_bc_100_12'
+  c.model_overrides = ml_collections.ConfigDict()
+  c.memory_efficient = False
+  c.half_precision = False          # compute in half precision, params float32
+  c.half_precision_dtype = 'bfloat16'  # or 'float16' (dynamic loss scaling)
+  c.init_from_keras = ''            # e.g. 'DenseNet121': ImageNet weights via Keras
+
+  # Data (densenet_flax.data.specs.DATASETS).
+  c.dataset = 'digits'
+  c.data_dir = ''                   # TFDS data dir; '' = TFDS default
+  c.manual_dir = ''                 # manual downloads (FER2013, FER+, ImageNet)
+  c.train_split = 'train'
+  c.eval_split = 'test'             # evaluated every epoch; selects 'best'
+  c.test_split = ''                 # evaluated once at the end ('' = none)
+  c.test_tta = ''                   # '' or 'ten_crop' for the test split
+  c.image_size = 32                 # model input height = width
+  c.channels = 1                    # model input channels (3: gray -> RGB)
+  c.augment = ml_collections.ConfigDict(dict(
+      resize=0,          # resize stored images to this first (0 = keep)
+      crop='pad',        # none | pad (CIFAR) | random (FER) | resized (ImageNet)
+      crop_padding=4,    # for crop='pad'
+      flip=True,         # random horizontal flip
+      rotation=0.0,      # max degrees of random rotation
+  ))
+  c.shuffle_buffer = 16384          # file-based datasets only (ImageNet)
+
+  # Optimisation.
+  c.batch_size = 64                 # global, over all devices and hosts
+  c.eval_batch_size = 256
+  c.num_epochs = 300
+  c.optimizer = 'sgd'
+  c.learning_rate = 0.1
+  c.lr_batch_reference = 0          # >0: lr *= batch_size / lr_batch_reference
+  c.schedule = 'piecewise'
+  c.lr_boundaries = (0.5, 0.75)     # piecewise: fractions of training
+  c.lr_decay = 0.1                  # piecewise: factor at each boundary
+  c.warmup_epochs = 0.0
+  c.momentum = 0.9
+  c.nesterov = True
+  c.weight_decay = 1e-4
+  c.weight_decay_mode = 'l2'        # l2 (the paper's) | decoupled (AdamW style)
+  c.label_smoothing = 0.0
+  c.mixup_alpha = 0.0
+  c.class_weighting = 'none'        # none | balanced (inverse class frequency)
+  c.grad_clip_norm = 0.0            # 0 = off
+
+  # Bookkeeping.
+  c.seed = 0
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2            # the last K, plus the best
+  c.select_metric = 'accuracy'      # on eval_split, for the 'best' checkpoint
+  c.progress_bar = True
+  c.distributed = False             # jax.distributed.initialize() (multi-host)
+  c.stop_after_steps = 0            # >0: save and stop after this many steps
+                                    # of this invocation (time-boxed jobs)
+  return c
+
+
+def _fail(key: str, value, expected: str):
+  raise ValueError(f'config.{key}={value!r}: expected {expected}')
+
+
+def _one_of(config, key: str, choices) -> None:
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  if value not in choices:
+    _fail(key, value, f'one of {", ".join(map(repr, choices))}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming the first bad key. Reads no data, compiles nothing."""
+  if config.model not in models.PRESETS:
+    _fail('model', config.model,
+          f'a preset: {", ".join(sorted(models.PRESETS))}')
+  unknown = set(config.model_overrides) - set(models.MODEL_FIELDS)
+  if unknown:
+    _fail('model_overrides', sorted(unknown),
+          f'DenseNet fields: {", ".join(models.MODEL_FIELDS)}')
+  if config.dataset not in specs.DATASETS:
+    _fail('dataset', config.dataset,
+          f'one of {", ".join(sorted(specs.DATASETS))}')
+  spec = specs.DATASETS[config.dataset]
+  for key in ('train_split', 'eval_split', 'test_split'):
+    if key == 'test_split' and not config[key]:
+      continue
+    # TFDS slicing is allowed: 'train[:90%]' is a slice of 'train'.
+    if config[key].split('[')[0] not in spec.splits:
+      _fail(key, config[key], f'a split of {spec.name} (or a TFDS slice of '
+                              f'one): {", ".join(spec.splits)}')
+  for key in ('optimizer', 'schedule', 'weight_decay_mode', 'class_weighting',
+              'augment.crop', 'half_precision_dtype', 'test_tta'):
+    _one_of(config, key, dict(
+        optimizer=OPTIMIZERS, schedule=SCHEDULES,
+        weight_decay_mode=WEIGHT_DECAY_MODES, class_weighting=CLASS_WEIGHTINGS,
+        half_precision_dtype=HALF_DTYPES, test_tta=TTAS,
+        **{'augment.crop': CROPS})[key])
+  for key in ('learning_rate', 'num_epochs', 'batch_size', 'eval_batch_size',
+              'image_size', 'log_every_steps', 'checkpoint_every_steps',
+              'keep_checkpoints', 'eval_every_epochs'):
+    if not config[key] > 0:
+      _fail(key, config[key], 'a positive number')
+  for key in ('weight_decay', 'label_smoothing', 'mixup_alpha',
+              'grad_clip_norm', 'warmup_epochs', 'lr_batch_reference',
+              'stop_after_steps'):
+    if config[key] < 0:
+      _fail(key, config[key], 'a number >= 0')
+  if config.select_metric not in SELECT_METRICS:
+    _fail('select_metric', config.select_metric,
+          f'one of {", ".join(SELECT_METRICS)} (higher is better)')
+  if not 0 <= config.label_smoothing < 1:
+    _fail('label_smoothing', config.label_smoothing, 'a number in [0, 1)')
+  if list(config.lr_boundaries) != sorted(config.lr_boundaries) or any(
+      not 0 < b < 1 for b in config.lr_boundaries):
+    _fail('lr_boundaries', config.lr_boundaries,
+          'increasing fractions of training, each in (0, 1)')
+  if config.channels not in (1, 3) or (config.channels == 1 and
+                                       spec.channels == 3):
+    _fail('channels', config.channels,
+          f'1 or 3, and not fewer than the {spec.channels} of {spec.name}')
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % num_devices:
+      _fail(key, config[key], f'a multiple of the {num_devices} devices')
+  if spec.image_size is None and config.augment.crop not in ('resized',) and \
+      not config.augment.resize:
+    _fail('augment.crop', config.augment.crop,
+          f"'resized' (or augment.resize > 0): {spec.name} images vary in size")
+  stored = config.augment.resize or spec.image_size
+  if config.augment.crop == 'random' and stored and stored < config.image_size:
+    _fail('image_size', config.image_size,
+          f'at most the {stored}px images that augment.crop="random" crops')
+  model = models.create_model(config.model, num_classes=spec.num_classes,
+                              **config.model_overrides)
+  if config.image_size < model.min_input_size:
+    _fail('image_size', config.image_size,
+          f'at least {model.min_input_size} for {config.model}')
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, loaded by path (as --config does)."""
+  import importlib.util
+  import os
+
+  name = 'config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f'No config file at {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

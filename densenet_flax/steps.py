@@ -1,0 +1,178 @@
+"""The train state and the pure train and eval steps.
+
+`train_step` and `eval_step` take everything they need as arguments; per-run
+choices (model, loss options, the device axis) are bound once with
+functools.partial before `jax.pmap` (many devices) or `jax.jit` (one). With
+`axis_name` set, gradients, loss and BN statistics are averaged across
+devices, so N devices x B examples compute what 1 device x N*B computes.
+
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import dynamic_scale as dynamic_scale_lib
+from flax.training import train_state
+from jax import lax
+
+Array = Any
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state and step (from Flax), plus BN statistics.
+
+  `dynamic_scale` is set only for float16 training (on GPU), where a dynamic
+  loss scale keeps small gradients from underflowing.
+  """
+  batch_stats: Any
+  dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
+
+
+def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, ...], *,
+                       use_dynamic_scale: bool = False,
+                       variables: dict | None = None) -> TrainState:
+  """A fresh state; `variables` (e.g. imported weights) replace the init values.
+
+  image_shape: (height, width, channels) of one input.
+  """
+  init = jax.jit(functools.partial(model.init, train=False))
+  fresh = init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+  if variables is not None:
+    fresh = merge_variables(fresh, variables)
+  return TrainState.create(
+      apply_fn=model.apply, params=fresh['params'], tx=tx,
+      batch_stats=fresh.get('batch_stats', {}),
+      dynamic_scale=dynamic_scale_lib.DynamicScale() if use_dynamic_scale
+      else None)
+
+
+def merge_variables(fresh: dict, loaded: dict) -> dict:
+  """`fresh` with every leaf that `loaded` has at the same path and shape.
+
+  Leaves missing from `loaded` (e.g. a new classifier head) keep their
+  initial values; a leaf present with another shape is an error naming it.
+  """
+  flat_fresh = flax.traverse_util.flatten_dict(fresh, sep='/')
+  flat_loaded = flax.traverse_util.flatten_dict(loaded, sep='/')
+  for key, value in flat_loaded.items():
+    if key not in flat_fresh:
+      raise ValueError(f'Loaded variable {key} does not exist in the model')
+    if tuple(value.shape) != tuple(flat_fresh[key].shape):
+      raise ValueError(f'Loaded variable {key} has shape {tuple(value.shape)}; '
+                       f'the model expects {tuple(flat_fresh[key].shape)}')
+    flat_fresh[key] = jnp.asarray(value, flat_fresh[key].dtype)
+  return flax.traverse_util.unflatten_dict(flat_fresh, sep='/')
+
+
+def cross_entropy(logits: Array, targets: Array) -> Array:
+  """Per-example cross entropy with soft targets: [B, K], [B, K] -> [B]."""
+  return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
+
+
+def soft_targets(labels: Array, num_classes: int,
+                 label_smoothing: float) -> Array:
+  onehot = jax.nn.one_hot(labels, num_classes)
+  return optax.smooth_labels(onehot, label_smoothing) if label_smoothing \
+      else onehot
+
+
+def mixup(rng: Array, images: Array, targets: Array, alpha: float):
+  """Mixes each example with another of the same batch (Zhang et al. 2018)."""
+  lam_rng, perm_rng = jax.random.split(rng)
+  lam = jax.random.beta(lam_rng, alpha, alpha)
+  perm = jax.random.permutation(perm_rng, images.shape[0])
+  images = lam * images + (1 - lam) * images[perm]
+  targets = lam * targets + (1 - lam) * targets[perm]
+  return images, targets
+
+
+def _mean(x: Array, axis_name: str | None) -> Array:
+  return lax.pmean(x, axis_name) if axis_name else x
+
+
+def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
+               num_classes: int, axis_name: str | None = None,
+               label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+               class_weights: np.ndarray | None = None,
+               ) -> tuple[TrainState, dict[str, Array]]:
+  """One SGD step on one device's share of the batch.
+
+  batch: image [B, H, W, C], label [B]. rng: the run's key; the step folds
+  in the step number (and the device index), so it is the same key every
+  step. Returns the new state and metrics {loss, accuracy} (device means).
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+  if axis_name:
+    step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
+  dropout_rng, mixup_rng = jax.random.split(step_rng)
+  images, labels = batch['image'], batch['label']
+  targets = soft_targets(labels, num_classes, label_smoothing)
+  if mixup_alpha:
+    images, targets = mixup(mixup_rng, images, targets, mixup_alpha)
+
+  if class_weights is None:
+    weights = jnp.ones(labels.shape, jnp.float32)
+  else:
+    weights = targets @ jnp.asarray(class_weights, jnp.float32)
+  # Weighted mean over the global batch: sum(w * ce) / sum(w).
+  weight_norm = _mean(jnp.mean(weights), axis_name)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    loss = jnp.mean(weights * cross_entropy(logits, targets)) / weight_norm
+    return loss, (logits, updates['batch_stats'])
+
+  if state.dynamic_scale is not None:
+    grad_fn = state.dynamic_scale.value_and_grad(
+        loss_fn, has_aux=True, axis_name=axis_name)
+    dynamic_scale, is_finite, (loss, (logits, batch_stats)), grads = grad_fn(
+        state.params)
+  else:
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    grads = _mean(grads, axis_name)
+
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.dynamic_scale is not None:
+    # Skip the update where the scaled gradients overflowed.
+    keep = functools.partial(jnp.where, is_finite)
+    new_state = new_state.replace(
+        params=jax.tree_util.tree_map(keep, new_state.params, state.params),
+        opt_state=jax.tree_util.tree_map(keep, new_state.opt_state,
+                                         state.opt_state),
+        dynamic_scale=dynamic_scale)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  metrics = {'loss': _mean(loss, axis_name),
+             'accuracy': _mean(accuracy, axis_name)}
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, Array]) -> dict[str, Array]:
+  """Per-example predictions for one device's share of an eval batch.
+
+  batch: image [B, H, W, C] (or [B, T, H, W, C] for T test-time crops, whose
+  probabilities are averaged), label [B]. Returns prediction [B] and the
+  per-example loss [B]; the caller applies the mask and sums, so padded
+  examples never count.
+  """
+  images = batch['image']
+  crops = images.shape[1] if images.ndim == 5 else 1
+  flat = images.reshape(-1, *images.shape[-3:])
+  logits = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats}, flat,
+      train=False)
+  probs = jax.nn.softmax(logits).reshape(images.shape[0], crops, -1).mean(1)
+  label_prob = jnp.take_along_axis(probs, batch['label'][:, None], -1)[:, 0]
+  return {'prediction': jnp.argmax(probs, -1).astype(jnp.int32),
+          'loss': -jnp.log(jnp.maximum(label_prob, 1e-12))}

@@ -1,0 +1,180 @@
+"""The pure pieces of training: optimizer, schedules, losses, steps (no TF)."""
+
+import functools
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from densenet_flax import config as config_lib
+from densenet_flax import models
+from densenet_flax import optim
+from densenet_flax import steps
+
+
+def opt_config(**overrides):
+  config = config_lib.base_config()
+  config.update(overrides)
+  return config
+
+
+def test_model_step_and_optimizer_import_no_tensorflow():
+  code = ('import sys; import densenet_flax.models, densenet_flax.steps, '
+          'densenet_flax.optim, densenet_flax.parallel, densenet_flax.convert, '
+          'densenet_flax.checkpointing, densenet_flax.config, '
+          'densenet_flax.metrics; '
+          "bad = [m for m in sys.modules if m.split('.')[0] in "
+          "('tensorflow', 'keras', 'tensorflow_datasets')]; "
+          'assert not bad, bad')
+  subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_paper_piecewise_schedule():
+  config = opt_config(learning_rate=0.1, num_epochs=300, batch_size=64,
+                      lr_batch_reference=64, schedule='piecewise',
+                      lr_boundaries=(0.5, 0.75))
+  schedule = optim.create_schedule(config, steps_per_epoch=10)  # 3000 steps
+  assert schedule(0) == pytest.approx(0.1)
+  assert schedule(1499) == pytest.approx(0.1)
+  assert schedule(1500) == pytest.approx(0.01)
+  assert schedule(2249) == pytest.approx(0.01)
+  assert schedule(2250) == pytest.approx(0.001)
+
+
+def test_learning_rate_scales_with_global_batch():
+  config = opt_config(learning_rate=0.1, batch_size=512, lr_batch_reference=256)
+  assert optim.learning_rate(config) == pytest.approx(0.2)
+  config.lr_batch_reference = 0
+  assert optim.learning_rate(config) == pytest.approx(0.1)
+
+
+def test_warmup_then_cosine_and_warmup_then_piecewise():
+  cosine = optim.create_schedule(
+      opt_config(schedule='cosine', warmup_epochs=1, num_epochs=10,
+                 learning_rate=1.0), steps_per_epoch=100)
+  assert cosine(0) == 0 and cosine(50) == pytest.approx(0.5)
+  assert cosine(100) == pytest.approx(1.0)
+  assert cosine(1000) == pytest.approx(0.0, abs=1e-6)
+  piecewise = optim.create_schedule(
+      opt_config(schedule='piecewise', warmup_epochs=1, num_epochs=10,
+                 learning_rate=1.0, lr_boundaries=(0.5,)), steps_per_epoch=100)
+  assert piecewise(50) == pytest.approx(0.5)
+  assert piecewise(499) == pytest.approx(1.0)
+  assert piecewise(500) == pytest.approx(0.1)
+
+
+def tiny_params():
+  model = models.create_model('densenet_bc_100_12', num_classes=3,
+                              block_sizes=(1,), growth_rate=2)
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        jnp.zeros((1, 8, 8, 1)))['params']
+
+
+def test_weight_decay_only_on_kernels():
+  mask = jax.tree_util.tree_leaves_with_path(optim.decay_mask(tiny_params()))
+  decayed = {jax.tree_util.keystr(p) for p, m in mask if m}
+  assert decayed and all(k.endswith("['kernel']") for k in decayed)
+  assert any("['classifier']['kernel']" in k for k in decayed)
+  assert not any('norm' in k for k in decayed)
+
+
+@pytest.mark.parametrize('mode', ['l2', 'decoupled'])
+def test_sgd_weight_decay_modes(mode):
+  params = {'conv': {'kernel': jnp.array([1.0, -2.0])},
+            'norm': {'scale': jnp.array([3.0])}}
+  grads = {'conv': {'kernel': jnp.array([0.5, 0.5])},
+           'norm': {'scale': jnp.array([0.5])}}
+  config = opt_config(learning_rate=0.1, momentum=0.9, nesterov=False,
+                      weight_decay=0.01, weight_decay_mode=mode,
+                      schedule='constant')
+  tx, _ = optim.create_optimizer(config, steps_per_epoch=1)
+  opt_state = tx.init(params)
+  for _ in range(2):
+    updates, opt_state = tx.update(grads, opt_state, params)
+  kernel = np.array([1.0, -2.0])
+  g = 0.5
+  if mode == 'l2':  # decay enters the momentum buffer
+    m1 = g + 0.01 * kernel
+    m2 = 0.9 * m1 + g + 0.01 * kernel
+    want = -0.1 * m2
+  else:             # decay added after momentum
+    want = -0.1 * (0.9 * g + g + 0.01 * kernel)
+  np.testing.assert_allclose(updates['conv']['kernel'], want, rtol=1e-6)
+  np.testing.assert_allclose(updates['norm']['scale'], -0.1 * 1.9 * 0.5,
+                             rtol=1e-6)
+
+
+def test_class_weighted_loss_is_the_weighted_mean():
+  logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+  labels = jnp.array([0, 1, 1])
+  weights = np.array([1.0, 4.0, 0.5], np.float32)
+  ce = steps.cross_entropy(logits, jax.nn.one_hot(labels, 3))
+  want = float(jnp.sum(weights[labels] * ce) / jnp.sum(weights[labels]))
+
+  class Fixed:
+    def apply(self, variables, x, **kwargs):
+      return logits + 0 * variables['params']['w'], {'batch_stats': {}}
+
+  state = steps.TrainState.create(
+      apply_fn=Fixed().apply, params={'w': jnp.zeros(())}, tx=optax.sgd(0.0),
+      batch_stats={})
+  _, metrics = steps.train_step(
+      state, {'image': jnp.zeros((3, 1)), 'label': labels}, jax.random.key(0),
+      num_classes=3, class_weights=weights)
+  assert float(metrics['loss']) == pytest.approx(want, rel=1e-6)
+
+
+def test_label_smoothing_and_mixup_targets():
+  targets = steps.soft_targets(jnp.array([2]), 4, 0.1)
+  np.testing.assert_allclose(targets, [[0.025, 0.025, 0.925, 0.025]])
+  images = jnp.arange(4.0).reshape(4, 1)
+  mixed, mixed_targets = steps.mixup(jax.random.key(0), images,
+                                     jax.nn.one_hot(jnp.arange(4), 4), 0.4)
+  np.testing.assert_allclose(mixed_targets.sum(-1), 1.0, rtol=1e-6)
+  assert float(mixed.sum()) == pytest.approx(6.0, rel=1e-5)  # a permutation
+
+
+def small_state(dtype=jnp.float32, drop_rate=0.0):
+  model = models.create_model('densenet_bc_100_12', num_classes=4,
+                              block_sizes=(2,), growth_rate=4, dtype=dtype,
+                              drop_rate=drop_rate)
+  return steps.create_train_state(jax.random.key(0), model,
+                                  optax.sgd(0.1, 0.9), (8, 8, 1))
+
+
+def test_eval_step_averages_identical_crops_to_the_single_crop():
+  state = small_state()
+  x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+  labels = jnp.array([0, 1, 2])
+  single = steps.eval_step(state, {'image': x, 'label': labels})
+  tiled = steps.eval_step(state, {'image': jnp.repeat(x[:, None], 10, 1),
+                                  'label': labels})
+  np.testing.assert_array_equal(single['prediction'], tiled['prediction'])
+  np.testing.assert_allclose(single['loss'], tiled['loss'], rtol=1e-5)
+
+
+def test_half_precision_step_keeps_float32_state():
+  state = small_state(jnp.bfloat16, drop_rate=0.2)
+  batch = {'image': jax.random.normal(jax.random.key(1), (4, 8, 8, 1)),
+           'label': jnp.array([0, 1, 2, 3])}
+  step = jax.jit(functools.partial(steps.train_step, num_classes=4))
+  new, metrics = step(state, batch, jax.random.key(2))
+  for leaf in jax.tree_util.tree_leaves((new.params, new.batch_stats,
+                                         new.opt_state)):
+    assert leaf.dtype == jnp.float32
+  assert np.isfinite(float(metrics['loss']))
+  assert int(new.step) == 1
+
+
+def test_merge_variables_keeps_new_head_and_checks_shapes():
+  fresh = {'params': {'a': jnp.zeros(2), 'head': jnp.zeros(3)}}
+  merged = steps.merge_variables(fresh, {'params': {'a': np.ones(2)}})
+  np.testing.assert_array_equal(merged['params']['a'], [1, 1])
+  np.testing.assert_array_equal(merged['params']['head'], [0, 0, 0])
+  with pytest.raises(ValueError, match='params/a has shape'):
+    steps.merge_variables(fresh, {'params': {'a': np.ones(3)}})

@@ -1,0 +1,224 @@
+"""The training loop end to end on tiny models: resume, SIGTERM, evaluate."""
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip('tensorflow')
+
+from densenet_flax import checkpointing  # noqa: E402
+from densenet_flax import config as config_lib  # noqa: E402
+from densenet_flax import evaluate as evaluate_lib  # noqa: E402
+from densenet_flax import reporting  # noqa: E402
+from densenet_flax import train as train_lib  # noqa: E402
+
+import trainutil  # noqa: E402
+
+
+def final_variables(workdir):
+  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  step = ckpts.latest_step()
+  from orbax import checkpoint as ocp
+  restored = ckpts._manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  ckpts.close()
+  state = restored['state']
+  return step, {'params': state['params'], 'batch_stats': state['batch_stats'],
+                'opt_state': state['opt_state']}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(digits_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  summary = train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir),
+                                         workdir)
+  return workdir, summary
+
+
+def test_a_run_produces_checkpoints_logs_and_reports(uninterrupted):
+  workdir, summary = uninterrupted
+  assert summary['step'] == summary['total_steps'] == 16
+  assert summary['interrupted'] is None
+  assert 0 < summary['eval']['accuracy'] <= 1
+  for path in ('config.json', 'metrics.jsonl', 'reports/training_curves.png',
+               'eval/test-16.json', 'eval/test-16.png'):
+    assert os.path.exists(os.path.join(workdir, path)), path
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
+  steps = [r['step'] for r in history if 'train/loss' in r]
+  assert steps == [4, 5, 8, 10, 12, 15, 16]  # log, checkpoint and epoch points
+  assert {'train/learning_rate', 'train/images_per_second'} <= set(history[0])
+  evals = [r for r in history if 'eval/accuracy' in r]
+  assert [r['step'] for r in evals] == [8, 16]
+  assert summary['test']['num_examples'] == 359
+
+
+def test_resumed_run_ends_with_identical_parameters(uninterrupted, digits_dir,
+                                                    tmp_path):
+  workdir = str(tmp_path)
+  first = train_lib.train_and_evaluate(
+      trainutil.tiny_config(digits_dir, stop_after_steps=6), workdir)
+  assert first['interrupted'] == 'stop_after_steps' and first['step'] == 6
+  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  assert ckpts.latest_step() == 6  # mid-epoch (8 steps per epoch)
+  ckpts.close()
+  second = train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir),
+                                        workdir)
+  assert second['step'] == 16 and second['interrupted'] is None
+  step_a, a = final_variables(uninterrupted[0])
+  step_b, b = final_variables(workdir)
+  assert step_a == step_b == 16
+  leaves_a = jax.tree_util.tree_leaves(a)
+  leaves_b = jax.tree_util.tree_leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)  # bitwise, on CPU
+  assert second['eval'] == uninterrupted[1]['eval']
+  history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
+  steps = [r['step'] for r in history if 'train/loss' in r]
+  assert steps == sorted(set(steps))  # the resumed run did not log twice
+
+
+def test_evaluate_reproduces_the_logged_metric(uninterrupted):
+  workdir, summary = uninterrupted
+  history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
+  logged = [r for r in history if 'eval/accuracy' in r][-1]
+  report = evaluate_lib.evaluate(workdir, 'latest', split='test')
+  assert report['step'] == logged['step'] == 16
+  assert report['accuracy'] == pytest.approx(logged['eval/accuracy'], abs=1e-9)
+  assert report['macro_f1'] == pytest.approx(logged['eval/macro_f1'], abs=1e-9)
+  with open(os.path.join(workdir, 'eval', 'test-16.json')) as f:
+    saved = json.load(f)
+  for key in ('accuracy', 'macro_f1', 'per_class', 'confusion_matrix', 'step',
+              'split', 'loss'):
+    assert key in saved
+  assert np.sum(saved['confusion_matrix']) == 359
+  assert set(saved['per_class']['3']) == {'precision', 'recall', 'f1',
+                                          'support'}
+  assert sum(c['support'] for c in saved['per_class'].values()) == 359
+
+
+def test_evaluate_command_line(uninterrupted):
+  workdir, _ = uninterrupted
+  out = subprocess.run(
+      [sys.executable, os.path.join(trainutil.REPO, 'evaluate.py'),
+       '--workdir', workdir, '--checkpoint', 'best', '--split', 'test'],
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'macro-F1' in out.stdout and 'wrote' in out.stdout
+  best = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  assert f'test-{best.best_step()}.json' in out.stdout
+  best.close()
+
+
+def test_checkpoint_of_another_model_names_the_parameter(uninterrupted):
+  from densenet_flax import optim
+  from densenet_flax import steps
+  workdir, _ = uninterrupted
+  config = train_lib.load_config(workdir)
+  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+
+  def abstract_state(num_classes, **overrides):
+    config.model_overrides.update(overrides)
+    model = train_lib.build_model(config, num_classes)
+    tx, _ = optim.create_optimizer(config, 8)
+    return jax.eval_shape(lambda: steps.create_train_state(
+        jax.random.key(0), model, tx, (8, 8, 1)))
+
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'params/classifier/bias has shape \(10,\), the '
+                           r'model expects \(7,\)'):
+    ckpts.restore(16, abstract_state(7), {'num_classes': 7})
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'batch_stats/denseblock1/denselayer1/norm2/mean has '
+                           r'shape \(16,\), the model expects \(24,\)'):
+    ckpts.restore(16, abstract_state(10, growth_rate=6))
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'has no batch_stats/denseblock1/denselayer2/norm1/'
+                           r'mean, which the model needs'):
+    ckpts.restore(16, abstract_state(10, growth_rate=4,
+                                     block_sizes=(2, 1, 1)))
+  ckpts.close()
+
+
+def test_sigterm_mid_epoch_saves_a_restorable_checkpoint(digits_dir,
+                                                         tmp_path):
+  # Full training split: 44 steps per epoch, so the signal lands mid-epoch.
+  config_file = trainutil.write_config_file(
+      tmp_path / 'config.py', digits_dir, train_split='train', num_epochs=50,
+      image_size=16, **{'augment.resize': 16}, batch_size=32,
+      log_every_steps=2, checkpoint_every_steps=1000)
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(trainutil.REPO, 'train.py'),
+       '--workdir', str(workdir), '--config', config_file],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  history = workdir / 'metrics.jsonl'
+  deadline = time.monotonic() + 240
+  while not (history.exists() and history.read_text().strip()):
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output[-3000:]
+  assert 'SIGTERM at step' in output
+  ckpts = checkpointing.Checkpoints(str(workdir / 'checkpoints'))
+  step = ckpts.latest_step()
+  assert 0 < step < 44  # stopped mid-epoch, nothing lost
+  ckpts.close()
+  report = evaluate_lib.evaluate(str(workdir), 'latest', split='test')
+  assert report['step'] == step and report['num_examples'] == 359
+
+
+def test_nan_loss_stops_naming_the_step_and_saves_nothing_bad(digits_dir,
+                                                              tmp_path):
+  config = trainutil.tiny_config(digits_dir, learning_rate=1e30,
+                                 checkpoint_every_steps=1, log_every_steps=1,
+                                 weight_decay=0.0)
+  with pytest.raises(FloatingPointError, match=r'at step (\d+)') as info:
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(re.search(r'at step (\d+)', str(info.value)).group(1))
+  ckpts = checkpointing.Checkpoints(str(tmp_path / 'checkpoints'))
+  steps = ckpts.all_steps()
+  ckpts.close()
+  assert bad_step > 1 and steps and max(steps) < bad_step
+  _, variables = final_variables(str(tmp_path))
+  for leaf in jax.tree_util.tree_leaves(variables):
+    assert np.all(np.isfinite(leaf))
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('model', 'densenet122', "config.model='densenet122': expected a preset"),
+    ('dataset', 'mnist', "config.dataset='mnist': expected one of"),
+    ('learning_rate', -0.1, 'config.learning_rate=-0.1: expected a positive'),
+    ('batch_size', 30, 'config.batch_size=30: expected a multiple of the 8'),
+    ('optimizer', 'lamb', "config.optimizer='lamb'"),
+    ('augment.crop', 'center', "config.augment.crop='center'"),
+    ('eval_split', 'validation', "config.eval_split='validation'"),
+    ('image_size', 3, 'config.image_size=3: expected at least 4'),
+    ('select_metric', 'loss', "config.select_metric='loss'"),
+])
+def test_bad_config_names_the_key(digits_dir, key, value, message):
+  config = trainutil.tiny_config(digits_dir, eval_batch_size=64,
+                                 **{key: value})
+  with pytest.raises(ValueError) as info:
+    config_lib.validate(config, num_devices=8)
+  assert message in str(info.value)
+
+
+def test_bad_config_fails_before_anything_is_built(digits_dir, tmp_path):
+  config = trainutil.tiny_config(digits_dir, learning_rate=-1.0)
+  start = time.monotonic()
+  with pytest.raises(ValueError, match='config.learning_rate'):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  assert time.monotonic() - start < 5
+  assert not os.listdir(tmp_path)  # no workdir files, nothing compiled

@@ -1,0 +1,46 @@
+"""Tiny, fast training configs on the digits set, for the training tests."""
+
+import os
+
+from densenet_flax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, **overrides):
+  """DenseNet-BC with three 1-layer blocks on 8x8 digits; 8 steps per epoch."""
+  config = config_lib.load_config_file(os.path.join(REPO, 'configs',
+                                                    'default.py'))
+  config.data_dir = data_dir
+  config.model_overrides.block_sizes = (1, 1, 1)
+  config.model_overrides.growth_rate = 4
+  config.train_split = 'train[:256]'
+  config.image_size = 8
+  config.augment.resize = 0
+  config.augment.crop_padding = 1
+  config.augment.rotation = 5.0
+  config.batch_size = 32
+  config.eval_batch_size = 50       # 359 test examples: a padded last batch
+  config.num_epochs = 2
+  config.warmup_epochs = 0.5
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 5
+  config.progress_bar = False
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def write_config_file(path, data_dir, **overrides):
+  """A config file (for subprocess runs) that returns tiny_config(...)."""
+  path.write_text(
+      'import sys\n'
+      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})\n'
+      'import trainutil\n\n'
+      'def get_config():\n'
+      f'  return trainutil.tiny_config({data_dir!r}, **{overrides!r})\n')
+  return str(path)
