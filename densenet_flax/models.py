@@ -23,15 +23,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from densenet_flax import layers
+
 Array = Any
 Dtype = Any
 ModuleDef = Any
 
 STEMS = ('imagenet', 'cifar', 'fer')
-
-# Kaiming He normal init (fan_in, gain sqrt(2)), as the paper and torchvision.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
-
 
 class DenseLayer(nn.Module):
   """One H_l: it sees the list of all earlier feature maps of its block.
@@ -40,12 +38,12 @@ class DenseLayer(nn.Module):
   basic layer (bn_size=None): BN-ReLU-Conv3x3(k). Dropout, when on, follows
   each conv, as in the paper.
 
-  The layer takes the *list* of earlier maps rather than their concatenation:
-  with `memory_efficient=True` the concatenation, BN, ReLU and first conv are
-  recomputed in the backward pass from that list (Pleiss et al. 2017), so the
-  only tensors kept per layer are its own small outputs, and memory grows
-  linearly with depth. Passing a concatenation in would store it per layer and
-  undo the saving.
+  The layer takes the *list* of earlier maps rather than their concatenation,
+  which is never built (see layers.normalize_relu). With
+  `memory_efficient=True` the BN-ReLU of the concatenation, the first conv
+  and the second BN-ReLU are recomputed in the backward pass from that list
+  (Pleiss et al. 2017), so a layer keeps only the input of its 3x3 conv and
+  its own output, and memory grows linearly with depth.
   """
   growth_rate: int
   bn_size: int | None
@@ -65,24 +63,37 @@ class DenseLayer(nn.Module):
       self.conv2 = self.conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))
     self.dropout = nn.Dropout(self.drop_rate)
 
-  def _first_conv(self, features: Sequence[Array], train: bool) -> Array:
-    """concat -> BN -> ReLU -> conv1 (-> dropout): the part worth recomputing."""
-    x = jnp.concatenate(features, axis=-1)
-    x = nn.relu(self.norm1(x, use_running_average=not train))
+  def _recomputable(self, features: Sequence[Array], moments, train: bool
+                    ) -> Array:
+    """Everything up to the layer's last conv, whose input it returns.
+
+    Bottleneck: concat-BN-ReLU-Conv1x1(-dropout)-BN-ReLU; basic: concat-BN-
+    ReLU-Conv3x3(-dropout). With memory_efficient this is recomputed in the
+    backward pass, and only its output is kept.
+    """
+    x = self.norm1(features, use_running_average=not train,
+                   piece_moments=moments)
     x = self.conv1(x)
     if self.drop_rate > 0:
       x = self.dropout(x, deterministic=not train)
+    if self.bn_size is not None:
+      x = self.norm2(x, use_running_average=not train)
     return x
 
-  def __call__(self, features: Sequence[Array], train: bool) -> Array:
-    """features: list of [N, H, W, C_i] -> new features [N, H, W, growth_rate]."""
-    first = lambda module, feats: module._first_conv(feats, train)
+  def __call__(self, features: Sequence[Array], train: bool,
+               moments: Sequence[tuple[Array, Array]] | None = None) -> Array:
+    """features: list of [N, H, W, C_i] -> new features [N, H, W, growth_rate].
+
+    moments: the batch statistics of each feature map in train mode, computed
+    once by the block for all the layers that read that map.
+    """
+    part = lambda module, feats, stats: module._recomputable(feats, stats,
+                                                             train)
     if self.memory_efficient:
-      first = nn.remat(first)
-    x = first(self, list(features))
+      part = nn.remat(part)
+    x = part(self, tuple(features), moments)
     if self.bn_size is None:
       return x
-    x = nn.relu(self.norm2(x, use_running_average=not train))
     x = self.conv2(x)
     if self.drop_rate > 0:
       x = self.dropout(x, deterministic=not train)
@@ -92,8 +103,11 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Module):
   """`num_layers` dense layers; layer l sees the concatenation [x_0, ..., x_{l-1}].
 
-  Returns the concatenation of the input and every layer's output:
-  [N, H, W, C_in + num_layers * growth_rate].
+  Returns the feature maps [x_0, ..., x_L] whose concatenation is the block's
+  output ([N, H, W, C_in + L * growth_rate]), and in train mode their batch
+  statistics. The concatenation is never built: every consumer (the next
+  layers, the transition) normalises the list, and each map's statistics
+  are computed once here instead of once per reader.
   """
   num_layers: int
   growth_rate: int
@@ -102,10 +116,12 @@ class DenseBlock(nn.Module):
   memory_efficient: bool
   conv: ModuleDef
   norm: ModuleDef
+  bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool):
     features = [x]
+    stats = [layers.moments(x, self.bn_axis_name)] if train else None
     for i in range(self.num_layers):
       layer = DenseLayer(
           growth_rate=self.growth_rate,
@@ -116,8 +132,10 @@ class DenseBlock(nn.Module):
           norm=self.norm,
           name=f'denselayer{i + 1}',
       )
-      features.append(layer(features, train))
-    return jnp.concatenate(features, axis=-1)
+      features.append(layer(features, train, stats))
+      if train:
+        stats.append(layers.moments(features[-1], self.bn_axis_name))
+    return features, stats
 
 
 class Transition(nn.Module):
@@ -128,12 +146,15 @@ class Transition(nn.Module):
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    x = nn.relu(self.norm(name='norm')(x, use_running_average=not train))
+  def __call__(self, features: Sequence[Array], train: bool,
+               moments: Sequence[tuple[Array, Array]] | None = None) -> Array:
+    """features: a block's feature maps (and their moments, in train mode)."""
+    x = self.norm(name='norm')(features, use_running_average=not train,
+                               piece_moments=moments)
     x = self.conv(self.out_features, (1, 1), name='conv')(x)
     if self.drop_rate > 0:
       x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    return layers.avg_pool_2x2(x)
 
 
 def spatial_sizes(stem: str, num_transitions: int, size: int) -> list[int]:
@@ -227,20 +248,20 @@ class DenseNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     self._check_input(x)
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
+    conv = functools.partial(layers.Conv, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    # Every BN of a DenseNet is followed by a ReLU: one fused layer.
     norm = functools.partial(
-        nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        axis_name=self.bn_axis_name)
+        layers.BatchNormReLU, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, dtype=self.dtype,
+        param_dtype=self.param_dtype, axis_name=self.bn_axis_name)
 
     x = jnp.asarray(x, self.dtype)
     x = self._stem(x, train, conv, norm)
 
     num_features = self.num_init_features
     for i, num_layers in enumerate(self.block_sizes):
-      x = DenseBlock(
+      features, stats = DenseBlock(
           num_layers=num_layers,
           growth_rate=self.growth_rate,
           bn_size=self.bn_size,
@@ -248,6 +269,7 @@ class DenseNet(nn.Module):
           memory_efficient=self.memory_efficient,
           conv=conv,
           norm=norm,
+          bn_axis_name=self.bn_axis_name,
           name=f'denseblock{i + 1}',
       )(x, train)
       num_features += num_layers * self.growth_rate
@@ -255,9 +277,11 @@ class DenseNet(nn.Module):
         num_features = int(math.floor(self.compression * num_features))
         x = Transition(
             out_features=num_features, drop_rate=self.drop_rate,
-            conv=conv, norm=norm, name=f'transition{i + 1}')(x, train)
+            conv=conv, norm=norm, name=f'transition{i + 1}')(
+                features, train, stats)
 
-    x = nn.relu(norm(name='norm_final')(x, use_running_average=not train))
+    x = norm(name='norm_final')(features, use_running_average=not train,
+                                piece_moments=stats)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype,
                  param_dtype=self.param_dtype, name='classifier')(x)
@@ -270,8 +294,8 @@ class DenseNet(nn.Module):
       # asymmetrically at even sizes and would shift imported weights).
       x = conv(self.num_init_features, (7, 7), strides=(2, 2),
                padding=((3, 3), (3, 3)), name='conv0')(x)
-      x = nn.relu(norm(name='norm0')(x, use_running_average=not train))
-      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = norm(name='norm0')(x, use_running_average=not train)
+      return layers.max_pool_3x3_s2(x)
     if self.stem == 'cifar':
       # The first dense layer's BN-ReLU follows directly, as in the paper.
       return conv(self.num_init_features, (3, 3), padding=((1, 1), (1, 1)),
@@ -279,8 +303,8 @@ class DenseNet(nn.Module):
     if self.stem == 'fer':
       x = conv(self.num_init_features, (3, 3), padding=((1, 1), (1, 1)),
                name='conv0')(x)
-      x = nn.relu(norm(name='norm0')(x, use_running_average=not train))
-      return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+      x = norm(name='norm0')(x, use_running_average=not train)
+      return layers.max_pool_2x2(x)
     raise ValueError(f'stem must be one of {STEMS}; got {self.stem!r}')
 
 

@@ -1,0 +1,275 @@
+"""The low-level layers of the DenseNet modules, written for speed.
+
+Each has the parameters, statistics and numbers of its Flax counterpart
+(nn.Conv without bias, nn.BatchNorm followed by ReLU, nn.max_pool,
+nn.avg_pool), so checkpoints and imported weights are interchangeable; what
+differs is how XLA is asked to compute them. DenseNets spend much of a step in
+memory-bound work (BN, ReLU, pooling on wide concatenations), which XLA:CPU
+otherwise does in more passes than needed. Measurements: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = Any
+Dtype = Any
+
+# Kaiming He normal init (fan_in, gain sqrt(2)), as the paper and torchvision.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+
+
+class Conv(nn.Module):
+  """A bias-free 2-D convolution, NHWC x HWIO, with the parameters of nn.Conv.
+
+  1x1 stride-1 convolutions (the bottlenecks and transitions, about half of a
+  DenseNet's FLOPs) are computed as matrix products: XLA:CPU runs them 2-3x
+  faster that way than as convolutions, forward and backward; on GPU/TPU the
+  two lower to the same kernels.
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: Any = ((0, 0), (0, 0))
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., Any] = conv_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features),
+                        self.param_dtype)
+    x = jnp.asarray(x, self.dtype)
+    kernel = jnp.asarray(kernel, self.dtype)
+    if tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1):
+      return lax.dot_general(x, kernel[0, 0],
+                             (((x.ndim - 1,), (0,)), ((), ())))
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=self.strides, padding=self.padding,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+# --- BatchNorm + ReLU ------------------------------------------------------------
+
+def moments(x: Array, axis_name: str | None = None) -> tuple[Array, Array]:
+  """Per-channel batch mean and (biased) variance in float32, as nn.BatchNorm.
+
+  Differentiated by autodiff (through the cross-device mean as well), so a
+  caller may compute a feature map's moments once and hand them to every
+  layer that normalises it.
+  """
+  axes = tuple(range(x.ndim - 1))
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axes)
+  mean_sq = jnp.mean(x32 * x32, axes)
+  if axis_name is not None:
+    mean, mean_sq = lax.pmean((mean, mean_sq), axis_name)
+  return mean, jnp.maximum(0.0, mean_sq - mean * mean)
+
+
+def _concat(pieces):
+  return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+
+
+def _scale_shift(mean, var, scale, bias, epsilon):
+  """BN as an affine map: y = x * mul + shift."""
+  mul = lax.rsqrt(var + epsilon) * scale
+  return mul, bias - mean * mul
+
+
+def _normalize_relu(x, mean, var, scale, bias, epsilon, dtype):
+  mul, shift = _scale_shift(mean, var, scale, bias, epsilon)
+  return jnp.maximum(x.astype(jnp.float32) * mul + shift, 0.0).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def normalize_relu(pieces, mean, var, scale, bias, epsilon, dtype):
+  """relu((concat(pieces) - mean) * rsqrt(var + eps) * scale + bias).
+
+  pieces: a tuple of [N, H, W, C_i] whose concatenation is normalised (a
+  dense layer's input); mean, var: [sum C_i] statistics, computed by the
+  caller. The concatenation is never stored: the forward pass reads the
+  pieces directly, and the backward pass works piece by piece, one reduction
+  and one elementwise pass each, taking the ReLU mask from the output; autodiff
+  stored the concatenation and the centred input and made more passes.
+  Gradients for mean and var go back to whoever computed them (once per
+  feature map, see `moments`).
+  """
+  return _normalize_relu(_concat(pieces), mean, var, scale, bias, epsilon,
+                         dtype)
+
+
+def _normalize_relu_fwd(pieces, mean, var, scale, bias, epsilon, dtype):
+  y = _normalize_relu(_concat(pieces), mean, var, scale, bias, epsilon, dtype)
+  # y gives the ReLU mask of a single piece; the next conv keeps it anyway.
+  return y, (pieces, y, mean, var, scale, bias)
+
+
+def _normalize_relu_bwd(epsilon, dtype, residuals, dy):
+  del dtype
+  pieces, y, mean, var, scale, bias = residuals
+  axes = tuple(range(dy.ndim - 1))
+  inv = lax.rsqrt(var + epsilon)
+  mul, shift = _scale_shift(mean, var, scale, bias, epsilon)
+  # Piece by piece, so that no concatenation is formed (XLA would store it).
+  ends = list(itertools.accumulate(p.shape[-1] for p in pieces))
+  dpieces, dbias, sum_g_centered = [], [], []
+  for piece, start, end in zip(pieces, [0] + ends[:-1], ends):
+    part = slice(start, end)
+    x = piece.astype(jnp.float32)
+    # The ReLU mask: for one piece, from the output (XLA fuses its
+    # recomputation); for several, recomputed as the forward pass computed
+    # it, piece by piece (from y, XLA would store the concatenation to
+    # recompute y from).
+    if len(pieces) == 1:
+      positive = y > 0
+    else:
+      positive = x * mul[part] + shift[part] > 0
+    centered = x - mean[part]
+    g = jnp.where(positive, dy[..., part].astype(jnp.float32), 0.0)
+    dbias.append(jnp.sum(g, axes))
+    sum_g_centered.append(jnp.sum(g * centered, axes))
+    dpieces.append((g * mul[part]).astype(piece.dtype))
+  dbias = _concat(dbias)
+  sum_g_centered = _concat(sum_g_centered)
+  dscale = sum_g_centered * inv
+  dmean = -mul * dbias
+  dvar = -0.5 * scale * inv * inv * inv * sum_g_centered
+  return (tuple(dpieces), dmean, dvar, dscale.astype(scale.dtype),
+          dbias.astype(bias.dtype))
+
+
+normalize_relu.defvjp(_normalize_relu_fwd, _normalize_relu_bwd)
+
+
+class BatchNormReLU(nn.Module):
+  """nn.BatchNorm (over the last axis) followed by ReLU, in one layer.
+
+  Parameters 'scale', 'bias' and statistics 'mean', 'var' are nn.BatchNorm's,
+  with the same momentum convention (ra = momentum * ra + (1 - momentum) *
+  batch) and the same batch statistics in train mode (biased variance,
+  averaged over `axis_name`).
+
+  Call it on an array, or on the list of arrays whose concatenation is to be
+  normalised (never materialised) together with their `moments`, so that
+  feature maps shared by many layers have their statistics computed once.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array | Sequence[Array], use_running_average: bool,
+               piece_moments: Sequence[tuple[Array, Array]] | None = None
+               ) -> Array:
+    pieces = tuple(x) if isinstance(x, (list, tuple)) else (x,)
+    shape = (sum(p.shape[-1] for p in pieces),)
+    ra_mean = self.variable('batch_stats', 'mean',
+                            lambda s: jnp.zeros(s, jnp.float32), shape)
+    ra_var = self.variable('batch_stats', 'var',
+                           lambda s: jnp.ones(s, jnp.float32), shape)
+    scale = self.param('scale', nn.initializers.ones, shape, self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, shape, self.param_dtype)
+    dtype = self.dtype or pieces[0].dtype
+    if use_running_average:
+      return _normalize_relu(_concat(pieces), ra_mean.value, ra_var.value,
+                             scale, bias, self.epsilon, dtype)
+    if piece_moments is None:
+      piece_moments = [moments(p, self.axis_name) for p in pieces]
+    mean = _concat([m for m, _ in piece_moments])
+    var = _concat([v for _, v in piece_moments])
+    y = normalize_relu(pieces, mean, var, scale, bias, self.epsilon, dtype)
+    if not self.is_initializing():
+      mean, var = lax.stop_gradient((mean, var))
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
+# --- pooling -------------------------------------------------------------------
+
+def _pool_views(x: Array, window: int, out_h: int, out_w: int) -> list[Array]:
+  """The window*window strided views whose elementwise max is a stride-2 pool."""
+  return [x[:, i:i + 2 * out_h - 1:2, j:j + 2 * out_w - 1:2]
+          for i in range(window) for j in range(window)]
+
+
+def _max_pool(x: Array, window: int, out_h: int, out_w: int) -> Array:
+  return functools.reduce(jnp.maximum, _pool_views(x, window, out_h, out_w))
+
+
+def _max_pool_with_argmax(x, window, out_h, out_w):
+  """(max pool, flat index into x of each window's first maximum)."""
+  views = _pool_views(x, window, out_h, out_w)
+  y = functools.reduce(jnp.maximum, views)
+  offset = jnp.full(y.shape, window * window, jnp.int32)
+  for k in reversed(range(window * window)):  # the first maximum wins
+    offset = jnp.where(views[k] == y, k, offset)
+  _, height, width, c = x.shape
+  rows = 2 * lax.broadcasted_iota(jnp.int32, y.shape, 1) + offset // window
+  cols = 2 * lax.broadcasted_iota(jnp.int32, y.shape, 2) + offset % window
+  batch = lax.broadcasted_iota(jnp.int32, y.shape, 0)
+  channel = lax.broadcasted_iota(jnp.int32, y.shape, 3)
+  index = ((batch * height + rows) * width + cols) * c + channel
+  return y, index
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool_s2(x, window, out_h, out_w, shape):
+  del shape  # x.shape, for the backward pass
+  return _max_pool(x, window, out_h, out_w)
+
+
+def _max_pool_s2_fwd(x, window, out_h, out_w, shape):
+  del shape
+  return _max_pool_with_argmax(x, window, out_h, out_w)
+
+
+def _max_pool_s2_bwd(window, out_h, out_w, shape, index, g):
+  # A scatter-add of g to each window's first maximum, as reduce_window's
+  # select-and-scatter does. Written as autodiff would (slices, pads, masks),
+  # XLA:CPU fused the whole gradient chain producing g into each of the
+  # window*window masked copies and recomputed it as often.
+  del window, out_h, out_w
+  dx = jnp.zeros(math.prod(shape), g.dtype).at[index.reshape(-1)].add(
+      g.reshape(-1), indices_are_sorted=False, unique_indices=False)
+  return (dx.reshape(shape),)
+
+
+_max_pool_s2.defvjp(_max_pool_s2_fwd, _max_pool_s2_bwd)
+
+
+def max_pool_3x3_s2(x: Array) -> Array:
+  """3x3/2 max pool with padding 1 (torchvision's, Keras's) on [N, H, W, C].
+
+  Computed as the max of nine strided views, with the gradient written out:
+  XLA:CPU lowers reduce_window's gradient through index arrays that cost
+  more than the rest of the stem.
+  """
+  height, width = x.shape[1:3]
+  out_h, out_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+  x = jnp.pad(x, ((0, 0), (1, 2 * out_h - height), (1, 2 * out_w - width),
+                  (0, 0)), constant_values=-jnp.inf)
+  return _max_pool_s2(x, 3, out_h, out_w, x.shape)
+
+
+def max_pool_2x2(x: Array) -> Array:
+  """2x2/2 max pool, VALID (odd edges dropped), on [N, H, W, C]."""
+  return _max_pool_s2(x, 2, x.shape[1] // 2, x.shape[2] // 2, x.shape)
+
+
+def avg_pool_2x2(x: Array) -> Array:
+  """2x2/2 average pool, VALID (odd edges dropped), on [N, H, W, C]."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')

@@ -1,0 +1,140 @@
+"""The fast layers equal Flax's own (nn.Conv, nn.BatchNorm + ReLU, pooling)."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from densenet_flax import layers
+
+
+def normal(seed, shape, scale=1.0, offset=0.0):
+  return offset + scale * jax.random.normal(jax.random.key(seed), shape)
+
+
+@pytest.mark.parametrize('kernel,strides,padding', [
+    ((1, 1), (1, 1), ((0, 0), (0, 0))),
+    ((3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((7, 7), (2, 2), ((3, 3), (3, 3))),
+])
+def test_conv_equals_nn_conv(kernel, strides, padding):
+  x = normal(0, (2, 9, 9, 5))
+  ours = layers.Conv(4, kernel, strides=strides, padding=padding)
+  ref = nn.Conv(4, kernel, strides=strides, padding=padding, use_bias=False)
+  params = ours.init(jax.random.key(1), x)
+  assert jax.tree_util.tree_map(jnp.shape, params) == jax.tree_util.tree_map(
+      jnp.shape, ref.init(jax.random.key(1), x))
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x),
+                             atol=1e-5, rtol=1e-5)
+  grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2),
+                            argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(grad(ours)),
+                  jax.tree_util.tree_leaves(grad(ref))):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('split', [None, (3, 4, 2)])
+def test_batch_norm_relu_equals_flax(train, split):
+  """Outputs, statistics updates and gradients, on one array or on pieces."""
+  x = normal(0, (4, 5, 5, 9), scale=2.0, offset=0.5)
+  pieces = (x,) if split is None else tuple(
+      jnp.split(x, np.cumsum(split)[:-1], axis=-1))
+  ours = layers.BatchNormReLU(momentum=0.9, epsilon=1e-5)
+  variables = ours.init(jax.random.key(0), x, use_running_average=False)
+  variables = {
+      'params': {'scale': normal(1, (9,)), 'bias': normal(2, (9,), 0.3)},
+      'batch_stats': {'mean': normal(3, (9,), 0.1),
+                      'var': 1 + jnp.abs(normal(4, (9,)))}}
+  ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+  target = normal(5, x.shape)
+
+  def loss_ours(params, pieces):
+    y, updates = ours.apply({'params': params,
+                             'batch_stats': variables['batch_stats']},
+                            list(pieces), use_running_average=not train,
+                            mutable=['batch_stats'])
+    return jnp.sum(y * target), (y, updates)
+
+  def loss_ref(params, x):
+    y, updates = ref.apply({'params': params,
+                            'batch_stats': variables['batch_stats']}, x,
+                           use_running_average=not train,
+                           mutable=['batch_stats'])
+    y = nn.relu(y)
+    return jnp.sum(y * target), (y, updates)
+
+  (_, (y_a, upd_a)), (gp_a, gx_a) = jax.value_and_grad(
+      loss_ours, argnums=(0, 1), has_aux=True)(variables['params'], pieces)
+  (_, (y_b, upd_b)), (gp_b, gx_b) = jax.value_and_grad(
+      loss_ref, argnums=(0, 1), has_aux=True)(variables['params'], x)
+  np.testing.assert_allclose(y_a, y_b, atol=1e-5, rtol=1e-5)
+  for key in ('mean', 'var'):
+    np.testing.assert_allclose(upd_a['batch_stats'][key],
+                               upd_b['batch_stats'][key], atol=1e-6, rtol=1e-6)
+  for key in ('scale', 'bias'):
+    np.testing.assert_allclose(gp_a[key], gp_b[key], atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(jnp.concatenate(gx_a, -1), gx_b, atol=1e-5,
+                             rtol=1e-5)
+  assert float(jnp.abs(gx_b).max()) > 0.1
+
+
+def test_shared_moments_equal_recomputed_ones():
+  """Moments computed once per piece give the same output and gradients."""
+  pieces = (normal(0, (3, 4, 4, 2)), normal(1, (3, 4, 4, 3), 2.0, 1.0))
+  bn = layers.BatchNormReLU()
+  variables = bn.init(jax.random.key(0), list(pieces), use_running_average=False)
+
+  def run(shared, pieces):
+    moments = [layers.moments(p) for p in pieces] if shared else None
+    y, _ = bn.apply(variables, list(pieces), use_running_average=False,
+                    piece_moments=moments, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y))
+
+  for shared in (True, False):
+    np.testing.assert_allclose(run(shared, pieces), run(True, pieces),
+                               rtol=1e-6)
+  g_shared = jax.grad(functools.partial(run, True))(pieces)
+  g_own = jax.grad(functools.partial(run, False))(pieces)
+  for a, b in zip(g_shared, g_own):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bfloat16_batch_norm_relu_keeps_float32_statistics():
+  x = normal(0, (2, 3, 3, 4)).astype(jnp.bfloat16)
+  bn = layers.BatchNormReLU(dtype=jnp.bfloat16)
+  variables = bn.init(jax.random.key(0), x, use_running_average=False)
+  y, updates = bn.apply(variables, x, use_running_average=False,
+                        mutable=['batch_stats'])
+  assert y.dtype == jnp.bfloat16
+  assert updates['batch_stats']['mean'].dtype == jnp.float32
+  grad = jax.grad(lambda x: jnp.sum(bn.apply(
+      variables, x, use_running_average=False,
+      mutable=['batch_stats'])[0].astype(jnp.float32)))(x)
+  assert grad.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 9, 3), (2, 8, 10, 3), (3, 7, 6, 2)])
+@pytest.mark.parametrize('relu', [False, True])  # True: many tied zeros
+def test_pools_equal_reduce_window_pools(shape, relu):
+  x = normal(0, shape)
+  if relu:
+    x = jnp.maximum(x, 0)
+  cases = [
+      (layers.max_pool_3x3_s2,
+       lambda x: nn.max_pool(x, (3, 3), strides=(2, 2),
+                             padding=((1, 1), (1, 1)))),
+      (layers.max_pool_2x2, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))),
+      (layers.avg_pool_2x2, lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2))),
+  ]
+  for ours, ref in cases:
+    y, vjp = jax.vjp(jax.jit(ours), x)
+    y_ref, vjp_ref = jax.vjp(ref, x)
+    np.testing.assert_array_equal(y, y_ref)
+    g = normal(1, y.shape)
+    # The gradient goes to the first maximum of each window, as
+    # reduce_window's select-and-scatter sends it.
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], atol=1e-6)
