@@ -280,3 +280,19 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   _, updates = apply(bf16, variables, x, train=True, mutable=['batch_stats'])
   for leaf in jax.tree_util.tree_leaves(updates):
     assert leaf.dtype == jnp.float32
+
+
+def test_memory_efficient_saved_bytes_grow_linearly_with_depth():
+  """What the backward pass keeps: linear in depth with memory_efficient."""
+  from benchmarks import memory
+
+  def saved(depth, efficient):
+    return memory.measure(depth, 4, efficient, batch=2, compile_step=False,
+                          image_size=8)['saved_bytes']
+
+  layers_ratio = (76 - 4) / (28 - 4)  # 3 times the layers
+  efficient = saved(76, True) / saved(28, True)
+  plain = saved(76, False) / saved(28, False)
+  assert abs(efficient / layers_ratio - 1) < 0.1, efficient
+  assert plain > efficient
+  assert saved(76, True) < 0.5 * saved(76, False)
