@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = False             # jax.distributed.initialize() (multi-host)
   c.stop_after_steps = 0            # >0: save and stop after this many steps
                                     # of this invocation (time-boxed jobs)
+  # XLA's compiled steps, kept across runs: a resumed or repeated run skips
+  # the compile (DenseNet-121 step on 2 CPU cores: 21 s -> 3.5 s). '' = off.
+  c.compilation_cache_dir = '~/.cache/densenet_flax/xla'
   return c
 
 
@@ -97,6 +100,18 @@ def _one_of(config, key: str, choices) -> None:
     value = value[part]
   if value not in choices:
     _fail(key, value, f'one of {", ".join(map(repr, choices))}')
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  """Points JAX's persistent compilation cache at config.compilation_cache_dir."""
+  import os
+
+  import jax
+
+  if config.get('compilation_cache_dir'):
+    path = os.path.expanduser(config.compilation_cache_dir)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update('jax_compilation_cache_dir', path)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -99,6 +99,7 @@ def evaluate(workdir: str, checkpoint: str = 'latest',
   split = split or config.test_split or config.eval_split
   dp = parallel.DataParallel()
   config_lib.validate(config, jax.device_count())
+  config_lib.enable_compilation_cache(config)
   data = pipeline.InputPipeline(config, num_devices=dp.num_devices)
   if split.split('[')[0] not in data.spec.splits:
     raise ValueError(f'--split {split!r}: {data.spec.name} has splits '

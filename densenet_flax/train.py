@@ -171,6 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     jax.distributed.initialize()
   dp = parallel.DataParallel()
   config_lib.validate(config, jax.device_count())
+  config_lib.enable_compilation_cache(config)
   is_writer = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)

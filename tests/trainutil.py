@@ -26,6 +26,7 @@ def tiny_config(data_dir, **overrides):
   config.log_every_steps = 4
   config.checkpoint_every_steps = 5
   config.progress_bar = False
+  config.compilation_cache_dir = ''  # tests leave no files behind
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split('.')
