@@ -192,6 +192,32 @@ def print_table(report: dict) -> None:
             f'{_mb(memory.get("peak_bytes_in_use")):>9}')
 
 
+def markdown(report: dict) -> str:
+  """The report as Markdown tables (for docs/benchmarks.md)."""
+  lines = []
+  for entry in report['cases']:
+    c = entry['case']
+    lines += [f'**{c["model"]} @ {c["size"]}x{c["size"]}x{c["channels"]}, '
+              f'batch {c["batch"]}**', '',
+              '| variant | compile s | step ms (min-max) | images/s | '
+              'ours / this | peak RSS MB | XLA temp MB |',
+              '|---|---|---|---|---|---|---|']
+    for name, r in entry['results'].items():
+      if 'median_s' not in r:
+        lines.append(f'| {name} | skipped: {r.get("skipped", "no timings")} '
+                     f'| | | | | |')
+        continue
+      ratio = entry['ratios'].get(f'ours/{name}')
+      lines.append(
+          f'| {name} | {r["compile_s"]:.1f} | {1e3 * r["median_s"]:.0f} '
+          f'({1e3 * r["min_s"]:.0f}-{1e3 * r["max_s"]:.0f}) | '
+          f'{r["images_per_s"]:.1f} | {f"{ratio:.2f}" if ratio else "-"} | '
+          f'{_mb(r.get("memory", {}).get("peak_rss_bytes"))} | '
+          f'{_mb(r.get("xla_memory", {}).get("temp_size_in_bytes"))} |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--cases', nargs='*', default=None,
@@ -204,6 +230,8 @@ def main(argv=None):
   parser.add_argument('--baseline', default=None,
                       help="a checkout of densenet_flax to time as 'baseline'")
   parser.add_argument('--json', default=None)
+  parser.add_argument('--markdown', default=None,
+                      help='also write the tables as Markdown to this file')
   args = parser.parse_args(argv)
 
   import jax  # the coordinator only asks which platform this is
@@ -230,6 +258,10 @@ def main(argv=None):
     with open(args.json, 'w') as f:
       json.dump(report, f, indent=2)
     print(f'\nwrote {args.json}')
+  if args.markdown:
+    with open(args.markdown, 'w') as f:
+      f.write(markdown(report))
+    print(f'wrote {args.markdown}')
 
 
 if __name__ == '__main__':

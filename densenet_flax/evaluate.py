@@ -13,15 +13,12 @@ With --tta ten_crop the files are named <split>-<step>-ten_crop.*.
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import jax
 import numpy as np
 
 from densenet_flax import metrics as metrics_lib
-
-log = logging.getLogger(__name__)
 
 
 def evaluate_split(eval_step, state, data, split: str, dp,
@@ -139,13 +136,8 @@ def main(argv=None):
   flags.DEFINE_enum('tta', None, ['ten_crop'], 'Test-time augmentation.')
 
   def run(args):
-    if len(args) > 1:
-      raise app.UsageError(f'Unexpected arguments: {args[1:]}')
-    import tensorflow as tf
-    tf.config.set_visible_devices([], 'GPU')
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save lines
-    logging.getLogger('densenet_flax').setLevel(logging.INFO)
+    from densenet_flax import cli
+    cli.start_command(args)
     f = flags.FLAGS
     report = evaluate(f.workdir, f.checkpoint, f.split, f.tta)
     print(f'{report["split"]} at step {report["step"]} '

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from densenet_flax import checkpointing
+from densenet_flax import cli
 from densenet_flax import config as config_lib
 from densenet_flax import evaluate as evaluate_lib
 from densenet_flax import models
@@ -78,15 +79,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def pretrained_variables(config, image_size: int, channels: int):
   """ImageNet weights of a keras.applications DenseNet (downloaded by Keras)."""
+  if channels != 3:
+    raise ValueError('config.init_from_keras needs config.channels=3 (the '
+                     'ImageNet weights take RGB)')
   import keras
   from densenet_flax import convert
 
   keras_model = getattr(keras.applications, config.init_from_keras)(
       weights='imagenet', include_top=False,
       input_shape=(image_size, image_size, 3))
-  if channels != 3:
-    raise ValueError('config.init_from_keras needs config.channels=3 (the '
-                     'ImageNet weights take RGB)')
   return convert.from_keras(keras_model)
 
 
@@ -379,14 +380,7 @@ def main(argv=None):
       'Config file (configs/*.py); fields override as --config.key=value.')
 
   def run(args):
-    if len(args) > 1:
-      raise app.UsageError(f'Unexpected arguments: {args[1:]}')
-    # Keep TensorFlow (tf.data) off the accelerators JAX uses.
-    import tensorflow as tf
-    tf.config.set_visible_devices([], 'GPU')
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save lines
-    logging.getLogger('densenet_flax').setLevel(logging.INFO)
+    cli.start_command(args)
     summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     print(json.dumps({k: v for k, v in summary.items() if k != 'test'},
                      indent=2))

@@ -45,7 +45,7 @@ def test_malformed_row_names_file_and_line(tmp_path, row, message):
 
 
 def test_missing_column_is_named(tmp_path):
-  path = write(tmp_path, f'emotion,Usage\n3,Training\n')
+  path = write(tmp_path, 'emotion,Usage\n3,Training\n')
   with pytest.raises(fer_sources.DataFormatError,
                      match=r"line 1: missing column\(s\) \['pixels'\]"):
     read_all(path)
