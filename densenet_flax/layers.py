@@ -100,8 +100,8 @@ def normalize_relu(pieces, mean, var, scale, bias, epsilon, dtype):
   dense layer's input); mean, var: [sum C_i] statistics, computed by the
   caller. The concatenation is never stored: the forward pass reads the
   pieces directly, and the backward pass works piece by piece, one reduction
-  and one elementwise pass each, taking the ReLU mask from the output; autodiff
-  stored the concatenation and the centred input and made more passes.
+  and one elementwise pass each; autodiff stored the concatenation and the
+  centred input and made more passes.
   Gradients for mean and var go back to whoever computed them (once per
   feature map, see `moments`).
   """
