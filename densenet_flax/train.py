@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 
 import jax
@@ -95,12 +96,11 @@ def class_weights(config, data) -> np.ndarray | None:
   """Inverse class frequencies of the training split, mean 1 ('balanced')."""
   if config.class_weighting == 'none':
     return None
-  if not data.spec.in_memory:
-    raise ValueError(f"config.class_weighting='balanced' needs label counts; "
-                     f'{data.spec.name} is not held in memory')
-  _, labels = data._arrays(data.train_split)
-  counts = np.bincount(labels, minlength=data.spec.num_classes)
-  weights = len(labels) / (data.spec.num_classes * np.maximum(counts, 1))
+  try:
+    counts = data.train_label_counts()
+  except ValueError as e:
+    raise ValueError(f"config.class_weighting='balanced': {e}") from None
+  weights = counts.sum() / (data.spec.num_classes * np.maximum(counts, 1))
   log.info('Class weights: %s', np.round(weights, 3).tolist())
   return weights.astype(np.float32)
 
@@ -117,7 +117,6 @@ class _StopRequest:
 
   @contextlib.contextmanager
   def installed(self):
-    import threading
     if threading.current_thread() is not threading.main_thread():
       yield self
       return

@@ -199,3 +199,10 @@ def test_random_resized_crop_and_imagenet_eval_sizes():
   assert view.shape[0] == round(32 / 0.875)  # shorter side
   assert augment.eval_image(image, image_size=32, crop='resized',
                             resize=0).shape == (32, 32, 3)
+
+
+def test_train_label_counts(fer_config, fer_rows):
+  data = pipeline.InputPipeline(fer_config(), num_devices=1)
+  want = np.bincount([l for l, _, u in fer_rows if u == 'Training'],
+                     minlength=7)
+  np.testing.assert_array_equal(data.train_label_counts(), want)

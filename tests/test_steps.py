@@ -177,3 +177,19 @@ def test_merge_variables_keeps_new_head_and_checks_shapes():
   np.testing.assert_array_equal(merged['params']['head'], [0, 0, 0])
   with pytest.raises(ValueError, match='params/a has shape'):
     steps.merge_variables(fresh, {'params': {'a': np.ones(3)}})
+
+
+def test_balanced_class_weights_are_inverse_frequencies():
+  from densenet_flax import train as train_lib
+
+  class Data:
+    class spec:
+      num_classes = 3
+
+    def train_label_counts(self):
+      return np.array([60, 30, 10])
+
+  config = opt_config(class_weighting='balanced')
+  weights = train_lib.class_weights(config, Data())
+  np.testing.assert_allclose(weights, [100 / 180, 100 / 90, 100 / 30])
+  assert train_lib.class_weights(opt_config(), Data()) is None

@@ -120,6 +120,14 @@ class InputPipeline:
   def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
     return _load_arrays(self.builder, split)
 
+  def train_label_counts(self) -> np.ndarray:
+    """Examples per class in the whole training split ([num_classes])."""
+    if not self.spec.in_memory:
+      raise ValueError(f'Label counts need the labels in memory; '
+                       f'{self.spec.name} is read from files')
+    _, labels = self._arrays(self.train_split)
+    return np.bincount(labels, minlength=self.spec.num_classes)
+
   def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if self.spec.mean is not None:
       return self.spec.mean, self.spec.std
