@@ -29,12 +29,19 @@ def pixels_text(pixels):
   return ' '.join(str(v) for v in pixels.reshape(-1))
 
 
+def fer_csv_text(rows):
+  """The text of a fer2013.csv holding `rows` (label, pixels, usage)."""
+  data = io.StringIO()
+  writer = csv.writer(data)
+  writer.writerow(['emotion', 'pixels', 'Usage'])
+  for label, pixels, usage in rows:
+    writer.writerow([label, pixels_text(pixels), usage])
+  return data.getvalue()
+
+
 def write_fer_csv(path, rows):
   with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['emotion', 'pixels', 'Usage'])
-    for label, pixels, usage in rows:
-      writer.writerow([label, pixels_text(pixels), usage])
+    f.write(fer_csv_text(rows))
   return path
 
 
@@ -48,12 +55,7 @@ def write_icml_csv(path, rows):
 
 
 def write_fer_tar(path, rows):
-  data = io.StringIO()
-  writer = csv.writer(data)
-  writer.writerow(['emotion', 'pixels', 'Usage'])
-  for label, pixels, usage in rows:
-    writer.writerow([label, pixels_text(pixels), usage])
-  payload = data.getvalue().encode()
+  payload = fer_csv_text(rows).encode()
   with tarfile.open(path, 'w:gz') as tar:
     info = tarfile.TarInfo('fer2013/fer2013.csv')
     info.size = len(payload)

@@ -42,14 +42,19 @@ ICML_NAME = 'icml_face_data.csv'
 FOLDER_SPLITS = ('train', 'test')
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 
+# The releases that keep the CSV row order (FER+ joins on it).
+CSV_RELEASES_TEXT = f"""\
+  {CSV_NAME}       from https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data
+  {TAR_NAME}    the same file as the competition ships it (read without extracting)
+  {ICML_NAME} the same rows, from the same page
+"""
+
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 FER2013 needs a Kaggle login, so it is downloaded by hand. Put ONE of these in
 the manual directory (by default ~/tensorflow_datasets/downloads/manual/, or
 the --manual_dir / config.manual_dir you pass):
 
-  {CSV_NAME}       from https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data
-  {TAR_NAME}    the same file as the competition ships it (read without extracting)
-  {ICML_NAME} the same rows, from the same page
+{CSV_RELEASES_TEXT}\
   train/ and test/     the folder release (https://www.kaggle.com/datasets/msambare/fer2013):
                        train/<class>/*.jpg, test/<class>/*.jpg
 """
@@ -117,21 +122,27 @@ def _dict_rows(stream: IO[str], source: str,
     yield where, dict(zip(header, fields))
 
 
+def split_of_usage(text: str, where: str) -> str:
+  """The split of a `Usage` value (fer2013.csv, fer2013new.csv), or an error."""
+  usage = text.strip()
+  if usage not in USAGE_TO_SPLIT:
+    raise DataFormatError(
+        f'{where}: unknown Usage {usage!r}; expected one of '
+        f'{", ".join(USAGE_TO_SPLIT)}')
+  return USAGE_TO_SPLIT[usage]
+
+
 def read_fer_csv(stream: IO[str], source: str) -> Iterator[Example]:
   """Rows of fer2013.csv / icml_face_data.csv, in file order."""
   rows = _dict_rows(stream, source, ('emotion', 'pixels', 'Usage'))
   for index, (where, row) in enumerate(rows):
-    usage = row['Usage'].strip()
-    if usage not in USAGE_TO_SPLIT:
-      raise DataFormatError(
-          f'{where}: unknown Usage {usage!r}; expected one of '
-          f'{", ".join(USAGE_TO_SPLIT)}')
+    split = split_of_usage(row['Usage'], where)
     label_text = row['emotion'].strip()
     if not label_text.isdigit() or int(label_text) >= len(EMOTIONS):
       raise DataFormatError(
           f'{where}: unknown emotion id {label_text!r}; expected an integer '
           f'0-{len(EMOTIONS) - 1} ({", ".join(EMOTIONS)})')
-    yield Example(key=f'row{index:05d}', split=USAGE_TO_SPLIT[usage],
+    yield Example(key=f'row{index:05d}', split=split,
                   image=parse_pixels(row['pixels'], where),
                   label=int(label_text))
 
@@ -275,11 +286,7 @@ def read_ferplus_votes(path: str) -> Iterator[Votes]:
   with open(path, newline='', encoding='utf-8') as stream:
     required = ('Usage', 'Image name') + FERPLUS_VOTE_COLUMNS
     for where, row in _dict_rows(stream, path, required):
-      usage = row['Usage'].strip()
-      if usage not in USAGE_TO_SPLIT:
-        raise DataFormatError(
-            f'{where}: unknown Usage {usage!r}; expected one of '
-            f'{", ".join(USAGE_TO_SPLIT)}')
+      split = split_of_usage(row['Usage'], where)
       votes = []
       for column in FERPLUS_VOTE_COLUMNS:
         text = row[column].strip()
@@ -288,7 +295,7 @@ def read_ferplus_votes(path: str) -> Iterator[Votes]:
               f'{where}: {column} vote count {text!r} is not a non-negative '
               f'integer')
         votes.append(int(text))
-      yield Votes(where=where, split=USAGE_TO_SPLIT[usage],
+      yield Votes(where=where, split=split,
                   image_name=row['Image name'].strip(),
                   votes=np.array(votes, np.int32))
 

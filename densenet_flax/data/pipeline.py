@@ -135,7 +135,7 @@ class InputPipeline:
     pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
     log.info('%s: mean %s, std %s (computed from %d training images)',
-                 self.spec.name, mean, std, len(images))
+             self.spec.name, mean, std, len(images))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
   # --- preprocessing -----------------------------------------------------------
@@ -154,11 +154,15 @@ class InputPipeline:
                                  expand_animations=False)
     return image
 
+  def _epoch_seed(self, epoch: int) -> int:
+    """One seed per (run seed, epoch): the file order and the augmentations."""
+    return self.config.seed * 1_000_003 + epoch
+
   def _train_map(self, epoch: int):
     a = self.config.augment
     kwargs = dict(self._augment_kwargs(), crop_padding=a.get('crop_padding', 0),
                   flip=a.get('flip', False), rotation=a.get('rotation', 0.0))
-    epoch_seed = self.config.seed * 1_000_003 + epoch
+    epoch_seed = self._epoch_seed(epoch)
     process_offset = self.process_index << 32
 
     def fn(position, image, label):
@@ -180,7 +184,7 @@ class InputPipeline:
       return tf.data.Dataset.from_tensor_slices(
           (np.arange(skip, count, dtype=np.int64), images[order],
            labels[order]))
-    epoch_seed = self.config.seed * 1_000_003 + epoch
+    epoch_seed = self._epoch_seed(epoch)
     ds = self.builder.as_dataset(
         split=self._process_train_split, shuffle_files=True,
         decoders={'image': tfds.decode.SkipDecoding()},

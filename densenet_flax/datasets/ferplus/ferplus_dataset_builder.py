@@ -27,8 +27,7 @@ FER+ needs two files in the manual directory:
   {fer_sources.FERPLUS_NAME}  from https://github.com/microsoft/FERPlus
   and one FER2013 CSV release:
 
-""" + fer_sources.MANUAL_DOWNLOAD_INSTRUCTIONS.split('\n\n', 1)[1].split(
-    '  train/ and test/')[0]
+{fer_sources.CSV_RELEASES_TEXT}"""
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -59,11 +58,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     directory = manual.manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     votes_path = os.path.join(directory, fer_sources.FERPLUS_NAME)
     fer_path = fer_sources.find_csv_source(directory)
-    if not os.path.isfile(votes_path) or fer_path is None:
-      missing = [p for p in (votes_path,) if not os.path.isfile(p)]
-      if fer_path is None:
-        missing.append(os.path.join(directory, fer_sources.CSV_NAME) +
-                       ' (or .tar.gz / icml_face_data.csv)')
+    missing = [] if os.path.isfile(votes_path) else [votes_path]
+    if fer_path is None:
+      missing.append(os.path.join(directory, fer_sources.CSV_NAME) +
+                     ' (or .tar.gz / icml_face_data.csv)')
+    if missing:
       raise FileNotFoundError(
           f'FER+ files missing: {", ".join(missing)}\n\n'
           f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
