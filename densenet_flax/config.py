@@ -134,13 +134,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config[key].split('[')[0] not in spec.splits:
       _fail(key, config[key], f'a split of {spec.name} (or a TFDS slice of '
                               f'one): {", ".join(spec.splits)}')
-  for key in ('optimizer', 'schedule', 'weight_decay_mode', 'class_weighting',
-              'augment.crop', 'half_precision_dtype', 'test_tta'):
-    _one_of(config, key, dict(
-        optimizer=OPTIMIZERS, schedule=SCHEDULES,
-        weight_decay_mode=WEIGHT_DECAY_MODES, class_weighting=CLASS_WEIGHTINGS,
-        half_precision_dtype=HALF_DTYPES, test_tta=TTAS,
-        **{'augment.crop': CROPS})[key])
+  for key, choices in {'optimizer': OPTIMIZERS, 'schedule': SCHEDULES,
+                       'weight_decay_mode': WEIGHT_DECAY_MODES,
+                       'class_weighting': CLASS_WEIGHTINGS,
+                       'augment.crop': CROPS,
+                       'half_precision_dtype': HALF_DTYPES,
+                       'test_tta': TTAS}.items():
+    _one_of(config, key, choices)
   for key in ('learning_rate', 'num_epochs', 'batch_size', 'eval_batch_size',
               'image_size', 'log_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'eval_every_epochs'):

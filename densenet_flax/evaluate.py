@@ -83,7 +83,6 @@ def write_report(report: dict, workdir: str, split: str, step: int,
 def evaluate(workdir: str, checkpoint: str = 'latest',
              split: str | None = None, tta: str | None = None) -> dict:
   """Restores `checkpoint` of `workdir` and evaluates `split` exactly."""
-  from densenet_flax import checkpointing
   from densenet_flax import config as config_lib
   from densenet_flax import optim
   from densenet_flax import parallel
@@ -106,11 +105,8 @@ def evaluate(workdir: str, checkpoint: str = 'latest',
   model = train_lib.build_model(config, num_classes)
   tx, _ = optim.create_optimizer(config, data.steps_per_epoch)
   abstract = jax.eval_shape(lambda: steps.create_train_state(
-      jax.random.key(0), model, tx,
-      (config.image_size, config.image_size, config.channels)))
-  ckpts = checkpointing.Checkpoints(
-      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-      select_metric=config.select_metric)
+      jax.random.key(0), model, tx, train_lib.input_shape(config)))
+  ckpts = train_lib.open_checkpoints(config, workdir)
   step = ckpts.resolve(checkpoint)
   state, _ = ckpts.restore(step, abstract,
                            train_lib.run_identity(config, num_classes))

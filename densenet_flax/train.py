@@ -65,6 +65,18 @@ def run_identity(config, num_classes: int) -> dict:
           'model_overrides': config.model_overrides.to_dict()}
 
 
+def input_shape(config) -> tuple[int, int, int]:
+  """(height, width, channels) of one model input."""
+  return (config.image_size, config.image_size, config.channels)
+
+
+def open_checkpoints(config, workdir: str) -> checkpointing.Checkpoints:
+  """The checkpoints of a training workdir, kept as the config says."""
+  return checkpointing.Checkpoints(
+      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+      select_metric=config.select_metric)
+
+
 def save_config(config, workdir: str) -> None:
   with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
     f.write(config.to_json(indent=2))
@@ -190,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  image_shape = (config.image_size, config.image_size, config.channels)
+  image_shape = input_shape(config)
   variables = (pretrained_variables(config, config.image_size, config.channels)
                if config.init_from_keras else None)
   use_dynamic_scale = (config.half_precision and
@@ -201,16 +213,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                                    variables=variables)
 
   identity = run_identity(config, num_classes)
-  ckpts = checkpointing.Checkpoints(
-      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-      select_metric=config.select_metric)
+  ckpts = open_checkpoints(config, workdir)
   start_step = 0
   latest = ckpts.latest_step()
   if latest is not None:
     state, _ = ckpts.restore(latest, jax.eval_shape(lambda: state), identity)
     start_step = int(jax.device_get(state.step))
     log.info('Resuming at step %d of %d from %s', start_step, total_steps,
-                 ckpts.directory)
+             ckpts.directory)
 
   writer = reporting.MetricWriter(workdir, enabled=is_writer)
   writer.truncate_after(start_step)
@@ -242,9 +252,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   images_per_step = config.batch_size
   progress = _progress(config, is_writer, start_step, total_steps)
   log.info('Training %s on %s: %d steps (%d epochs x %d), %d device(s), '
-               'batch %d; workdir %s', config.model, config.dataset,
-               total_steps, config.num_epochs, steps_per_epoch, dp.num_devices,
-               config.batch_size, workdir)
+           'batch %d; workdir %s', config.model, config.dataset, total_steps,
+           config.num_epochs, steps_per_epoch, dp.num_devices,
+           config.batch_size, workdir)
 
   def log_train(step):
     stacked = buffer.flush(dp.first_replica)
