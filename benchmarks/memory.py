@@ -56,9 +56,17 @@ def loss_fn(model, batch_stats, images, labels):
   def loss(params):
     logits, _ = model.apply({'params': params, 'batch_stats': batch_stats},
                             images, train=True, mutable=['batch_stats'])
-    onehot = jax.nn.one_hot(labels, 10)
-    return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1))
+    return jnp.mean(steps.cross_entropy(logits, jax.nn.one_hot(labels, 10)))
   return loss
+
+
+def jitted_step(model, image_shape):
+  """(the jitted train step of `model`, a fresh state) for 10 classes."""
+  state = steps.create_train_state(jax.random.key(0), model,
+                                   optax.sgd(0.1, 0.9), image_shape)
+  step = jax.jit(functools.partial(steps.train_step, num_classes=10),
+                 donate_argnums=0)
+  return step, state
 
 
 def measure(depth, growth_rate, memory_efficient, batch, compile_step,
@@ -82,10 +90,7 @@ def measure(depth, growth_rate, memory_efficient, batch, compile_step,
                               jax.tree_util.tree_leaves(params))),
             'saved_bytes': saved, 'saved_arrays': len(residuals)}
   if compile_step:
-    state = steps.create_train_state(jax.random.key(0), model,
-                                     optax.sgd(0.1, 0.9), images.shape[1:])
-    step = jax.jit(functools.partial(steps.train_step, num_classes=10),
-                   donate_argnums=0)
+    step, state = jitted_step(model, images.shape[1:])
     batch_data = {'image': x, 'label': labels}
     start = time.perf_counter()
     compiled = step.lower(state, batch_data, jax.random.key(0)).compile()
@@ -109,10 +114,7 @@ def time_modes(depth, growth_rate, batch, rounds=3, steps_per_round=2):
   runners = {}
   for mode in (False, True):
     model = bc_model(depth, growth_rate, mode)
-    state = steps.create_train_state(jax.random.key(0), model,
-                                     optax.sgd(0.1, 0.9), (32, 32, 3))
-    step = jax.jit(functools.partial(steps.train_step, num_classes=10),
-                   donate_argnums=0)
+    step, state = jitted_step(model, images.shape[1:])
     batch_data = {'image': images, 'label': labels}
     state, metrics = step(state, batch_data, jax.random.key(0))
     jax.block_until_ready(metrics)
