@@ -1,8 +1,11 @@
 """Orbax checkpoints of the train state: save, resume, best, and checks.
 
-A checkpoint holds the (single-replica) TrainState and a JSON record: the
-model and dataset it belongs to, the config, and the eval metrics when it was
-taken at an evaluation. The manager keeps the last `keep` checkpoints plus the
+A checkpoint holds one copy of the TrainState, saved as global arrays, and a
+JSON record: the model and dataset it belongs to, and the eval metrics when it
+was taken at an evaluation. Under many processes every process takes part in
+each save and restore (Orbax writes a replicated array once, from process 0,
+and synchronises the processes); arrays are restored with the sharding of the
+target, so a checkpoint written by N processes restores on 1 and vice versa. The manager keeps the last `keep` checkpoints plus the
 best by the selection metric; saves are asynchronous, and `wait()` blocks until
 the last one has committed (Orbax writes to a temporary directory and renames
 it, so an interrupted save leaves no half-written checkpoint behind).
@@ -15,6 +18,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 Meta = dict[str, Any]
@@ -160,6 +164,38 @@ class Checkpoints:
         meta=ocp.args.JsonRestore()))
     log.info('Restored checkpoint %d from %s', step, self.directory)
     return restored['state'], restored['meta']
+
+  def read(self, step: int,
+           sharding: jax.sharding.Sharding | None = None) -> dict:
+    """The stored state of `step` as a dict tree, with nothing built to match.
+
+    Read into the structure Orbax recorded and placed with `sharding`
+    (default: replicated over all devices, which works on any number of
+    processes). Every process of a run must call this together.
+    """
+    if sharding is None:
+      sharding = jax.sharding.NamedSharding(
+          jax.sharding.Mesh(np.array(jax.devices()), ('devices',)),
+          jax.sharding.PartitionSpec())
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        self._manager.item_metadata(step)['state'])
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
+
+  def restore_variables(self, step: int, abstract_variables, expected: Meta,
+                        sharding: jax.sharding.Sharding | None = None) -> dict:
+    """{'params', 'batch_stats'} of `step`, without building an optimizer.
+
+    The whole stored state is read (`read`); the optimizer state is small
+    beside the activations of any use of a model.
+    """
+    self.check_compatible(step, abstract_variables, expected)
+    restored = self.read(step, sharding)
+    log.info('Restored the variables of checkpoint %d from %s', step,
+             self.directory)
+    return {'params': restored['params'],
+            'batch_stats': restored['batch_stats']}
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -81,7 +81,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2            # the last K, plus the best
   c.select_metric = 'accuracy'      # on eval_split, for the 'best' checkpoint
   c.progress_bar = True
-  c.distributed = False             # jax.distributed.initialize() (multi-host)
+  # Many processes (hosts): jax.distributed.initialize(). Left empty, the
+  # address, process count and id are auto-detected on SLURM, Open MPI,
+  # Kubernetes and Cloud TPU (or read from JAX_COORDINATOR_ADDRESS).
+  c.distributed = False
+  c.coordinator_address = ''        # 'host:port' of process 0
+  c.num_processes = 0               # 0 = auto-detect
+  c.process_id = -1                 # -1 = auto-detect
+  c.distributed_timeout_s = 100     # how long to wait for a dead peer
   c.stop_after_steps = 0            # >0: save and stop after this many steps
                                     # of this invocation (time-boxed jobs)
   # XLA's compiled steps, kept across runs: a resumed or repeated run skips
@@ -114,8 +121,14 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
     jax.config.update('jax_compilation_cache_dir', path)
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ValueError naming the first bad key. Reads no data, compiles nothing."""
+def validate(config: ml_collections.ConfigDict,
+             num_devices: int | None = None) -> None:
+  """Raises ValueError naming the first bad key. Reads no data, compiles nothing.
+
+  With `num_devices` (all processes' devices), also checks that the batch
+  sizes divide over them; without it, nothing here touches JAX's devices, so
+  a run can check its config before `jax.distributed.initialize`.
+  """
   if config.model not in models.PRESETS:
     _fail('model', config.model,
           f'a preset: {", ".join(sorted(models.PRESETS))}')
@@ -164,9 +177,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                                        spec.channels == 3):
     _fail('channels', config.channels,
           f'1 or 3, and not fewer than the {spec.channels} of {spec.name}')
-  for key in ('batch_size', 'eval_batch_size'):
-    if config[key] % num_devices:
-      _fail(key, config[key], f'a multiple of the {num_devices} devices')
+  _validate_distributed(config)
+  if num_devices is not None:
+    validate_devices(config, num_devices)
   if spec.image_size is None and config.augment.crop not in ('resized',) and \
       not config.augment.resize:
     _fail('augment.crop', config.augment.crop,
@@ -180,6 +193,33 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.image_size < model.min_input_size:
     _fail('image_size', config.image_size,
           f'at least {model.min_input_size} for {config.model}')
+
+
+def _validate_distributed(config) -> None:
+  if not config.distributed:
+    for key, unset in (('coordinator_address', ''), ('num_processes', 0),
+                       ('process_id', -1)):
+      if config[key] != unset:
+        _fail(key, config[key], f'{unset!r} unless config.distributed=True')
+    return
+  if config.num_processes < 0:
+    _fail('num_processes', config.num_processes, 'a count >= 1 (0 = detect)')
+  if config.process_id < -1 or (
+      config.num_processes and config.process_id >= config.num_processes):
+    _fail('process_id', config.process_id,
+          f'an id in [0, num_processes) (-1 = detect); num_processes='
+          f'{config.num_processes}')
+  if not config.distributed_timeout_s > 0:
+    _fail('distributed_timeout_s', config.distributed_timeout_s,
+          'a positive number of seconds')
+
+
+def validate_devices(config: ml_collections.ConfigDict,
+                     num_devices: int) -> None:
+  """The global batch sizes divide over all devices of all processes."""
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % num_devices:
+      _fail(key, config[key], f'a multiple of the {num_devices} devices')
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

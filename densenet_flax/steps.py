@@ -36,6 +36,17 @@ class TrainState(train_state.TrainState):
   dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
 
 
+class ModelState(flax.struct.PyTreeNode):
+  """What `eval_step` needs: the model's apply and its variables.
+
+  A TrainState serves too; this one is for restored weights, with no
+  optimizer state.
+  """
+  apply_fn: Any = flax.struct.field(pytree_node=False)
+  params: Any
+  batch_stats: Any
+
+
 def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
                        image_shape: tuple[int, ...], *,
                        use_dynamic_scale: bool = False,
@@ -158,7 +169,7 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, Array]) -> dict[str, Array]:
+def eval_step(state: TrainState | ModelState, batch: dict[str, Array]) -> dict[str, Array]:
   """Per-example predictions for one device's share of an eval batch.
 
   batch: image [B, H, W, C] (or [B, T, H, W, C] for T test-time crops, whose

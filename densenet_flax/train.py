@@ -2,16 +2,19 @@
 
   python -m densenet_flax.train --workdir runs/demo [--config configs/x.py]
 
-One loop for one device (jit), many local devices (pmap) and many hosts.
-Restarting with the same workdir resumes from the latest checkpoint at the
-exact step, with the data continuing where it was; SIGTERM/SIGINT save a
-checkpoint and return. Process 0 writes logs, TensorBoard scalars
-(workdir/tensorboard), metrics.jsonl, reports and plots (workdir/reports).
+One loop for one device (jit), many local devices (pmap) and many processes
+(pmap over every process's devices; see parallel.py). Restarting with the same
+workdir resumes from the latest checkpoint at the exact step, with the data
+continuing where it was. SIGTERM/SIGINT to any process stop every process at
+the same step, save one checkpoint and return; a second signal exits at once.
+Process 0 writes logs, TensorBoard scalars (workdir/tensorboard),
+metrics.jsonl, reports and plots (workdir/reports).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -19,80 +22,28 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from densenet_flax import checkpointing
 from densenet_flax import cli
 from densenet_flax import config as config_lib
-from densenet_flax import evaluate as evaluate_lib
-from densenet_flax import models
+from densenet_flax import evaluation
 from densenet_flax import optim
 from densenet_flax import parallel
 from densenet_flax import reporting
 from densenet_flax import steps
-
-CONFIG_FILE = 'config.json'
+from densenet_flax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
 
-def compute_dtype(config):
-  if not config.half_precision:
-    return jnp.float32
-  return jnp.float16 if config.half_precision_dtype == 'float16' else jnp.bfloat16
-
-
-def build_model(config, num_classes: int, axis_name: str | None = None):
-  """The configured DenseNet; BN statistics are averaged over `axis_name`."""
-  overrides = dict(config.model_overrides)
-  if config.init_from_keras:
-    from densenet_flax import convert
-    overrides.setdefault('bn_epsilon', convert.KERAS_BN_EPSILON)
-  return models.create_model(
-      config.model, num_classes=num_classes, dtype=compute_dtype(config),
-      memory_efficient=config.memory_efficient, bn_axis_name=axis_name,
-      **overrides)
-
-
-def run_identity(config, num_classes: int) -> dict:
-  """What a checkpoint must match to be restored into this run."""
-  return {'model': config.model, 'num_classes': num_classes,
-          'dataset': config.dataset,
-          'model_overrides': config.model_overrides.to_dict()}
-
-
-def input_shape(config) -> tuple[int, int, int]:
-  """(height, width, channels) of one model input."""
-  return (config.image_size, config.image_size, config.channels)
-
-
-def open_checkpoints(config, workdir: str) -> checkpointing.Checkpoints:
-  """The checkpoints of a training workdir, kept as the config says."""
-  return checkpointing.Checkpoints(
-      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-      select_metric=config.select_metric)
-
-
-def save_config(config, workdir: str) -> None:
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    f.write(config.to_json(indent=2))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def pretrained_variables(config, image_size: int, channels: int):
+def pretrained_variables(config):
   """ImageNet weights of a keras.applications DenseNet (downloaded by Keras)."""
-  if channels != 3:
+  if config.channels != 3:
     raise ValueError('config.init_from_keras needs config.channels=3 (the '
                      'ImageNet weights take RGB)')
   import keras
@@ -100,7 +51,7 @@ def pretrained_variables(config, image_size: int, channels: int):
 
   keras_model = getattr(keras.applications, config.init_from_keras)(
       weights='imagenet', include_top=False,
-      input_shape=(image_size, image_size, 3))
+      input_shape=(config.image_size, config.image_size, 3))
   return convert.from_keras(keras_model)
 
 
@@ -118,13 +69,18 @@ def class_weights(config, data) -> np.ndarray | None:
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps.
+
+  A second signal raises KeyboardInterrupt at once.
+  """
 
   def __init__(self):
     self.signal = None
 
   def __call__(self, signum, frame):
     del frame
+    if self.signal is not None:
+      raise KeyboardInterrupt(f'second signal ({signal.Signals(signum).name})')
     self.signal = signal.Signals(signum).name
 
   @contextlib.contextmanager
@@ -172,89 +128,170 @@ class _MetricBuffer:
     return stacked
 
 
+@dataclasses.dataclass
+class _Run:
+  """What one training run is built from; `_build_run` makes it."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  dp: parallel.DataParallel
+  data: Any                      # pipeline.InputPipeline
+  model: Any
+  tx: Any
+  schedule: Any
+  train_step: Any                # compiled steps.train_step
+  eval_step: Any                 # compiled steps.eval_step
+  ckpts: checkpointing.Checkpoints
+  writer: reporting.MetricWriter
+  identity: dict
+  steps_per_epoch: int
+  total_steps: int
+  is_writer: bool
+  progress: Any = None
+  last_saved: int | None = None
+  last_eval: dict = dataclasses.field(default_factory=dict)
+
+  def save(self, state, step: int, eval_metrics=None) -> None:
+    """Every process takes part; Orbax writes the global copy asynchronously."""
+    self.ckpts.save(step, self.dp.global_copy(state), self.identity,
+                    eval_metrics=eval_metrics, force=True)
+    self.last_saved = step
+
+  def evaluate(self, state, split: str, tta: str | None = None) -> dict:
+    return evaluation.evaluate_split(self.eval_step, state, self.data, split,
+                                     self.dp, tta=tta)
+
+  def say(self, message: str) -> None:
+    """A line for the person watching: above the progress bar, or logged."""
+    if self.progress is not None:
+      self.progress.write(message)
+    else:
+      log.info(message)
+
+  def close(self) -> None:
+    """Finishes the in-flight save and closes the writers, even after an error."""
+    if self.progress is not None:
+      self.progress.close()
+    try:
+      self.ckpts.close()
+    finally:
+      self.writer.close()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict:
   """Trains, evaluates every `eval_every_epochs`, checkpoints, and reports.
 
+  Under many processes every process calls this with the same config.
   Returns a summary: final step, eval metrics, test report (if a test split
   is configured), and whether the run was interrupted.
   """
+  config_lib.validate(config)  # before anything starts, on any process
   if config.distributed:
-    jax.distributed.initialize()
+    parallel.initialize(config.coordinator_address, config.num_processes,
+                        config.process_id, config.distributed_timeout_s)
   dp = parallel.DataParallel()
-  config_lib.validate(config, jax.device_count())
+  config_lib.validate_devices(config, dp.num_devices)
   config_lib.enable_compilation_cache(config)
+  run = _build_run(config, os.path.abspath(workdir), dp)
+  try:
+    state, start_step = _restore_or_init(run)
+    state, interrupted = _train(run, state, start_step)
+    step = int(jax.device_get(dp.first_replica(state).step))
+    summary = {'step': step, 'total_steps': run.total_steps,
+               'eval': run.last_eval, 'interrupted': interrupted,
+               'workdir': run.workdir, 'checkpoints': run.ckpts.directory}
+    if not interrupted and config.test_split:
+      summary['test'] = _final_test(run, state, step)
+    if run.is_writer:
+      _plot_curves(run)
+  except Exception as e:
+    if dp.num_processes > 1:
+      log.error('Process %d of %d stopped: %s. If another process died, its '
+                'log says why; rerun the same command on every process to '
+                'resume from the last checkpoint.', jax.process_index(),
+                dp.num_processes, e)
+    raise
+  finally:
+    run.close()
+  return summary
+
+
+def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
+  """Data, model, optimizer, compiled steps, checkpoints and writers."""
   is_writer = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  reports_dir = os.path.join(workdir, 'reports')
   if is_writer:
-    os.makedirs(reports_dir, exist_ok=True)
-    save_config(config, workdir)
+    os.makedirs(os.path.join(workdir, 'reports'), exist_ok=True)
+    workdir_lib.save_config(config, workdir)
 
   from densenet_flax.data import pipeline  # TensorFlow loads only here
-  data = pipeline.InputPipeline(config, num_devices=dp.num_devices)
-  num_classes = data.spec.num_classes
-  model = build_model(config, num_classes, dp.axis_name)
+  data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
+  model = workdir_lib.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
-  total_steps = int(config.num_epochs * steps_per_epoch)
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
+  train_step = dp.compile(functools.partial(
+      steps.train_step, num_classes=data.spec.num_classes,
+      axis_name=dp.axis_name, label_smoothing=config.label_smoothing,
+      mixup_alpha=config.mixup_alpha,
+      class_weights=class_weights(config, data)),
+      num_args=3, broadcast=(2,), donate_state=True)
+  return _Run(
+      config=config, workdir=workdir, dp=dp, data=data, model=model, tx=tx,
+      schedule=schedule, train_step=train_step,
+      eval_step=dp.compile(steps.eval_step, num_args=2),
+      ckpts=workdir_lib.open_checkpoints(config, workdir),
+      writer=reporting.MetricWriter(workdir, enabled=is_writer),
+      identity=workdir_lib.run_identity(config),
+      steps_per_epoch=steps_per_epoch,
+      total_steps=int(config.num_epochs * steps_per_epoch),
+      is_writer=is_writer)
 
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  image_shape = input_shape(config)
-  variables = (pretrained_variables(config, config.image_size, config.channels)
-               if config.init_from_keras else None)
+
+def _restore_or_init(run: _Run):
+  """(replicated state, first step): the latest checkpoint, or a fresh start."""
+  config, dp = run.config, run.dp
+  latest = run.ckpts.latest_step()
+  variables = None
+  if latest is None and config.init_from_keras:
+    variables = pretrained_variables(config)
   use_dynamic_scale = (config.half_precision and
                        config.half_precision_dtype == 'float16' and
                        jax.default_backend() == 'gpu')
-  state = steps.create_train_state(init_rng, model, tx, image_shape,
-                                   use_dynamic_scale=use_dynamic_scale,
-                                   variables=variables)
+  init_rng = jax.random.split(jax.random.key(config.seed))[0]
+  make_state = functools.partial(
+      steps.create_train_state, init_rng, run.model, run.tx,
+      workdir_lib.input_shape(config), use_dynamic_scale=use_dynamic_scale)
+  if latest is None:
+    state, start_step = make_state(variables=variables), 0
+  else:
+    abstract = dp.abstract_global(jax.eval_shape(make_state))
+    state, _ = run.ckpts.restore(latest, abstract, run.identity)
+    start_step = int(np.asarray(parallel.local_value(state.step)))
+    log.info('Resuming at step %d of %d from %s', start_step, run.total_steps,
+             run.ckpts.directory)
+    run.last_saved = start_step
+  run.writer.truncate_after(start_step)
+  return dp.put_replicated(state), start_step
 
-  identity = run_identity(config, num_classes)
-  ckpts = open_checkpoints(config, workdir)
-  start_step = 0
-  latest = ckpts.latest_step()
-  if latest is not None:
-    state, _ = ckpts.restore(latest, jax.eval_shape(lambda: state), identity)
-    start_step = int(jax.device_get(state.step))
-    log.info('Resuming at step %d of %d from %s', start_step, total_steps,
-             ckpts.directory)
 
-  writer = reporting.MetricWriter(workdir, enabled=is_writer)
-  writer.truncate_after(start_step)
-  train_step = dp.compile(functools.partial(
-      steps.train_step, num_classes=num_classes, axis_name=dp.axis_name,
-      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
-      class_weights=class_weights(config, data)),
-      num_args=3, broadcast=(2,), donate_state=True)
-  eval_step = dp.compile(steps.eval_step, num_args=2)
-
-  def evaluate(split, tta=None):
-    return evaluate_lib.evaluate_split(eval_step, state, data, split, dp,
-                                       tta=tta)
-
-  def save(step, eval_metrics=None, force=False):
-    return ckpts.save(step, dp.first_replica(state), identity,
-                      eval_metrics=eval_metrics, force=force)
-
-  state = dp.put_replicated(state)
-  step_rng = jax.device_put(step_rng, dp.devices[0])
+def _train(run: _Run, state, start_step: int):
+  """Steps from `start_step` to the end, or to a stop; (state, stop reason)."""
+  config, dp = run.config, run.dp
+  step_rng = jax.random.split(jax.random.key(config.seed))[1]
+  step_rng = dp.put_broadcast(step_rng)
+  batches = parallel.prefetch(run.data.train_batches(start_step), dp.put_batch)
   # On CPU, tf.data and XLA share the cores: letting the next batch be made
   # while a step runs asynchronously oversubscribed them and doubled the step
   # time (digits demo, 2 cores: 190 ms vs 95 ms). There, wait for each step.
   sync_each_step = jax.default_backend() == 'cpu'
-  batches = parallel.prefetch(data.train_batches(start_step), dp.put_batch)
   buffer = _MetricBuffer()
-  last_eval: dict = {}
-  interrupted = None
-  images_per_step = config.batch_size
-  progress = _progress(config, is_writer, start_step, total_steps)
-  log.info('Training %s on %s: %d steps (%d epochs x %d), %d device(s), '
-           'batch %d; workdir %s', config.model, config.dataset, total_steps,
-           config.num_epochs, steps_per_epoch, dp.num_devices,
-           config.batch_size, workdir)
+  stop_at = (start_step + config.stop_after_steps if config.stop_after_steps
+             else None)
+  run.progress = _progress(config, run.is_writer, start_step, run.total_steps)
+  log.info('Training %s on %s: %d steps (%d epochs x %d), %d device(s) in %d '
+           'process(es), batch %d; workdir %s', config.model, config.dataset,
+           run.total_steps, config.num_epochs, run.steps_per_epoch,
+           dp.num_devices, dp.num_processes, config.batch_size, run.workdir)
 
   def log_train(step):
     stacked = buffer.flush(dp.first_replica)
@@ -262,92 +299,106 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       return
     scalars = {'train/loss': float(stacked['loss'].mean()),
                'train/accuracy': float(stacked['accuracy'].mean()),
-               'train/learning_rate': float(schedule(step - 1)),
+               'train/learning_rate': float(run.schedule(step - 1)),
                'train/images_per_second':
-                   len(stacked['loss']) * images_per_step / stacked['seconds']}
-    writer.write(step, scalars)
-    if progress is not None:
-      progress.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
-                           acc=f'{scalars["train/accuracy"]:.4f}',
-                           img_s=f'{scalars["train/images_per_second"]:.0f}')
+                   len(stacked['loss']) * config.batch_size /
+                   stacked['seconds']}
+    run.writer.write(step, scalars)
+    if run.progress is not None:
+      run.progress.set_postfix(
+          loss=f'{scalars["train/loss"]:.4f}',
+          acc=f'{scalars["train/accuracy"]:.4f}',
+          img_s=f'{scalars["train/images_per_second"]:.0f}')
 
-  stop_at = (start_step + config.stop_after_steps if config.stop_after_steps
-             else None)
-  with _StopRequest().installed() as stop:
-    for step in range(start_step, total_steps):
+  # Every process stops at the same step: after each step it reads the OR of
+  # all processes' stop flags as they stood one step earlier (the collective
+  # runs while the next step does).
+  signalled = lambda: False  # noqa: E731
+  stop = None
+  with _StopRequest().installed() as signals:
+    for step in range(start_step, run.total_steps):
       with jax.transfer_guard('disallow'):
-        state, metrics = train_step(state, next(batches), step_rng)
+        state, metrics = run.train_step(state, next(batches), step_rng)
       if sync_each_step:
         jax.block_until_ready(metrics)
       done = step + 1
       buffer.add(step, metrics)
-      if done == stop_at and done < total_steps:
-        stop.signal = 'stop_after_steps'
-      if progress is not None:
-        progress.update(1)
-      epoch_end = done % steps_per_epoch == 0
-      epoch = done // steps_per_epoch
-      evaluate_now = epoch_end and (epoch % config.eval_every_epochs == 0 or
-                                    done == total_steps)
-      checkpoint_now = done % config.checkpoint_every_steps == 0
-      if (done % config.log_every_steps == 0 or evaluate_now or checkpoint_now
-          or stop.signal or done == total_steps):
+      if run.progress is not None:
+        run.progress.update(1)
+      if signalled():
+        stop = signals.signal or 'a stop signal to another process'
+      elif done == stop_at and done < run.total_steps:
+        stop = 'stop_after_steps'
+      else:
+        signalled = dp.any_process(signals.signal is not None)
+        if sync_each_step:  # on CPU, no collective overlaps the next step's
+          signalled()
+      if stop:  # save first: a preempted job may have seconds left
         log_train(done)  # raises on NaN/Inf before anything is saved
-      if evaluate_now:
-        report = evaluate(config.eval_split)
-        last_eval = {'accuracy': report['accuracy'],
-                     'macro_f1': report['macro_f1'], 'loss': report['loss']}
-        writer.write(done, {f'eval/{k}': v for k, v in last_eval.items()})
-        _say(progress, f'epoch {epoch} (step {done}): {config.eval_split} '
-                       f'accuracy {report["accuracy"]:.4f}, macro-F1 '
-                       f'{report["macro_f1"]:.4f}, loss {report["loss"]:.4f}')
-        save(done, eval_metrics=last_eval, force=True)
-      elif checkpoint_now or done == total_steps:
-        save(done, force=True)
-      if stop.signal:
-        if done not in ckpts.all_steps():
-          save(done, force=True)
-        interrupted = stop.signal
-        _say(progress, f'{stop.signal} at step {done}: checkpoint saved to '
-                       f'{ckpts.directory}; run the same command to resume.')
+        if run.last_saved != done:
+          run.save(state, done)
+        run.say(f'{stop} at step {done}: checkpoint saved to '
+                f'{run.ckpts.directory}; run the same command to resume.')
         break
-  if progress is not None:
-    progress.close()
-  ckpts.wait()
+      _log_evaluate_save(run, state, done, log_train)
+  return state, stop
 
-  summary = {'step': int(jax.device_get(dp.first_replica(state).step)),
-             'total_steps': total_steps, 'eval': last_eval,
-             'interrupted': interrupted, 'workdir': workdir,
-             'checkpoints': ckpts.directory}
-  if not interrupted and config.test_split:
-    # The best checkpoint by eval_split, unless the test split is that split:
-    # picking a checkpoint on the split you report would flatter it.
-    tested_step = summary['step']
-    best = ckpts.best_step()
-    if config.test_split != config.eval_split and best is not None:
-      tested_step = best
-      if best != summary['step']:
-        restored, _ = ckpts.restore(
-            best, jax.eval_shape(lambda: dp.first_replica(state)), identity)
-        state = dp.put_replicated(restored)
-    report = evaluate(config.test_split, tta=config.test_tta or None)
-    if is_writer:
-      paths = evaluate_lib.write_report(
-          report, workdir, config.test_split, tested_step,
-          tta=config.test_tta or None)
-      _say(progress, f'{config.test_split} (step {tested_step}'
-                     f'{", " + config.test_tta if config.test_tta else ""}): '
-                     f'accuracy {report["accuracy"]:.4f}, macro-F1 '
-                     f'{report["macro_f1"]:.4f}; report {paths[0]}')
-    summary['test'] = report
-  if is_writer and os.path.exists(writer.history_path):
+
+def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
+  """What happens after step `done`: logs, the epoch's evaluation, a save."""
+  config = run.config
+  epoch, within = divmod(done, run.steps_per_epoch)
+  last = done == run.total_steps
+  evaluate_now = within == 0 and (epoch % config.eval_every_epochs == 0 or
+                                  last)
+  checkpoint_now = done % config.checkpoint_every_steps == 0 or last
+  if done % config.log_every_steps == 0 or evaluate_now or checkpoint_now:
+    log_train(done)  # raises on NaN/Inf before anything is saved
+  if evaluate_now:
+    report = run.evaluate(state, config.eval_split)
+    metrics = {'accuracy': report['accuracy'], 'macro_f1': report['macro_f1'],
+               'loss': report['loss']}
+    run.writer.write(done, {f'eval/{k}': v for k, v in metrics.items()})
+    run.last_eval = metrics
+    run.say(f'epoch {epoch} (step {done}): {config.eval_split} accuracy '
+            f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, '
+            f'loss {report["loss"]:.4f}')
+    run.save(state, done, eval_metrics=metrics)
+  elif checkpoint_now:
+    run.save(state, done)
+
+
+def _final_test(run: _Run, state, last_step: int) -> dict:
+  """The test split on the best checkpoint by eval_split (else the last)."""
+  config, dp = run.config, run.dp
+  run.ckpts.wait()
+  # Picking a checkpoint on the split you report would flatter it.
+  tested_step = last_step
+  best = run.ckpts.best_step()
+  if config.test_split != config.eval_split and best is not None:
+    tested_step = best
+    if best != last_step:
+      abstract = dp.abstract_global(jax.eval_shape(dp.first_replica, state))
+      restored, _ = run.ckpts.restore(best, abstract, run.identity)
+      state = dp.put_replicated(restored)
+  tta = config.test_tta or None
+  report = run.evaluate(state, config.test_split, tta=tta)
+  if run.is_writer:
+    paths = evaluation.write_report(report, run.workdir, config.test_split,
+                                    tested_step, tta=tta)
+    run.say(f'{config.test_split} (step {tested_step}'
+            f'{", " + config.test_tta if config.test_tta else ""}): accuracy '
+            f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}; '
+            f'report {paths[0]}')
+  return report
+
+
+def _plot_curves(run: _Run) -> None:
+  if os.path.exists(run.writer.history_path):
     path = reporting.plot_training_curves(
-        reporting.read_history(writer.history_path),
-        os.path.join(reports_dir, 'training_curves.png'))
+        reporting.read_history(run.writer.history_path),
+        os.path.join(run.workdir, 'reports', 'training_curves.png'))
     log.info('Training curves: %s', path)
-  writer.close()
-  ckpts.close()
-  return summary
 
 
 def _progress(config, enabled, start, total):
@@ -355,14 +406,6 @@ def _progress(config, enabled, start, total):
     return None
   from tqdm import tqdm
   return tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
-
-
-def _say(progress, message: str) -> None:
-  """A line for the person watching: above the progress bar, or logged."""
-  if progress is not None:
-    progress.write(message)
-  else:
-    log.info(message)
 
 
 # --- command line ---------------------------------------------------------------

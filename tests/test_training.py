@@ -16,23 +16,12 @@ pytest.importorskip('tensorflow')
 
 from densenet_flax import checkpointing  # noqa: E402
 from densenet_flax import config as config_lib  # noqa: E402
-from densenet_flax import evaluate as evaluate_lib  # noqa: E402
+from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
+from densenet_flax import workdir as workdir_lib  # noqa: E402
 
 import trainutil  # noqa: E402
-
-
-def final_variables(workdir):
-  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
-  step = ckpts.latest_step()
-  from orbax import checkpoint as ocp
-  restored = ckpts._manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  ckpts.close()
-  state = restored['state']
-  return step, {'params': state['params'], 'batch_stats': state['batch_stats'],
-                'opt_state': state['opt_state']}
 
 
 @pytest.fixture(scope='module')
@@ -73,8 +62,8 @@ def test_resumed_run_ends_with_identical_parameters(uninterrupted, digits_dir,
   second = train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir),
                                         workdir)
   assert second['step'] == 16 and second['interrupted'] is None
-  step_a, a = final_variables(uninterrupted[0])
-  step_b, b = final_variables(workdir)
+  step_a, a = trainutil.final_variables(uninterrupted[0])
+  step_b, b = trainutil.final_variables(workdir)
   assert step_a == step_b == 16
   leaves_a = jax.tree_util.tree_leaves(a)
   leaves_b = jax.tree_util.tree_leaves(b)
@@ -91,7 +80,7 @@ def test_evaluate_reproduces_the_logged_metric(uninterrupted):
   workdir, summary = uninterrupted
   history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   logged = [r for r in history if 'eval/accuracy' in r][-1]
-  report = evaluate_lib.evaluate(workdir, 'latest', split='test')
+  report = evaluation.evaluate(workdir, 'latest', split='test')
   assert report['step'] == logged['step'] == 16
   assert report['accuracy'] == pytest.approx(logged['eval/accuracy'], abs=1e-9)
   assert report['macro_f1'] == pytest.approx(logged['eval/macro_f1'], abs=1e-9)
@@ -123,12 +112,12 @@ def test_checkpoint_of_another_model_names_the_parameter(uninterrupted):
   from densenet_flax import optim
   from densenet_flax import steps
   workdir, _ = uninterrupted
-  config = train_lib.load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
 
   def abstract_state(num_classes, **overrides):
     config.model_overrides.update(overrides)
-    model = train_lib.build_model(config, num_classes)
+    model = workdir_lib.build_model(config).clone(num_classes=num_classes)
     tx, _ = optim.create_optimizer(config, 8)
     return jax.eval_shape(lambda: steps.create_train_state(
         jax.random.key(0), model, tx, (8, 8, 1)))
@@ -175,7 +164,7 @@ def test_sigterm_mid_epoch_saves_a_restorable_checkpoint(digits_dir,
   step = ckpts.latest_step()
   assert 0 < step < 44  # stopped mid-epoch, nothing lost
   ckpts.close()
-  report = evaluate_lib.evaluate(str(workdir), 'latest', split='test')
+  report = evaluation.evaluate(str(workdir), 'latest', split='test')
   assert report['step'] == step and report['num_examples'] == 359
 
 
@@ -191,7 +180,7 @@ def test_nan_loss_stops_naming_the_step_and_saves_nothing_bad(digits_dir,
   steps = ckpts.all_steps()
   ckpts.close()
   assert bad_step > 1 and steps and max(steps) < bad_step
-  _, variables = final_variables(str(tmp_path))
+  _, variables = trainutil.final_variables(str(tmp_path))
   for leaf in jax.tree_util.tree_leaves(variables):
     assert np.all(np.isfinite(leaf))
 
@@ -222,3 +211,28 @@ def test_bad_config_fails_before_anything_is_built(digits_dir, tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert time.monotonic() - start < 5
   assert not os.listdir(tmp_path)  # no workdir files, nothing compiled
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'process_id': 1},
+     'config.process_id=1: expected -1 unless config.distributed=True'),
+    ({'coordinator_address': '10.0.0.1:1234'},
+     "config.coordinator_address='10.0.0.1:1234': expected '' unless"),
+    ({'distributed': True, 'num_processes': 2, 'process_id': 2},
+     'config.process_id=2: expected an id in [0, num_processes)'),
+    ({'distributed': True, 'distributed_timeout_s': 0},
+     'config.distributed_timeout_s=0: expected a positive number'),
+])
+def test_bad_distributed_config_names_the_key(digits_dir, overrides, message):
+  config = trainutil.tiny_config(digits_dir, **overrides)
+  with pytest.raises(ValueError) as info:
+    config_lib.validate(config)  # before jax.distributed.initialize
+  assert message in str(info.value)
+
+
+def test_a_second_stop_signal_interrupts_at_once():
+  stop = train_lib._StopRequest()
+  stop(signal.SIGTERM, None)
+  assert stop.signal == 'SIGTERM'  # the loop saves and returns
+  with pytest.raises(KeyboardInterrupt, match='second signal'):
+    stop(signal.SIGINT, None)

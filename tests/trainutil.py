@@ -45,3 +45,20 @@ def write_config_file(path, data_dir, **overrides):
       'def get_config():\n'
       f'  return trainutil.tiny_config({data_dir!r}, **{overrides!r})\n')
   return str(path)
+
+
+def final_variables(workdir):
+  """(latest step, {params, batch_stats, opt_state}) as host arrays.
+
+  Read in the structure Orbax recorded (no model built), so a checkpoint
+  written by several processes reads here in one.
+  """
+  import jax
+  from densenet_flax import checkpointing
+
+  ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  step = ckpts.latest_step()
+  state = jax.device_get(ckpts.read(step))
+  ckpts.close()
+  return step, {'params': state['params'], 'batch_stats': state['batch_stats'],
+                'opt_state': state['opt_state']}

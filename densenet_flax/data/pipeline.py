@@ -10,6 +10,16 @@ Training is deterministic and restartable: epoch e is a permutation drawn from
 so `train_batches(start_step=s)` yields exactly the batches an uninterrupted
 run would have yielded from step s on, without replaying earlier steps.
 
+How a global batch of B examples is split over N processes: for datasets held
+in memory (digits, FER2013, FER+, CIFAR) every process draws the same epoch
+permutation of the whole training split, and process p takes rows
+[p * B/N, (p + 1) * B/N) of each global batch, with augmentations seeded by
+the global position. So N processes of M devices train on exactly the batches
+one process of N*M devices would (parallel.py says how rows map to devices).
+File-based datasets (ImageNet) are read as per-process file shards
+(`tfds.split_for_jax_process`), each shuffled on its own: the global batch is
+the union of the processes' local batches, as in the Flax ImageNet example.
+
 Evaluation visits every example of a split exactly once whatever the batch
 size: the last batch is padded and `mask` marks the real examples (the Flax
 ImageNet example drops that tail). All processes yield the same number of
@@ -107,12 +117,18 @@ class InputPipeline:
   @property
   def steps_per_epoch(self) -> int:
     """Full batches per epoch (the remainder is left out, reshuffled each epoch)."""
-    size = self.builder.info.splits[self._process_train_split].num_examples
-    steps = size // self.local_batch
+    if self.spec.in_memory:  # global batches of the whole split
+      size, batch, whose = (self.split_size(self.train_split),
+                            self.config.batch_size, 'the')
+    else:  # local batches of this process's file shard
+      size, batch, whose = (
+          self.builder.info.splits[self._process_train_split].num_examples,
+          self.local_batch, "this process's")
+    steps = size // batch
     if steps == 0:
       raise ValueError(
-          f'config.batch_size={self.config.batch_size} is larger than the '
-          f'{size} training examples of this process')
+          f'config.batch_size={self.config.batch_size} is larger than '
+          f'{whose} {size} training examples')
     return steps
 
   # --- host arrays (small datasets) -----------------------------------------
@@ -163,7 +179,8 @@ class InputPipeline:
     kwargs = dict(self._augment_kwargs(), crop_padding=a.get('crop_padding', 0),
                   flip=a.get('flip', False), rotation=a.get('rotation', 0.0))
     epoch_seed = self._epoch_seed(epoch)
-    process_offset = self.process_index << 32
+    # In-memory positions are global already; file shards count from 0 each.
+    process_offset = 0 if self.spec.in_memory else self.process_index << 32
 
     def fn(position, image, label):
       seed = tf.stack([tf.constant(epoch_seed, tf.int64),
@@ -175,15 +192,22 @@ class InputPipeline:
   # --- training -------------------------------------------------------------------
 
   def _epoch_source(self, epoch: int, skip: int) -> tf.data.Dataset:
-    """(position, image, label) of one epoch, in its order, from position `skip`."""
-    count = self.steps_per_epoch * self.local_batch
+    """(position, image, label) of this process's share of one epoch.
+
+    In its order, from its `skip`-th example on.
+    """
     if self.spec.in_memory:
-      images, labels = self._arrays(self._process_train_split)
+      images, labels = self._arrays(self.train_split)
+      steps, batch = self.steps_per_epoch, self.config.batch_size
       order = np.random.default_rng([self.config.seed, epoch]).permutation(
-          len(labels))[skip:count]
+          len(labels))[:steps * batch]
+      # Global positions of this process's rows of each global batch.
+      positions = np.arange(steps * batch, dtype=np.int64).reshape(
+          steps, self.process_count, self.local_batch)[:, self.process_index]
+      positions = positions.reshape(-1)[skip:]
       return tf.data.Dataset.from_tensor_slices(
-          (np.arange(skip, count, dtype=np.int64), images[order],
-           labels[order]))
+          (positions, images[order[positions]], labels[order[positions]]))
+    count = self.steps_per_epoch * self.local_batch
     epoch_seed = self._epoch_seed(epoch)
     ds = self.builder.as_dataset(
         split=self._process_train_split, shuffle_files=True,

@@ -1,0 +1,115 @@
+"""Exact evaluation: every example of a split counted once, on any topology.
+
+`evaluate_split` runs the compiled eval step over a split's padded batches;
+each process evaluates its own shard and the per-example results are
+gathered, so every process returns the same report. `evaluate` restores a
+checkpoint of a training workdir (params and BN statistics only) and writes
+workdir/eval/<split>-<step>[-<tta>].json (accuracy, macro-F1, per-class
+precision/recall/F1, confusion matrix) and a confusion-matrix PNG beside it,
+from process 0. The command line is densenet_flax/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from densenet_flax import config as config_lib
+from densenet_flax import metrics as metrics_lib
+from densenet_flax import parallel
+from densenet_flax import steps
+from densenet_flax import workdir as workdir_lib
+
+
+def evaluate_split(eval_step, state, data, split: str, dp,
+                   tta: str | None = None) -> dict:
+  """Classification report (plus mean loss) of `split`, every example once.
+
+  eval_step: the compiled `steps.eval_step`; state: on the devices as `dp`
+  places it; data: an InputPipeline.
+  """
+  labels, predictions, losses = [], [], []
+  for batch in data.eval_batches(split, tta=tta):
+    out = jax.device_get(eval_step(state, dp.put_batch(batch)))
+    mask = batch['mask'].reshape(-1)
+    labels.append(batch['label'].reshape(-1)[mask])
+    predictions.append(np.asarray(out['prediction']).reshape(-1)[mask])
+    losses.append(np.asarray(out['loss']).reshape(-1)[mask])
+  labels = np.concatenate(labels)
+  predictions = np.concatenate(predictions)
+  loss = np.concatenate(losses)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    # Shards differ in size by one at most; pad to gather, then drop the pad.
+    size = data.num_eval_batches(split) * data.local_eval_batch
+    gathered = multihost_utils.process_allgather(np.stack([
+        _pad_to(labels, size, -1), _pad_to(predictions, size, -1),
+        _pad_to(loss, size, np.nan)]))
+    keep = gathered[:, 0] >= 0
+    labels = gathered[:, 0][keep].astype(np.int64)
+    predictions = gathered[:, 1][keep].astype(np.int64)
+    loss = gathered[:, 2][keep]
+  matrix = metrics_lib.confusion_matrix(labels, predictions,
+                                        data.spec.num_classes)
+  report = metrics_lib.classification_report(matrix, data.class_names)
+  report.update(split=split, tta=tta or 'none', loss=float(loss.mean()))
+  return report
+
+
+def _pad_to(values: np.ndarray, size: int, fill) -> np.ndarray:
+  out = np.full(size, fill, np.float64)
+  out[:len(values)] = values
+  return out
+
+
+def write_report(report: dict, workdir: str, split: str, step: int,
+                 tta: str | None = None) -> tuple[str, str]:
+  """Writes eval/<split>-<step>[-tta].json and .png; returns both paths."""
+  from densenet_flax import reporting
+
+  directory = os.path.join(workdir, 'eval')
+  os.makedirs(directory, exist_ok=True)
+  stem = os.path.join(directory, f'{split}-{step}' + (f'-{tta}' if tta else ''))
+  record = dict(report, step=int(step))
+  with open(stem + '.json.tmp', 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(stem + '.json.tmp', stem + '.json')  # never a half-written report
+  reporting.plot_confusion_matrix(
+      report['confusion_matrix'], report['class_names'], stem + '.png',
+      title=f'{split} step {step}: accuracy {report["accuracy"]:.4f}')
+  return stem + '.json', stem + '.png'
+
+
+def evaluate(workdir: str, checkpoint: str | int = 'latest',
+             split: str | None = None, tta: str | None = None) -> dict:
+  """Restores `checkpoint` of `workdir` and evaluates `split` exactly.
+
+  Under many processes (after `jax.distributed.initialize`), every process
+  calls this; each reads its shard, and only process 0 writes the report.
+  """
+  from densenet_flax.data import pipeline  # TensorFlow loads only here
+
+  workdir = os.path.abspath(workdir)
+  config = workdir_lib.load_config(workdir)
+  split = split or config.test_split or config.eval_split
+  dp = parallel.DataParallel()
+  config_lib.validate_devices(config, dp.num_devices)
+  config_lib.enable_compilation_cache(config)
+  data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
+  if split.split('[')[0] not in data.spec.splits:
+    raise ValueError(f'--split {split!r}: {data.spec.name} has splits '
+                     f'{data.spec.splits}')
+  model, variables, step = workdir_lib.restore_variables(
+      workdir, checkpoint, config=config,
+      sharding=dp.replicated)
+  state = steps.ModelState(apply_fn=model.apply, **variables)
+  eval_step = dp.compile(steps.eval_step, num_args=2)
+  report = evaluate_split(eval_step, dp.put_replicated(state), data, split, dp,
+                          tta=tta)
+  report['step'] = step
+  if jax.process_index() == 0:
+    report['files'] = list(write_report(report, workdir, split, step, tta))
+  return report

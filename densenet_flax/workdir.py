@@ -1,0 +1,119 @@
+"""What a training workdir holds, and how a run is rebuilt from it.
+
+  workdir/config.json     the run's full config (written by process 0)
+  workdir/checkpoints/    Orbax checkpoints (checkpointing.Checkpoints)
+
+Training, evaluation and inference all build the model, the input shape and
+the checkpoints of a run through these functions, so they cannot drift apart.
+`restore_variables` gives a checkpoint's params and BN statistics without
+building an optimizer. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from densenet_flax import checkpointing
+from densenet_flax import config as config_lib
+from densenet_flax import models
+from densenet_flax.data import specs
+
+CONFIG_FILE = 'config.json'
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json(indent=2))
+  os.replace(path + '.tmp', path)  # never a half-written config
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config; keys added to the project since it ran get defaults."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  _fill_missing(config, config_lib.base_config())
+  return config
+
+
+def _fill_missing(config, defaults) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and key != 'model_overrides':
+      _fill_missing(config[key], value)
+
+
+def compute_dtype(config):
+  """The dtype convolutions and BN compute in (params stay float32)."""
+  if not config.half_precision:
+    return jnp.float32
+  return jnp.float16 if config.half_precision_dtype == 'float16' else jnp.bfloat16
+
+
+def num_classes(config) -> int:
+  return specs.get_spec(config.dataset).num_classes
+
+
+def build_model(config, axis_name: str | None = None):
+  """The configured DenseNet; BN statistics are averaged over `axis_name`."""
+  overrides = dict(config.model_overrides)
+  if config.init_from_keras:
+    from densenet_flax import convert
+    overrides.setdefault('bn_epsilon', convert.KERAS_BN_EPSILON)
+  return models.create_model(
+      config.model, num_classes=num_classes(config),
+      dtype=compute_dtype(config), memory_efficient=config.memory_efficient,
+      bn_axis_name=axis_name, **overrides)
+
+
+def input_shape(config) -> tuple[int, int, int]:
+  """(height, width, channels) of one model input."""
+  return (config.image_size, config.image_size, config.channels)
+
+
+def run_identity(config) -> dict:
+  """What a checkpoint must match to be restored into this run."""
+  return {'model': config.model, 'num_classes': num_classes(config),
+          'dataset': config.dataset,
+          'model_overrides': config.model_overrides.to_dict()}
+
+
+def open_checkpoints(config, workdir: str) -> checkpointing.Checkpoints:
+  """The checkpoints of a training workdir, kept as the config says."""
+  return checkpointing.Checkpoints(
+      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+      select_metric=config.select_metric)
+
+
+def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
+                      config: ml_collections.ConfigDict | None = None,
+                      sharding: jax.sharding.Sharding | None = None):
+  """A checkpoint's variables, with no optimizer built.
+
+  Returns (model, {'params', 'batch_stats'}, step). `config` defaults to the
+  workdir's config.json; `sharding` places the arrays (default: the first
+  device; under many processes, pass a replicated global sharding). Every
+  process of a run must call this together.
+  """
+  config = config or load_config(workdir)
+  model = build_model(config)
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, *input_shape(config)), jnp.float32),
+      train=False))
+  ckpts = open_checkpoints(config, workdir)
+  try:
+    step = ckpts.resolve(checkpoint)
+    variables = ckpts.restore_variables(step, abstract, run_identity(config),
+                                        sharding=sharding)
+  finally:
+    ckpts.close()
+  return model, variables, step
