@@ -80,6 +80,18 @@ def two_process_run(config_file, tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope='module')
+def one_process_run(config_file, tmp_path_factory):
+  """The same config in one process with 2 devices: its workdir."""
+  workdir = str(tmp_path_factory.mktemp('one_process') / 'run')
+  out = subprocess.run(multiprocess.train_command(workdir, config_file),
+                       env=multiprocess.cpu_env(devices=2),
+                       capture_output=True, text=True, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert '2 device(s) in 1 process(es)' in out.stderr
+  return workdir
+
+
 def assert_same_variables(a, b, **tolerance):
   leaves_a = jax.tree_util.tree_leaves_with_path(a)
   leaves_b = jax.tree_util.tree_leaves(b)
@@ -93,20 +105,14 @@ def assert_same_variables(a, b, **tolerance):
 
 
 def test_two_processes_compute_what_one_process_with_two_devices_does(
-    two_process_run, config_file, tmp_path):
-  single = str(tmp_path / 'one_process')
-  out = subprocess.run(multiprocess.train_command(single, config_file),
-                       env=multiprocess.cpu_env(devices=2),
-                       capture_output=True, text=True, timeout=TIMEOUT)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert '2 device(s) in 1 process(es)' in out.stderr
+    two_process_run, one_process_run):
   # The checkpoint written by 2 processes restores here, in one.
   step_two, two = trainutil.final_variables(two_process_run)
-  step_one, one = trainutil.final_variables(single)
+  step_one, one = trainutil.final_variables(one_process_run)
   assert step_two == step_one == STEPS
   assert_same_variables(two, one, atol=2e-4, rtol=2e-4)
   reports = []
-  for workdir in (two_process_run, single):
+  for workdir in (two_process_run, one_process_run):
     with open(os.path.join(workdir, 'eval', f'test-{STEPS}.json')) as f:
       reports.append(json.load(f))
   assert reports[0]['num_examples'] == reports[1]['num_examples'] == 359
@@ -114,9 +120,10 @@ def test_two_processes_compute_what_one_process_with_two_devices_does(
 
 
 def test_evaluate_on_two_processes_counts_every_example_once(
-    two_process_run, tmp_path):
+    one_process_run, tmp_path):
+  # A checkpoint written by one process, restored by two.
   workdir = str(tmp_path / 'run')
-  shutil.copytree(two_process_run, workdir)
+  shutil.copytree(one_process_run, workdir)
   shutil.rmtree(os.path.join(workdir, 'eval'))
   port = multiprocess.free_port()
   procs = multiprocess.Processes(lambda i: [
