@@ -119,7 +119,8 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
 
   batch: image [B, H, W, C], label [B]. rng: the run's key; the step folds
   in the step number (and the device index), so it is the same key every
-  step. Returns the new state and metrics {loss, accuracy} (device means).
+  step. Returns the new state and metrics: loss and accuracy (device means),
+  and finite (1.0 when the new params and BN statistics are all finite).
   """
   step_rng = jax.random.fold_in(rng, state.step)
   if axis_name:
@@ -165,11 +166,25 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
         dynamic_scale=dynamic_scale)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   metrics = {'loss': _mean(loss, axis_name),
-             'accuracy': _mean(accuracy, axis_name)}
+             'accuracy': _mean(accuracy, axis_name),
+             'finite': all_finite(new_state.params, new_state.batch_stats)}
   return new_state, metrics
 
 
-def eval_step(state: TrainState | ModelState, batch: dict[str, Array]) -> dict[str, Array]:
+def all_finite(*trees) -> Array:
+  """1.0 where every leaf of `trees` is finite, else 0.0 (one fused reduction).
+
+  The loss is computed before the update, and in training mode BN normalises
+  with the batch's statistics: an update that overflows shows up in the new
+  params and running statistics first, steps before the loss goes NaN.
+  """
+  leaves = jax.tree_util.tree_leaves(trees)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+                 ).astype(jnp.float32)
+
+
+def eval_step(state: TrainState | ModelState,
+              batch: dict[str, Array]) -> dict[str, Array]:
   """Per-example predictions for one device's share of an eval batch.
 
   batch: image [B, H, W, C] (or [B, T, H, W, C] for T test-time crops, whose

@@ -111,17 +111,26 @@ class _MetricBuffer:
     self.items.append(metrics)
 
   def flush(self, first_replica) -> dict[str, np.ndarray] | None:
-    """Stacked host metrics since the last flush; raises on a NaN/Inf loss."""
+    """Stacked host metrics since the last flush.
+
+    Raises FloatingPointError naming the first step whose loss, params or BN
+    statistics are not finite. The loop flushes before every save, so such a
+    state is never saved.
+    """
     if not self.items:
       return None
     fetched = jax.device_get([first_replica(m) for m in self.items])
     stacked = {k: np.array([m[k] for m in fetched]) for k in fetched[0]}
-    bad = np.flatnonzero(~np.isfinite(stacked['loss']))
+    bad = np.flatnonzero(~np.isfinite(stacked['loss']) |
+                         (stacked['finite'] == 0))
     if bad.size:
-      step = self.first_step + int(bad[0]) + 1
+      i = int(bad[0])
+      loss = stacked['loss'][i]
+      what = (f'Loss is {loss}' if not np.isfinite(loss) else
+              f'Parameters or BN statistics are not finite (loss {loss:.4g})')
       raise FloatingPointError(
-          f'Loss is {stacked["loss"][bad[0]]} at step {step}; training stopped '
-          f'and that state was not saved')
+          f'{what} at step {self.first_step + i + 1}; training stopped and '
+          f'that state was not saved')
     stacked['seconds'] = time.perf_counter() - self.start_time
     self.first_step, self.items = None, []
     self.start_time = time.perf_counter()
