@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -57,8 +58,11 @@ class Checkpoints:
   """The checkpoints of one workdir."""
 
   def __init__(self, directory: str, *, keep: int = 2,
-               select_metric: str = 'accuracy'):
+               select_metric: str = 'accuracy', read_only: bool = False):
+    """`read_only` (evaluation, inference) never writes, moves or cleans up,
+    so it is safe beside a training run on the same directory."""
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     self.select_metric = select_metric
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
@@ -68,8 +72,11 @@ class Checkpoints:
     ])
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
-            create=True, preservation_policy=policy,
-            enable_async_checkpointing=True),
+            create=not read_only, read_only=read_only,
+            preservation_policy=policy, enable_async_checkpointing=True,
+            # Saves cut short (a killed process) leave *.orbax-checkpoint-tmp*
+            # directories; they never count as checkpoints and go at start.
+            cleanup_tmp_directories=not read_only),
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'meta': ocp.JsonCheckpointHandler()})
 
@@ -85,7 +92,12 @@ class Checkpoints:
     """The retained step with the highest selection metric (None if none has one)."""
     scored = []
     for step in self.all_steps():
-      metrics = self.meta(step).get('eval_metrics') or {}
+      try:
+        metrics = self.meta(step).get('eval_metrics') or {}
+      except Exception as e:  # an unreadable record is never the best
+        log.warning('Checkpoint %d in %s: its record cannot be read (%s)',
+                    step, self.directory, _reason(e))
+        continue
       if self.select_metric in metrics:
         scored.append((metrics[self.select_metric], step))
     return max(scored)[1] if scored else None
@@ -109,6 +121,58 @@ class Checkpoints:
       raise FileNotFoundError(
           f'No checkpoint for step {step} in {self.directory}; steps: {steps}')
     return step
+
+  def newest_restorable(self, restore: Callable[[int], Any], *,
+                        set_aside: bool) -> tuple[int, Any] | None:
+    """(step, restore(step)) for the newest step that restores, or None.
+
+    A checkpoint that fails to restore (unreadable, truncated, a broken
+    record) is skipped with a warning naming the step and the reason; with
+    `set_aside`, it is also moved to <workdir>/checkpoints_set_aside/ (never
+    deleted) so the next start does not trip on it. A checkpoint of another
+    model (CheckpointMismatchError) is not damage: that error is raised.
+    Under many processes every process calls this, and they agree on each
+    step's outcome.
+    """
+    if set_aside and self.read_only:
+      raise ValueError('A read-only Checkpoints sets nothing aside')
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        result, error = restore(step), None
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # noqa: BLE001 - any damage means "try older"
+        result, error = None, e
+      if not _any_process(error is not None):
+        return step, result
+      reason = _reason(error) if error else 'it failed on another process'
+      if set_aside:
+        moved = self._set_aside(step)
+        log.warning('Checkpoint %d in %s cannot be restored (%s); moved to '
+                    '%s, falling back to the previous one', step,
+                    self.directory, reason, moved)
+      else:
+        log.warning('Checkpoint %d in %s cannot be restored (%s); falling '
+                    'back to the previous one', step, self.directory, reason)
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves a step's directory out of the manager's sight; returns where."""
+    root = os.path.join(os.path.dirname(self.directory),
+                        'checkpoints_set_aside')
+    target = os.path.join(root, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target = os.path.join(root, f'{step}-{suffix}')
+      suffix += 1
+    if jax.process_index() == 0:
+      os.makedirs(root, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'set_aside_{step}')
+    self._manager.reload()
+    return target
 
   # --- save and restore -----------------------------------------------------------
 
@@ -203,3 +267,17 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _reason(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
+
+
+def _any_process(flag: bool) -> bool:
+  """`flag` OR-ed over all processes (itself in one process)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.asarray(multihost_utils.process_allgather(
+      np.array(flag, np.int32))).any())

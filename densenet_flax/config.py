@@ -89,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_processes = 0               # 0 = auto-detect
   c.process_id = -1                 # -1 = auto-detect
   c.distributed_timeout_s = 100     # how long to wait for a dead peer
+  c.allow_config_change = False     # resume although keys that change the
+                                    # result differ (recorded in metrics.jsonl)
   c.stop_after_steps = 0            # >0: save and stop after this many steps
                                     # of this invocation (time-boxed jobs)
   # XLA's compiled steps, kept across runs: a resumed or repeated run skips

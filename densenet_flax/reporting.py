@@ -45,6 +45,13 @@ class MetricWriter:
       f.write(json.dumps({'step': int(step), **{
           k: float(v) for k, v in scalars.items()}}) + '\n')
 
+  def record(self, step: int, **fields) -> None:
+    """A non-scalar event in metrics.jsonl (e.g. a config change on resume)."""
+    if not self.enabled:
+      return
+    with open(self.history_path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **fields}) + '\n')
+
   def close(self) -> None:
     if self._summary is not None:
       self._summary.close()

@@ -161,7 +161,8 @@ class _Run:
 
   def save(self, state, step: int, eval_metrics=None) -> None:
     """Every process takes part; Orbax writes the global copy asynchronously."""
-    self.ckpts.save(step, self.dp.global_copy(state), self.identity,
+    meta = dict(self.identity, config=json.loads(self.config.to_json()))
+    self.ckpts.save(step, self.dp.global_copy(state), meta,
                     eval_metrics=eval_metrics, force=True)
     self.last_saved = step
 
@@ -231,7 +232,6 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
   os.makedirs(workdir, exist_ok=True)
   if is_writer:
     os.makedirs(os.path.join(workdir, 'reports'), exist_ok=True)
-    workdir_lib.save_config(config, workdir)
 
   from densenet_flax.data import pipeline  # TensorFlow loads only here
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
@@ -257,37 +257,70 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
 
 
 def _restore_or_init(run: _Run):
-  """(replicated state, first step): the latest checkpoint, or a fresh start."""
+  """(replicated state, first step): the newest checkpoint that restores, or a
+  fresh start. A resume with a config that changes the result is refused
+  (config.allow_config_change lets it through, recorded in metrics.jsonl).
+  """
   config, dp = run.config, run.dp
-  latest = run.ckpts.latest_step()
-  variables = None
-  if latest is None and config.init_from_keras:
-    variables = pretrained_variables(config)
   use_dynamic_scale = (config.half_precision and
                        config.half_precision_dtype == 'float16' and
                        jax.default_backend() == 'gpu')
-  init_rng = jax.random.split(jax.random.key(config.seed))[0]
   make_state = functools.partial(
-      steps.create_train_state, init_rng, run.model, run.tx,
+      steps.create_train_state, _rngs(config)[0], run.model, run.tx,
       workdir_lib.input_shape(config), use_dynamic_scale=use_dynamic_scale)
-  if latest is None:
-    state, start_step = make_state(variables=variables), 0
+  abstract = dp.abstract_global(jax.eval_shape(make_state))
+  found = run.ckpts.newest_restorable(
+      lambda step: run.ckpts.restore(step, abstract, run.identity),
+      set_aside=True)
+  if found is None:
+    variables = pretrained_variables(config) if config.init_from_keras else None
+    state, start_step, changes = make_state(variables=variables), 0, {}
   else:
-    abstract = dp.abstract_global(jax.eval_shape(make_state))
-    state, _ = run.ckpts.restore(latest, abstract, run.identity)
+    step, (state, meta) = found
+    changes = _config_changes(run, meta, step)
     start_step = int(np.asarray(parallel.local_value(state.step)))
     log.info('Resuming at step %d of %d from %s', start_step, run.total_steps,
              run.ckpts.directory)
     run.last_saved = start_step
+  if run.is_writer:
+    workdir_lib.save_config(config, run.workdir)
   run.writer.truncate_after(start_step)
+  if changes:
+    run.writer.record(start_step, config_change={
+        key: [old, new] for key, (old, new) in changes.items()})
   return dp.put_replicated(state), start_step
+
+
+def _config_changes(run: _Run, meta: dict, step: int) -> dict:
+  """What differs from the checkpoint's config; raises unless allowed."""
+  if 'config' not in meta:
+    log.info('Checkpoint %d records no config (an older version wrote it); '
+             'resuming without comparing configs', step)
+    return {}
+  changes = workdir_lib.config_changes(meta['config'], run.config)
+  if changes:
+    listing = '; '.join(f'{key}: {old!r} -> {new!r}'
+                        for key, (old, new) in changes.items())
+    if not run.config.allow_config_change:
+      raise workdir_lib.ConfigChangeError(
+          f'{run.workdir} was trained to step {step} with another config, and '
+          f'these changes alter the result (data order, schedule, model): '
+          f'{listing}. Use a new --workdir, put the values back, or pass '
+          f'--config.allow_config_change=True to resume with them anyway.')
+    log.warning('Resuming at step %d with a changed config (allowed): %s',
+                step, listing)
+  return changes
+
+
+def _rngs(config):
+  """(init key, step key) of the run's seed."""
+  return jax.random.split(jax.random.key(config.seed))
 
 
 def _train(run: _Run, state, start_step: int):
   """Steps from `start_step` to the end, or to a stop; (state, stop reason)."""
   config, dp = run.config, run.dp
-  step_rng = jax.random.split(jax.random.key(config.seed))[1]
-  step_rng = dp.put_broadcast(step_rng)
+  step_rng = dp.put_broadcast(_rngs(config)[1])
   batches = parallel.prefetch(run.data.train_batches(start_step), dp.put_batch)
   # On CPU, tf.data and XLA share the cores: letting the next batch be made
   # while a step runs asynchronously oversubscribed them and doubled the step

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,46 @@ def _fill_missing(config, defaults) -> None:
       _fill_missing(config[key], value)
 
 
+# The keys whose change alters what a resumed run computes: the model, the
+# data and its order, the loss, the optimizer and its schedule.
+RESULT_KEYS = (
+    'model', 'model_overrides', 'memory_efficient', 'half_precision',
+    'half_precision_dtype', 'init_from_keras', 'dataset', 'train_split',
+    'eval_split', 'test_split', 'test_tta', 'image_size', 'channels',
+    'augment', 'batch_size', 'num_epochs', 'optimizer', 'learning_rate',
+    'lr_batch_reference', 'schedule', 'lr_boundaries', 'lr_decay',
+    'warmup_epochs', 'momentum', 'nesterov', 'weight_decay',
+    'weight_decay_mode', 'label_smoothing', 'mixup_alpha', 'class_weighting',
+    'grad_clip_norm', 'seed')
+
+
+class ConfigChangeError(ValueError):
+  """A resume whose config would change the result of the run."""
+
+
+def config_changes(stored: dict, config: ml_collections.ConfigDict
+                   ) -> dict[str, tuple[Any, Any]]:
+  """'key' (dotted for nested keys) -> (stored, current), for RESULT_KEYS.
+
+  `stored` is a config as JSON recorded it; keys it does not have (added to
+  the project after it was written) are not compared.
+  """
+  current = json.loads(config.to_json())
+  changes = {}
+  for key in RESULT_KEYS:
+    if key in stored:
+      _compare(key, stored[key], current.get(key), changes)
+  return changes
+
+
+def _compare(key: str, old, new, changes: dict) -> None:
+  if isinstance(old, dict) and isinstance(new, dict):
+    for sub in sorted(set(old) | set(new)):
+      _compare(f'{key}.{sub}', old.get(sub), new.get(sub), changes)
+  elif old != new:
+    changes[key] = (old, new)
+
+
 def compute_dtype(config):
   """The dtype convolutions and BN compute in (params stay float32)."""
   if not config.half_precision:
@@ -87,11 +128,16 @@ def run_identity(config) -> dict:
           'model_overrides': config.model_overrides.to_dict()}
 
 
-def open_checkpoints(config, workdir: str) -> checkpointing.Checkpoints:
-  """The checkpoints of a training workdir, kept as the config says."""
+def open_checkpoints(config, workdir: str, *, read_only: bool = False
+                     ) -> checkpointing.Checkpoints:
+  """The checkpoints of a training workdir, kept as the config says.
+
+  Readers (evaluation, inference) open them `read_only`: they never touch a
+  save that a training run may have in flight.
+  """
   return checkpointing.Checkpoints(
       os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-      select_metric=config.select_metric)
+      select_metric=config.select_metric, read_only=read_only)
 
 
 def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
@@ -99,7 +145,9 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
                       sharding: jax.sharding.Sharding | None = None):
   """A checkpoint's variables, with no optimizer built.
 
-  Returns (model, {'params', 'batch_stats'}, step). `config` defaults to the
+  Returns (model, {'params', 'batch_stats'}, step). For 'latest', a newest
+  checkpoint that cannot be restored is skipped with a warning (and left in
+  place) for the one before it. `config` defaults to the
   workdir's config.json; `sharding` places the arrays (default: the first
   device; under many processes, pass a replicated global sharding). Every
   process of a run must call this together.
@@ -109,11 +157,23 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, *input_shape(config)), jnp.float32),
       train=False))
-  ckpts = open_checkpoints(config, workdir)
+  ckpts = open_checkpoints(config, workdir, read_only=True)
+
+  def restore(step):
+    return ckpts.restore_variables(step, abstract, run_identity(config),
+                                   sharding=sharding)
   try:
-    step = ckpts.resolve(checkpoint)
-    variables = ckpts.restore_variables(step, abstract, run_identity(config),
-                                        sharding=sharding)
+    if checkpoint != 'latest':
+      step = ckpts.resolve(checkpoint)
+      return model, restore(step), step
+    ckpts.resolve('latest')  # raises when there is none
+    # A damaged newest checkpoint: the previous one, left in place.
+    found = ckpts.newest_restorable(restore, set_aside=False)
+    if found is None:
+      raise FileNotFoundError(
+          f'No checkpoint in {ckpts.directory} can be restored (steps '
+          f'{ckpts.all_steps()}; see the warnings above)')
+    step, variables = found
+    return model, variables, step
   finally:
     ckpts.close()
-  return model, variables, step

@@ -1,8 +1,9 @@
 """The training loop end to end on tiny models: resume, SIGTERM, evaluate."""
 
 import json
-import re
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,13 +139,17 @@ def test_checkpoint_of_another_model_names_the_parameter(uninterrupted):
   ckpts.close()
 
 
-def test_sigterm_mid_epoch_saves_a_restorable_checkpoint(digits_dir,
-                                                         tmp_path):
-  # Full training split: 44 steps per epoch, so the signal lands mid-epoch.
-  config_file = trainutil.write_config_file(
-      tmp_path / 'config.py', digits_dir, train_split='train', num_epochs=50,
-      image_size=16, **{'augment.resize': 16}, batch_size=32,
-      log_every_steps=2, checkpoint_every_steps=1000)
+def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir,
+                                                          tmp_path):
+  # The whole training split at 16 px: 44 steps, so the signal lands mid-epoch.
+  overrides = dict(train_split='train', num_epochs=1, image_size=16,
+                   **{'augment.resize': 16}, log_every_steps=1,
+                   checkpoint_every_steps=1000)
+  reference = str(tmp_path / 'uninterrupted')
+  train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir, **overrides),
+                               reference)
+  config_file = trainutil.write_config_file(tmp_path / 'config.py', digits_dir,
+                                            **overrides)
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(
       [sys.executable, os.path.join(trainutil.REPO, 'train.py'),
@@ -155,17 +160,102 @@ def test_sigterm_mid_epoch_saves_a_restorable_checkpoint(digits_dir,
   while not (history.exists() and history.read_text().strip()):
     assert proc.poll() is None, proc.stdout.read()[-3000:]
     assert time.monotonic() < deadline
-    time.sleep(0.05)
+    time.sleep(0.02)
   proc.send_signal(signal.SIGTERM)
   output, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, output[-3000:]
   assert 'SIGTERM at step' in output
   ckpts = checkpointing.Checkpoints(str(workdir / 'checkpoints'))
   step = ckpts.latest_step()
-  assert 0 < step < 44  # stopped mid-epoch, nothing lost
+  assert ckpts.all_steps() == [step] and 0 < step < 44  # mid-epoch
   ckpts.close()
   report = evaluation.evaluate(str(workdir), 'latest', split='test')
   assert report['step'] == step and report['num_examples'] == 359
+
+  summary = train_lib.train_and_evaluate(
+      trainutil.tiny_config(digits_dir, **overrides), str(workdir))
+  assert summary['step'] == 44 and summary['interrupted'] is None
+  _, want = trainutil.final_variables(reference)
+  _, got = trainutil.final_variables(str(workdir))
+  leaves_want = jax.tree_util.tree_leaves(want)
+  leaves_got = jax.tree_util.tree_leaves(got)
+  assert len(leaves_want) == len(leaves_got) > 0
+  for x, y in zip(leaves_want, leaves_got):  # params, BN statistics, momenta
+    np.testing.assert_array_equal(x, y)
+
+
+def _damage(step_dir):
+  """Truncates every stored array chunk of a checkpoint to half its bytes."""
+  damaged = 0
+  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+    if os.path.basename(root) == 'd':
+      for name in files:
+        path = os.path.join(root, name)
+        with open(path, 'r+b') as f:
+          f.truncate(os.path.getsize(path) // 2)
+        damaged += 1
+  assert damaged
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_and_set_aside(
+    uninterrupted, digits_dir, tmp_path, caplog):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  assert {'15', '16'} <= set(os.listdir(checkpoints))
+  _damage(os.path.join(checkpoints, '16'))
+  cut_short = os.path.join(checkpoints, '17.orbax-checkpoint-tmp-1')
+  os.makedirs(os.path.join(cut_short, 'state'))  # a save a crash cut short
+
+  # A reader falls back and touches nothing.
+  with caplog.at_level('WARNING', logger='densenet_flax'):
+    report = evaluation.evaluate(workdir, 'latest', split='test')
+  assert report['step'] == 15
+  assert 'Checkpoint 16' in caplog.text and 'cannot be restored' in caplog.text
+  assert os.path.isdir(os.path.join(checkpoints, '16'))
+  assert os.path.isdir(cut_short)
+
+  # Training sets the damaged one aside, resumes at 15 and ends as if nothing
+  # had happened.
+  caplog.clear()
+  with caplog.at_level('WARNING', logger='densenet_flax'):
+    summary = train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir),
+                                           workdir)
+  assert 'Checkpoint 16' in caplog.text
+  assert summary['step'] == 16
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints_set_aside', '16'))
+  assert not os.path.exists(cut_short)
+  _, want = trainutil.final_variables(uninterrupted[0])
+  _, got = trainutil.final_variables(workdir)
+  for x, y in zip(jax.tree_util.tree_leaves(want),
+                  jax.tree_util.tree_leaves(got)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_resuming_with_a_result_changing_config_is_refused(
+    uninterrupted, digits_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved_config = f.read()
+  with pytest.raises(workdir_lib.ConfigChangeError) as info:
+    train_lib.train_and_evaluate(
+        trainutil.tiny_config(digits_dir, num_epochs=4, batch_size=16,
+                              log_every_steps=2), workdir)
+  message = str(info.value)
+  assert 'batch_size: 32 -> 16' in message and 'num_epochs: 2 -> 4' in message
+  assert 'log_every_steps' not in message  # bookkeeping may change
+  assert 'allow_config_change' in message
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == saved_config  # nothing rewritten
+
+  summary = train_lib.train_and_evaluate(
+      trainutil.tiny_config(digits_dir, num_epochs=3,
+                            allow_config_change=True), workdir)
+  assert summary['step'] == 24  # on from 16, 8 steps per epoch
+  history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
+  changes = [r for r in history if 'config_change' in r]
+  assert changes == [{'step': 16, 'config_change': {'num_epochs': [2, 3]}}]
 
 
 @pytest.mark.parametrize('learning_rate,what', [
