@@ -16,12 +16,14 @@ Expression Recognition Challenge"):
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
 import io
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator
 from typing import IO
 
@@ -81,24 +83,46 @@ def parse_pixels(text: str, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
     raise DataFormatError(
         f'{where}: pixels has {len(tokens)} values; expected {size * size} '
         f'({size}x{size}) space-separated integers 0-255')
-  try:
-    values = np.array(tokens, dtype=np.int64)
-  except ValueError:
-    bad = next(t for t in tokens if not t.lstrip('-').isdigit())
+  bad = next((t for t in tokens if not _is_count(t)), None)
+  if bad is not None:
+    what = (f'{bad} is out of range' if bad[:1] == '-' and _is_count(bad[1:])
+            else f'{bad!r} is not an integer')
     raise DataFormatError(
-        f'{where}: pixel value {bad!r} is not an integer; expected integers '
-        f'0-255') from None
-  if values.min() < 0 or values.max() > 255:
-    bad = values[(values < 0) | (values > 255)][0]
+        f'{where}: pixel value {what}; expected integers 0-255')
+  values = np.array(tokens, dtype=np.int64)
+  if values.max() > 255:
     raise DataFormatError(
-        f'{where}: pixel value {bad} is out of range; expected integers 0-255')
+        f'{where}: pixel value {values.max()} is out of range; expected '
+        f'integers 0-255')
   return values.astype(np.uint8).reshape(size, size, 1)
+
+
+def _is_count(text: str) -> bool:
+  """A non-negative integer in plain ASCII digits ('٣' and '+3' are not)."""
+  return text.isascii() and text.isdigit()
 
 
 def _dict_rows(stream: IO[str], source: str,
                required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
-  """Yields (where, row) with stripped header names; checks columns and widths."""
+  """Yields (where, row) with stripped header names; checks columns and widths.
+
+  A file that is not UTF-8 text, breaks CSV quoting, or has no data rows is a
+  DataFormatError naming the file and line.
+  """
   reader = csv.reader(stream)
+  rows = 0
+  try:
+    yield from _checked_rows(reader, source, required)
+  except UnicodeDecodeError as e:  # open_text_csv names the line exactly
+    raise DataFormatError(
+        f'{source}: not UTF-8 text after line {reader.line_num} (byte '
+        f'{e.object[e.start:e.start + 1]!r}); expected a CSV file') from None
+  except csv.Error as e:
+    raise DataFormatError(
+        f'{source} line {reader.line_num}: {e}; expected a CSV file') from None
+
+
+def _checked_rows(reader, source: str, required: tuple[str, ...]):
   try:
     header = next(reader)
   except StopIteration:
@@ -110,6 +134,7 @@ def _dict_rows(stream: IO[str], source: str,
     raise DataFormatError(
         f'{source} line 1: missing column(s) {missing}; found {header}, '
         f'expected {",".join(required)}')
+  rows = 0
   for fields in reader:
     where = f'{source} line {reader.line_num}'
     if not fields:
@@ -119,7 +144,11 @@ def _dict_rows(stream: IO[str], source: str,
       raise DataFormatError(
           f'{where}: {len(fields)} fields; expected {len(header)} '
           f'({",".join(header)})')
+    rows += 1
     yield where, dict(zip(header, fields))
+  if not rows:
+    raise DataFormatError(f'{source}: no rows after the header; expected one '
+                          f'row per image')
 
 
 def split_of_usage(text: str, where: str) -> str:
@@ -138,7 +167,7 @@ def read_fer_csv(stream: IO[str], source: str) -> Iterator[Example]:
   for index, (where, row) in enumerate(rows):
     split = split_of_usage(row['Usage'], where)
     label_text = row['emotion'].strip()
-    if not label_text.isdigit() or int(label_text) >= len(EMOTIONS):
+    if not _is_count(label_text) or int(label_text) >= len(EMOTIONS):
       raise DataFormatError(
           f'{where}: unknown emotion id {label_text!r}; expected an integer '
           f'0-{len(EMOTIONS) - 1} ({", ".join(EMOTIONS)})')
@@ -171,12 +200,61 @@ def find_csv_source(manual_dir: str) -> str | None:
 def read_csv_source(path: str) -> Iterator[Example]:
   """Examples of fer2013.csv, fer2013.tar.gz or icml_face_data.csv, in row order."""
   if path.endswith(('.tar.gz', '.tgz', '.tar')):
-    archive, stream, source = _open_tar_csv(path)
-    with archive, stream:
-      yield from read_fer_csv(stream, source)
+    try:
+      archive, stream, source = _open_tar_csv(path)
+      with archive, stream:
+        yield from read_fer_csv(stream, source)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+      raise DataFormatError(f'{path}: unreadable archive ({e}); expected the '
+                            f'competition\'s {TAR_NAME}') from None
   else:
-    with open(path, newline='', encoding='utf-8') as stream:
+    with open_text_csv(path) as stream:
       yield from read_fer_csv(stream, path)
+
+
+# Leading bytes of files that are not text, and what to do about them.
+_BINARY_MAGIC = {
+    b'\x1f\x8b': f'gzip-compressed: decompress it (or, if it is the '
+                 f'competition archive, name it {TAR_NAME})',
+    b'PK\x03\x04': 'a zip archive: extract the CSV from it',
+    b'BZh': 'bzip2-compressed: decompress it',
+    b'\xfd7zXZ': 'xz-compressed: decompress it',
+}
+
+
+def open_text_csv(path: str) -> IO[str]:
+  """`path` opened as UTF-8 CSV text; a compressed file is named as one."""
+  with open(path, 'rb') as f:
+    head = f.read(8)
+  for magic, advice in _BINARY_MAGIC.items():
+    if head.startswith(magic):
+      raise DataFormatError(f'{path}: the file is {advice}; expected a '
+                            f'plain-text CSV')
+  _check_utf8(path)
+  return open(path, newline='', encoding='utf-8')
+
+
+def _check_utf8(path: str, chunk_size: int = 1 << 22) -> None:
+  """Raises DataFormatError naming the line of the first byte that is not UTF-8.
+
+  One streaming pass over the bytes: text decoding reads ahead in blocks, so
+  the CSV reader alone cannot say on which line a bad byte is.
+  """
+  decoder = codecs.getincrementaldecoder('utf-8')()
+  line = 1
+  with open(path, 'rb') as f:
+    while True:
+      chunk = f.read(chunk_size)
+      try:
+        decoder.decode(chunk, final=not chunk)
+      except UnicodeDecodeError as e:
+        line += chunk.count(b'\n', 0, max(e.start, 0))
+        raise DataFormatError(
+            f'{path} line {line}: not UTF-8 text (byte '
+            f'{chunk[e.start:e.start + 1]!r}); expected a CSV file') from None
+      if not chunk:
+        return
+      line += chunk.count(b'\n')
 
 
 # --- the folder release ------------------------------------------------------
@@ -195,9 +273,10 @@ def read_folder_release(manual_dir: str) -> Iterator[Example]:
   """Examples of train/<class>/* and test/<class>/*, in sorted path order."""
   from PIL import Image  # pillow comes with matplotlib; only this reader needs it
 
+  found = 0
   for top in FOLDER_SPLITS:
     top_dir = os.path.join(manual_dir, top)
-    for class_name in sorted(os.listdir(top_dir)):
+    for class_name in _visible(top_dir):
       class_dir = os.path.join(top_dir, class_name)
       if not os.path.isdir(class_dir):
         raise DataFormatError(
@@ -206,7 +285,7 @@ def read_folder_release(manual_dir: str) -> Iterator[Example]:
         raise DataFormatError(
             f'{class_dir}: unknown class folder {class_name!r}; expected one '
             f'of {", ".join(sorted(FOLDER_TO_LABEL))}')
-      for file_name in sorted(os.listdir(class_dir)):
+      for file_name in _visible(class_dir):
         path = os.path.join(class_dir, file_name)
         if not file_name.lower().endswith(IMAGE_SUFFIXES):
           raise DataFormatError(
@@ -229,8 +308,17 @@ def read_folder_release(manual_dir: str) -> Iterator[Example]:
               f'{path}: image is {pixels.shape[1]}x{pixels.shape[0]}; '
               f'expected {IMAGE_SIZE}x{IMAGE_SIZE}')
         key = f'{top}/{class_name}/{file_name}'
+        found += 1
         yield Example(key=key, split=split, image=pixels[..., None],
                       label=FOLDER_TO_LABEL[class_name.lower()])
+  if not found:
+    raise DataFormatError(f'{manual_dir}: the folder release has no images; '
+                          f'expected train/<class>/*.jpg and test/<class>/*.jpg')
+
+
+def _visible(directory: str) -> list[str]:
+  """Sorted entries, without hidden ones (.DS_Store, ._x, .ipynb_checkpoints)."""
+  return sorted(n for n in os.listdir(directory) if not n.startswith('.'))
 
 
 def _prefixes(top: str) -> list[str]:
@@ -283,14 +371,14 @@ class Votes:
 
 def read_ferplus_votes(path: str) -> Iterator[Votes]:
   """Rows of fer2013new.csv (microsoft/FERPlus), in file order."""
-  with open(path, newline='', encoding='utf-8') as stream:
+  with open_text_csv(path) as stream:
     required = ('Usage', 'Image name') + FERPLUS_VOTE_COLUMNS
     for where, row in _dict_rows(stream, path, required):
       split = split_of_usage(row['Usage'], where)
       votes = []
       for column in FERPLUS_VOTE_COLUMNS:
         text = row[column].strip()
-        if not text.isdigit():
+        if not _is_count(text):
           raise DataFormatError(
               f'{where}: {column} vote count {text!r} is not a non-negative '
               f'integer')
