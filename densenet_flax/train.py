@@ -235,6 +235,8 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
 
   from densenet_flax.data import pipeline  # TensorFlow loads only here
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
+  if is_writer:  # what inference and export normalise with
+    workdir_lib.save_normalization(workdir, data.mean, data.std)
   model = workdir_lib.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)

@@ -1,6 +1,9 @@
 """What a training workdir holds, and how a run is rebuilt from it.
 
   workdir/config.json     the run's full config (written by process 0)
+  workdir/normalization.json  the per-channel mean/std its inputs were
+                          normalised with (computed from the training split
+                          for datasets without standard values)
   workdir/checkpoints/    Orbax checkpoints (checkpointing.Checkpoints)
 
 Training, evaluation and inference all build the model, the input shape and
@@ -25,6 +28,7 @@ from densenet_flax import models
 from densenet_flax.data import specs
 
 CONFIG_FILE = 'config.json'
+NORMALIZATION_FILE = 'normalization.json'
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -43,6 +47,30 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(json.load(f))
   _fill_missing(config, config_lib.base_config())
   return config
+
+
+def save_normalization(workdir: str, mean, std) -> None:
+  path = os.path.join(workdir, NORMALIZATION_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'mean': [float(m) for m in mean],
+               'std': [float(s) for s in std]}, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def normalization(config, workdir: str) -> tuple[list[float], list[float]]:
+  """(mean, std) per stored channel, on the [0, 1] scale, that the run used."""
+  path = os.path.join(workdir, NORMALIZATION_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+    return record['mean'], record['std']
+  spec = specs.get_spec(config.dataset)
+  if spec.mean is not None:
+    return list(spec.mean), list(spec.std)
+  raise FileNotFoundError(
+      f'{path} not found: {workdir} was trained before runs recorded the '
+      f'normalisation of {spec.name}: rerun its training command once (a '
+      f'finished run only writes this file and re-evaluates)')
 
 
 def _fill_missing(config, defaults) -> None:

@@ -40,3 +40,15 @@ def digits_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp('digits')
   prepare.load_builder('digits', data_dir=str(root))
   return str(root)
+
+
+@pytest.fixture(scope='session')
+def digits_run(digits_dir, tmp_path_factory):
+  """A trained workdir (16 steps): 8x8 digits resized to 16x16, as the demo."""
+  import trainutil
+  from densenet_flax import train
+
+  workdir = str(tmp_path_factory.mktemp('digits_run'))
+  train.train_and_evaluate(trainutil.tiny_config(
+      digits_dir, image_size=16, **{'augment.resize': 16}), workdir)
+  return workdir

@@ -1,0 +1,112 @@
+"""Export a trained run for apps: TensorFlow SavedModel or TFLite.
+
+  python -m densenet_flax.export --workdir runs/fer2013 --format saved_model \
+      [--checkpoint best] [--output PATH] [--batch 1]
+
+The exported function takes a float32 batch [N, S, S, C] of 0-255 pixels at
+the model's input size (already resized and cropped: S = config.image_size,
+C = config.channels), normalises inside with the run's mean/std, and returns
+class probabilities [N, num_classes]. SavedModel takes any N; TFLite has a
+fixed N (--batch, default 1), because the converter does not take the
+dynamic-shape gathers that a variable batch produces. The class names are
+written beside the model (labels.txt).
+
+The route is jax2tf (JAX's exporter to TensorFlow); it serialises the
+compiled JAX function (StableHLO) inside the SavedModel, and the TFLite
+converter lowers that to builtin ops.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+FORMATS = ('saved_model', 'tflite')
+
+
+def serving_function(classifier):
+  """float32 [N, S, S, C] 0-255 pixels -> probabilities, normalised inside."""
+  mean = np.asarray(classifier.mean, np.float32)
+  std = np.asarray(classifier.std, np.float32)
+  channels = classifier.input_shape[-1]
+  model, variables = classifier.model, classifier.variables
+
+  def serve(pixels):
+    x = (pixels / 255.0 - mean) / std if len(mean) == channels else (
+        (pixels / 255.0 - mean[0]) / std[0])
+    return jax.nn.softmax(model.apply(variables, x, train=False))
+  return serve
+
+
+def export(classifier, output: str, fmt: str = 'saved_model',
+           batch: int = 1) -> str:
+  """Writes the model (and labels.txt beside it); returns the model's path."""
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  if fmt not in FORMATS:
+    raise ValueError(f'format must be one of {FORMATS}; got {fmt!r}')
+  height, width, channels = classifier.input_shape
+  serve = serving_function(classifier)
+  if fmt == 'saved_model':
+    converted = jax2tf.convert(serve, with_gradient=False,
+                               polymorphic_shapes=['(b, _, _, _)'])
+    spec = tf.TensorSpec([None, height, width, channels], tf.float32,
+                         name='pixels')
+  else:
+    converted = jax2tf.convert(serve, with_gradient=False)
+    spec = tf.TensorSpec([batch, height, width, channels], tf.float32,
+                         name='pixels')
+  module = tf.Module()
+  module.serve = tf.function(converted, autograph=False, input_signature=[spec])
+  if fmt == 'saved_model':
+    tf.saved_model.save(module, output,
+                        signatures={'serving_default': module.serve})
+    labels = os.path.join(output, 'labels.txt')
+  else:
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'wb') as f:
+      f.write(converter.convert())
+    labels = os.path.splitext(output)[0] + '.labels.txt'
+  with open(labels, 'w') as f:
+    f.write('\n'.join(classifier.class_names) + '\n')
+  return output
+
+
+def main(argv=None):
+  from absl import app
+  from absl import flags
+
+  flags.DEFINE_string('workdir', None, 'A training workdir.')
+  flags.mark_flag_as_required('workdir')
+  flags.DEFINE_enum('format', 'saved_model', list(FORMATS), 'What to write.')
+  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step.")
+  flags.DEFINE_string('output', None, 'Default: WORKDIR/export/saved_model '
+                      'or WORKDIR/export/model.tflite.')
+  flags.DEFINE_integer('batch', 1, 'TFLite: the fixed batch size.')
+
+  def command(args):
+    from densenet_flax import cli
+    from densenet_flax.inference import Classifier
+
+    cli.start_command(args)
+    f = flags.FLAGS
+    classifier = Classifier.from_workdir(f.workdir, f.checkpoint)
+    output = f.output or os.path.join(
+        f.workdir, 'export',
+        'saved_model' if f.format == 'saved_model' else 'model.tflite')
+    path = export(classifier, output, f.format, f.batch)
+    print(f'wrote {path} (step {classifier.step}, input '
+          f'{list(classifier.input_shape)} 0-255 float32, output '
+          f'{len(classifier.class_names)} probabilities)')
+
+  app.run(command, argv=argv)
+
+
+if __name__ == '__main__':
+  main()
