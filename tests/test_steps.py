@@ -26,7 +26,8 @@ def test_model_step_and_optimizer_import_no_tensorflow():
   code = ('import sys; import densenet_flax.models, densenet_flax.steps, '
           'densenet_flax.optim, densenet_flax.parallel, densenet_flax.convert, '
           'densenet_flax.checkpointing, densenet_flax.config, '
-          'densenet_flax.metrics; '
+          'densenet_flax.metrics, densenet_flax.workdir, '
+          'densenet_flax.inference, densenet_flax.faces; '
           "bad = [m for m in sys.modules if m.split('.')[0] in "
           "('tensorflow', 'keras', 'tensorflow_datasets')]; "
           'assert not bad, bad')
