@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import trainutil
 
 
+@pytest.mark.slow  # 90 s: the second tier, which .ci/run runs every time
 def test_default_config_reaches_97_percent_on_digits(digits_dir, tmp_path):
   workdir = tmp_path / 'demo'
   out = subprocess.run(

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip('tensorflow')
-# The second tier (about 3 minutes on 2 cores): `python -m pytest -q -m
-# multiprocess`; .ci/run runs it after the default suite, every time.
-pytestmark = pytest.mark.multiprocess
+# The second tier (`python -m pytest -q -m slow`); .ci/run runs it after the
+# default suite, every time.
+pytestmark = pytest.mark.slow
 
 from densenet_flax import checkpointing  # noqa: E402
 from densenet_flax import evaluation  # noqa: E402
