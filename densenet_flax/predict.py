@@ -5,7 +5,8 @@
       [--checkpoint best|latest|STEP] [--tta ten_crop]
 
 Folders are searched recursively for images and videos; a video is read
-every `--every` frames. Without --faces each image (frame) is classified
+every `--every` frames. Progress bars (stderr) follow the files of a folder
+and the frames of a video. Without --faces each image (frame) is classified
 whole, as a dataset image would be; with --faces each face found is (FER
 models). Writes one row per image or face: path, frame, box, probabilities,
 label, score. A file that cannot be read is reported with its path and
@@ -71,22 +72,28 @@ def read_image(path: str) -> np.ndarray:
   return image
 
 
-def frames(path: str, every: int) -> Iterator[tuple[int | None, np.ndarray]]:
+def frames(path: str, every: int, progress: bool = False
+           ) -> Iterator[tuple[int | None, np.ndarray]]:
   """(frame index or None, image) of an image file or of every Nth frame."""
   if not path.lower().endswith(VIDEO_SUFFIXES):
     yield None, read_image(path)
     return
   import cv2
+  from tqdm import tqdm
 
   video = cv2.VideoCapture(path)
   if not video.isOpened():
     raise UnreadableFile(f'{path}: not a video OpenCV can decode')
   index = read = 0
+  bar = tqdm(total=int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None,
+             unit='frame', desc=os.path.basename(path), leave=False,
+             disable=not progress, file=sys.stderr)
   try:
     while True:
       ok = video.grab()
       if not ok:
         break
+      bar.update(1)
       if index % every == 0:
         ok, frame = video.retrieve()
         if not ok:
@@ -95,6 +102,7 @@ def frames(path: str, every: int) -> Iterator[tuple[int | None, np.ndarray]]:
         yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
       index += 1
   finally:
+    bar.close()
     video.release()
   if not read:
     raise UnreadableFile(f'{path}: no frames could be read')
@@ -184,7 +192,7 @@ def run(classifier, paths: list[str], *, faces: bool = False, every: int = 1,
   try:
     for path in bar:
       try:
-        for frame, image in frames(path, every):
+        for frame, image in frames(path, every, progress):
           answers = (detector.detect(image, tta=tta) if detector else
                      classify_whole(classifier, image, tta))
           for answer in answers:

@@ -10,10 +10,8 @@ import csv
 import gzip
 import io
 import os
-import tarfile
 import zipfile
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -79,7 +77,7 @@ def zipped(text):
     (f'{HEADER}\n3,{PIXELS[:-1]}+7,Training\n'.encode(),
      "pixel value '+7' is not an integer"),
     (f'{HEADER}\n3,{PIXELS},Validation\n'.encode(), "unknown Usage 'Validation'"),
-    (f'emotion,Usage\n3,Training\n'.encode(), "missing column(s) ['pixels']"),
+    (b'emotion,Usage\n3,Training\n', "missing column(s) ['pixels']"),
 ], ids=['empty', 'header_only', 'binary', 'binary_row', 'gzip', 'zip',
         'truncated', 'extra_column', 'missing_column_value', 'label_9',
         'label_negative', 'label_text', 'label_unicode_digit', 'pixel_300',

@@ -110,7 +110,6 @@ def _dict_rows(stream: IO[str], source: str,
   DataFormatError naming the file and line.
   """
   reader = csv.reader(stream)
-  rows = 0
   try:
     yield from _checked_rows(reader, source, required)
   except UnicodeDecodeError as e:  # open_text_csv names the line exactly
