@@ -7,10 +7,18 @@ Keras or TensorFlow: the model object is passed in.
 
 Keras builds its DenseNets with BN epsilon 1.001e-5, so the matching Flax model
 must use it too; `model_for_keras` returns that model.
+
+`from_torchvision` reads a torchvision DenseNet-121/161/169/201 state dict (a
+dict of tensors or arrays, or a .pth/.pt path; torch is imported only to read
+a file). The parameter names map one to one (torchvision's `norm5` is
+`norm_final` here); conv kernels go from OIHW to HWIO and the classifier from
+(out, in) to (in, out). `adapt_input_channels` turns RGB stem weights into
+grayscale ones (FER) and back.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -159,3 +167,170 @@ def _check_same_structure(got: dict, want: dict, collection: str, source: str):
           f'{source}: {collection} {key} has shape {tuple(value.shape)}, the '
           f'Flax model expects {tuple(want_flat[key].shape)}')
 
+
+
+# --- torchvision ---------------------------------------------------------------
+
+TORCHVISION_BN_EPSILON = 1e-5  # nn.BatchNorm2d's default, as torchvision uses
+# Names torchvision's own loader rewrites (checkpoints from before 0.3):
+# 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'.
+_TORCH_OLD_STYLE = re.compile(
+    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.'
+    r'(?:weight|bias|running_mean|running_var))$')
+_TORCH_LAYER = re.compile(
+    r'^features\.denseblock(\d+)\.denselayer(\d+)\.(norm1|conv1|norm2|conv2)\.'
+    r'(\w+)$')
+_TORCH_TRANSITION = re.compile(r'^features\.transition(\d+)\.(norm|conv)\.(\w+)$')
+_TORCH_TOP = re.compile(r'^features\.(conv0|norm0|norm5)\.(\w+)$')
+_TORCH_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+             'running_mean': ('batch_stats', 'mean'),
+             'running_var': ('batch_stats', 'var')}
+
+
+def torchvision_state_dict(source) -> dict[str, np.ndarray]:
+  """A state dict (or a .pth/.pt path) -> name -> float32 array, names as
+  torchvision's current ones (no 'module.' prefix, no old-style names)."""
+  where = 'the state dict'
+  if isinstance(source, (str, os.PathLike)):
+    import torch  # only to read the file: pip install .[torch]
+
+    where = os.fspath(source)
+    source = torch.load(where, map_location='cpu', weights_only=True)
+    if isinstance(source, dict) and isinstance(source.get('state_dict'), dict):
+      source = source['state_dict']
+  if not isinstance(source, dict):
+    raise ValueError(f'{where}: expected a state dict (name -> tensor); got '
+                     f'{type(source).__name__}')
+  state = {}
+  for name, value in source.items():
+    if name.endswith('num_batches_tracked'):
+      continue
+    name = name.removeprefix('module.')
+    if m := _TORCH_OLD_STYLE.match(name):
+      name = m.group(1) + m.group(2)
+    if hasattr(value, 'detach'):
+      value = value.detach().cpu().numpy()
+    state[name] = np.asarray(value, np.float32)
+  return state
+
+
+def torchvision_architecture(state: dict) -> tuple[str, int | None, int]:
+  """(preset, classes or None without a classifier, input channels)."""
+  blocks: dict[int, int] = {}
+  for name in state:
+    if m := _TORCH_LAYER.match(name):
+      block, layer = int(m.group(1)), int(m.group(2))
+      blocks[block] = max(blocks.get(block, 0), layer)
+  block_sizes = tuple(blocks[b] for b in sorted(blocks))
+  try:
+    stem = state['features.conv0.weight']
+    growth_rate = state['features.denseblock1.denselayer1.conv2.weight'].shape[0]
+  except KeyError as e:
+    raise ValueError(f'Not a torchvision DenseNet state dict: no {e.args[0]}'
+                     ) from None
+  for name, fields in models.PRESETS.items():
+    if (fields['stem'] == 'imagenet' and
+        tuple(fields['block_sizes']) == block_sizes and
+        fields['growth_rate'] == growth_rate and
+        fields['num_init_features'] == stem.shape[0]):
+      break
+  else:
+    raise ValueError(
+        f'No preset matches the torchvision weights: blocks {block_sizes}, '
+        f'growth rate {growth_rate}, {stem.shape[0]} initial features')
+  classifier = state.get('classifier.weight')
+  return name, (None if classifier is None else classifier.shape[0]), \
+      stem.shape[1]
+
+
+def model_for_torchvision(source, **overrides: Any) -> models.DenseNet:
+  """The Flax DenseNet whose variables `from_torchvision(source)` returns."""
+  name, num_classes, _ = torchvision_architecture(
+      torchvision_state_dict(source))
+  overrides.setdefault('bn_epsilon', TORCHVISION_BN_EPSILON)
+  num_classes = overrides.pop('num_classes', num_classes) or 1000
+  return models.create_model(name, num_classes=num_classes, **overrides)
+
+
+def from_torchvision(source) -> dict[str, Any]:
+  """Copies a torchvision DenseNet's weights into Flax variables.
+
+  Returns {'params', 'batch_stats'} for `model_for_torchvision(source)`;
+  without a classifier in the weights, none in the variables. Every weight is
+  used once and every variable filled with the right shape, or a ValueError
+  names the weight.
+  """
+  state = torchvision_state_dict(source)
+  name, num_classes, channels = torchvision_architecture(state)
+  model = model_for_torchvision(state)
+  expected = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, 64, 64, channels), jnp.float32))
+  variables: dict[str, dict] = {'params': {}, 'batch_stats': {}}
+  for key, value in state.items():
+    collection, path, value = _torch_target(key, value)
+    node = variables[collection]
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = value
+  if num_classes is None:
+    expected['params'].pop('classifier')
+  for collection in ('params', 'batch_stats'):
+    _check_same_structure(variables[collection], expected[collection],
+                          collection, f'torchvision {name}')
+  return variables
+
+
+def _torch_target(key: str, value: np.ndarray
+                  ) -> tuple[str, tuple[str, ...], np.ndarray]:
+  """A torchvision weight -> (collection, Flax path, value in Flax layout)."""
+  if m := _TORCH_LAYER.match(key):
+    block, layer, part, leaf = m.groups()
+    module = (f'denseblock{block}', f'denselayer{layer}', part)
+  elif m := _TORCH_TRANSITION.match(key):
+    block, part, leaf = m.groups()
+    module = (f'transition{block}', part)
+  elif m := _TORCH_TOP.match(key):
+    part, leaf = m.groups()
+    module = ('norm_final' if part == 'norm5' else part,)
+  elif key in ('classifier.weight', 'classifier.bias'):
+    module, leaf = ('classifier',), key.split('.')[1]
+  else:
+    raise ValueError(f'torchvision weight {key!r} has no counterpart in the '
+                     f'Flax DenseNet')
+  if module[-1].startswith('norm'):
+    if leaf not in _TORCH_BN:
+      raise ValueError(f'torchvision weight {key!r}: unknown BN field')
+    collection, name = _TORCH_BN[leaf]
+    return collection, (*module, name), value
+  if module == ('classifier',):
+    if leaf == 'weight':
+      return 'params', ('classifier', 'kernel'), value.T  # (out, in) -> (in, out)
+    return 'params', ('classifier', 'bias'), value
+  if leaf != 'weight':
+    raise ValueError(f'torchvision weight {key!r}: convolutions have no '
+                     f'{leaf}')
+  return 'params', (*module, 'kernel'), value.transpose(2, 3, 1, 0)  # OIHW->HWIO
+
+
+def adapt_input_channels(variables: dict, channels: int) -> dict:
+  """Variables whose stem takes `channels` (1 or 3) instead of its own count.
+
+  3 -> 1 sums the RGB kernels, so the 1-channel model gives on a gray image
+  the logits the RGB model gives on that image in all three channels. 1 -> 3
+  splits the kernel evenly, which keeps the logits of a gray image replicated
+  to RGB. Only params/conv0/kernel changes; the input is not normalised here.
+  """
+  kernel = np.asarray(variables['params']['conv0']['kernel'])
+  have = kernel.shape[2]
+  if have == channels:
+    return variables
+  if (have, channels) == (3, 1):
+    kernel = kernel.sum(axis=2, keepdims=True)
+  elif (have, channels) == (1, 3):
+    kernel = np.repeat(kernel / 3, 3, axis=2)
+  else:
+    raise ValueError(f'Cannot adapt a {have}-channel stem to {channels} '
+                     f'channels; expected 1 <-> 3')
+  params = dict(variables['params'], conv0=dict(
+      variables['params']['conv0'], kernel=kernel.astype(np.float32)))
+  return dict(variables, params=params)
