@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from densenet_flax import inference
+
 Box = tuple[int, int, int, int]
 
 
@@ -54,8 +56,7 @@ def to_gray(image: np.ndarray) -> np.ndarray:
   if image.ndim == 3 and image.shape[2] == 1:
     image = image[..., 0]
   if image.ndim == 3 and image.shape[2] == 3:
-    image = image.astype(np.float32) @ np.array([0.2989, 0.5870, 0.1140],
-                                                np.float32)
+    image = image.astype(np.float32) @ inference.GRAY_WEIGHTS
   if image.ndim != 2:
     raise ValueError(f'expected an image [H, W] or [H, W, 1|3]; got shape '
                      f'{image.shape}')

@@ -33,6 +33,8 @@ from densenet_flax.data import specs
 # The evaluation view of crop='resized' (ImageNet): the shorter side resized
 # to image_size / 0.875, then the centre crop (data/augment.py).
 RESIZED_EVAL_FRACTION = 0.875
+# RGB -> gray, ITU-R 601 luma (tf.image.rgb_to_grayscale's and OpenCV's).
+GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)
 BATCH_SIZES = (1, 8, 64)
 TTA_MODES = (None, 'ten_crop')
 
@@ -132,8 +134,7 @@ class Classifier:
       raise ValueError(f'images must be numbers in 0-255; got {images.dtype}')
     channels, stored = images.shape[-1], self.spec.channels
     if channels == 3 and stored == 1:
-      images = images.astype(np.float32) @ np.array(
-          [0.2989, 0.5870, 0.1140], np.float32)[:, None]
+      images = images.astype(np.float32) @ GRAY_WEIGHTS[:, None]
     elif channels != stored:
       raise ValueError(
           f'images have {channels} channels; {self.spec.name} models take '

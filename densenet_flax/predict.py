@@ -109,10 +109,11 @@ def frames(path: str, every: int, progress: bool = False
 
 
 def classify_whole(classifier, image: np.ndarray, tta) -> list[dict]:
+  """One answer for the whole image (the classifier turns RGB to gray)."""
   from densenet_flax import faces
 
-  if classifier.spec.channels == 1 and image.ndim == 3:
-    image = faces.to_gray(image)
+  if image.ndim == 2 and classifier.spec.channels == 3:
+    image = np.repeat(image[..., None], 3, axis=-1)
   probabilities = classifier.predict(image[None], tta=tta)[0]
   return [faces.result(None, probabilities, classifier.class_names)]
 
