@@ -73,10 +73,8 @@ def write_report(report: dict, workdir: str, split: str, step: int,
   directory = os.path.join(workdir, 'eval')
   os.makedirs(directory, exist_ok=True)
   stem = os.path.join(directory, f'{split}-{step}' + (f'-{tta}' if tta else ''))
-  record = dict(report, step=int(step))
-  with open(stem + '.json.tmp', 'w') as f:
-    json.dump(record, f, indent=2)
-  os.replace(stem + '.json.tmp', stem + '.json')  # never a half-written report
+  workdir_lib.write_atomically(stem + '.json', json.dumps(
+      dict(report, step=int(step)), indent=2))
   reporting.plot_confusion_matrix(
       report['confusion_matrix'], report['class_names'], stem + '.png',
       title=f'{split} step {step}: accuracy {report["accuracy"]:.4f}')

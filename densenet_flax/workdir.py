@@ -31,11 +31,15 @@ CONFIG_FILE = 'config.json'
 NORMALIZATION_FILE = 'normalization.json'
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to a temporary file and renames it: never a half-written file."""
   with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json(indent=2))
-  os.replace(path + '.tmp', path)  # never a half-written config
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -50,11 +54,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def save_normalization(workdir: str, mean, std) -> None:
-  path = os.path.join(workdir, NORMALIZATION_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump({'mean': [float(m) for m in mean],
-               'std': [float(s) for s in std]}, f, indent=2)
-  os.replace(path + '.tmp', path)
+  write_atomically(os.path.join(workdir, NORMALIZATION_FILE), json.dumps(
+      {'mean': [float(m) for m in mean], 'std': [float(s) for s in std]},
+      indent=2))
 
 
 def normalization(config, workdir: str) -> tuple[list[float], list[float]]:
