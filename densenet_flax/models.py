@@ -157,6 +157,25 @@ class Transition(nn.Module):
     return layers.avg_pool_2x2(x)
 
 
+def stage_names(num_blocks: int) -> tuple[str, ...]:
+  """The stages of a DenseNet in input-to-output order, named as its params.
+
+  'stem' holds conv0 (and norm0); 'norm_final' is the last BN; 'classifier'
+  the dense head. Freezing and layer-wise learning rates work in these units.
+  """
+  names = ['stem']
+  for i in range(1, num_blocks + 1):
+    names.append(f'denseblock{i}')
+    if i < num_blocks:
+      names.append(f'transition{i}')
+  return (*names, 'norm_final', 'classifier')
+
+
+def stage_of(param_name: str) -> str:
+  """The stage of a top-level param/BN name ('conv0' and 'norm0' -> 'stem')."""
+  return 'stem' if param_name in ('conv0', 'norm0') else param_name
+
+
 def spatial_sizes(stem: str, num_transitions: int, size: int) -> list[int]:
   """Height (or width) after the stem and after each transition, for one input size.
 
@@ -212,6 +231,10 @@ class DenseNet(nn.Module):
     bn_epsilon: BN epsilon (1e-5 torchvision; 1.001e-5 Keras).
     bn_axis_name: a pmap/shard_map axis name over which BN batch statistics
       are averaged, so N devices x B examples == 1 device x N*B examples.
+    frozen_bn_through: a stage name (`stage_names`): that stage and the ones
+      before it stay in inference mode when training (BN normalises with, and
+      keeps, its running statistics; no dropout), as when fine-tuning with
+      frozen early stages. '' = none.
   """
   growth_rate: int = 32
   block_sizes: Sequence[int] = (6, 12, 24, 16)
@@ -227,6 +250,7 @@ class DenseNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
+  frozen_bn_through: str = ''
 
   @property
   def min_input_size(self) -> int:
@@ -256,8 +280,16 @@ class DenseNet(nn.Module):
         epsilon=self.bn_epsilon, dtype=self.dtype,
         param_dtype=self.param_dtype, axis_name=self.bn_axis_name)
 
+    stages = stage_names(len(self.block_sizes))
+    if self.frozen_bn_through and self.frozen_bn_through not in stages:
+      raise ValueError(f'frozen_bn_through={self.frozen_bn_through!r}: expected '
+                       f'one of {", ".join(stages[:-1])}')
+    frozen = (stages[:stages.index(self.frozen_bn_through) + 1]
+              if self.frozen_bn_through else ())
+    trains = lambda stage: train and stage not in frozen  # noqa: E731
+
     x = jnp.asarray(x, self.dtype)
-    x = self._stem(x, train, conv, norm)
+    x = self._stem(x, trains('stem'), conv, norm)
 
     num_features = self.num_init_features
     for i, num_layers in enumerate(self.block_sizes):
@@ -271,17 +303,18 @@ class DenseNet(nn.Module):
           norm=norm,
           bn_axis_name=self.bn_axis_name,
           name=f'denseblock{i + 1}',
-      )(x, train)
+      )(x, trains(f'denseblock{i + 1}'))
       num_features += num_layers * self.growth_rate
       if i != len(self.block_sizes) - 1:
         num_features = int(math.floor(self.compression * num_features))
         x = Transition(
             out_features=num_features, drop_rate=self.drop_rate,
             conv=conv, norm=norm, name=f'transition{i + 1}')(
-                features, train, stats)
+                features, trains(f'transition{i + 1}'), stats)
 
-    x = norm(name='norm_final')(features, use_running_average=not train,
-                                piece_moments=stats)
+    final_trains = trains('norm_final')
+    x = norm(name='norm_final')(features, use_running_average=not final_trains,
+                                piece_moments=stats if final_trains else None)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype,
                  param_dtype=self.param_dtype, name='classifier')(x)

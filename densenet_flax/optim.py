@@ -4,12 +4,20 @@ SGD with (Nesterov) momentum or AdamW; the paper's piecewise-constant schedule
 or cosine, each with optional linear warmup; weight decay as the paper's L2
 (added to the gradient before momentum) or decoupled (added to the update),
 applied to conv and dense kernels only; optional global-norm clipping.
+
+Fine-tuning splits the params by stage (models.stage_names) with
+`optax.multi_transform`: frozen stages get no update and no optimizer state,
+and each other stage its own learning-rate multiplier (head_lr_multiplier,
+layer_lr_decay).
 """
 
 from __future__ import annotations
 
+import jax
 import optax
 from flax import traverse_util
+
+from densenet_flax import models
 
 
 def learning_rate(config) -> float:
@@ -47,11 +55,66 @@ def decay_mask(params):
       {path: path[-1] == 'kernel' for path in flat})
 
 
-def create_optimizer(config, steps_per_epoch: int
+def stage_lr_multipliers(config, num_blocks: int) -> dict[str, float]:
+  """Stage -> learning-rate multiplier; 0.0 for frozen stages.
+
+  The classifier gets head_lr_multiplier; a stage s steps below it gets
+  layer_lr_decay**s; `freeze` and the stages before it get 0.
+  """
+  stages = models.stage_names(num_blocks)
+  frozen = (stages[:stages.index(config.freeze) + 1]
+            if config.get('freeze') else ())
+  decay = config.get('layer_lr_decay', 1.0)
+  multipliers = {}
+  for depth, stage in enumerate(reversed(stages)):
+    rate = decay ** depth
+    if stage == 'classifier':
+      rate *= config.get('head_lr_multiplier', 1.0)
+    multipliers[stage] = 0.0 if stage in frozen else rate
+  return multipliers
+
+
+def is_fine_tuning(config) -> bool:
+  """Whether the params are split by stage (else one plain chain)."""
+  return bool(config.get('freeze') or
+              config.get('head_lr_multiplier', 1.0) != 1.0 or
+              config.get('layer_lr_decay', 1.0) != 1.0)
+
+
+def frozen_stages(config, num_blocks: int) -> tuple[str, ...]:
+  return tuple(stage for stage, rate in
+               stage_lr_multipliers(config, num_blocks).items() if rate == 0)
+
+
+def create_optimizer(config, steps_per_epoch: int, num_blocks: int = 4
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, base schedule); `num_blocks` names the stages when fine-tuning."""
   schedule = create_schedule(config, steps_per_epoch)
+  if not is_fine_tuning(config):
+    return _chain(config, schedule), schedule
+  multipliers = stage_lr_multipliers(config, num_blocks)
+  label = lambda rate: 'frozen' if rate == 0 else f'lr_x{rate:.6g}'  # noqa: E731
+  transforms = {}
+  for rate in set(multipliers.values()):
+    transforms[label(rate)] = (
+        optax.set_to_zero() if rate == 0 else
+        _chain(config, lambda step, rate=rate: rate * schedule(step),
+               clip=False))
+
+  def labels(params):
+    return {name: jax.tree_util.tree_map(
+        lambda _, name=name: label(multipliers[models.stage_of(name)]), tree)
+            for name, tree in params.items()}
+  tx = optax.multi_transform(transforms, labels)
+  if config.grad_clip_norm:  # over all params; frozen ones have no gradient
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx, schedule
+
+
+def _chain(config, schedule, clip: bool = True
+           ) -> optax.GradientTransformation:
   parts = []
-  if config.grad_clip_norm:
+  if clip and config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   decay = (optax.add_decayed_weights(config.weight_decay, mask=decay_mask)
            if config.weight_decay else None)
@@ -68,4 +131,4 @@ def create_optimizer(config, steps_per_epoch: int
   if decay and config.weight_decay_mode == 'decoupled':
     parts.append(decay)
   parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts), schedule
+  return optax.chain(*parts)
