@@ -248,14 +248,21 @@ class Checkpoints:
         state=ocp.args.StandardRestore(target)))['state']
 
   def restore_variables(self, step: int, abstract_variables, expected: Meta,
-                        sharding: jax.sharding.Sharding | None = None) -> dict:
+                        sharding: jax.sharding.Sharding | None = None,
+                        ema: bool = False) -> dict:
     """{'params', 'batch_stats'} of `step`, without building an optimizer.
 
     The whole stored state is read (`read`); the optimizer state is small
-    beside the activations of any use of a model.
+    beside the activations of any use of a model. With `ema`, the EMA of
+    the weights that the state keeps.
     """
     self.check_compatible(step, abstract_variables, expected)
     restored = self.read(step, sharding)
+    if ema:
+      if not restored.get('ema'):
+        raise CheckpointMismatchError(
+            f'Checkpoint {step} in {self.directory} holds no EMA weights')
+      restored = restored['ema']
     log.info('Restored the variables of checkpoint %d from %s', step,
              self.directory)
     return {'params': restored['params'],

@@ -32,7 +32,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory_efficient = False
   c.half_precision = False          # compute in half precision, params float32
   c.half_precision_dtype = 'bfloat16'  # or 'float16' (dynamic loss scaling)
-  c.init_from_keras = ''            # e.g. 'DenseNet121': ImageNet weights via Keras
+  # First weights of a fresh run (densenet_flax/pretrained.py): '' (random),
+  # 'keras:DenseNet121' (downloads) or 'keras:/path/weights.h5',
+  # 'torchvision:/path/densenet121.pth', 'workdir:/path/run[:best|latest|STEP]'.
+  c.init_from = ''
+  c.init_from_keras = ''            # deprecated: init_from='keras:NAME'
+
+  # Fine-tuning (models.stage_names: stem, denseblock1, transition1, ...,
+  # norm_final, classifier).
+  c.freeze = ''                     # a stage: it and those before it are not
+                                    # updated ('' = train everything)
+  c.freeze_batch_stats = False      # frozen stages also keep their BN
+                                    # statistics (inference-mode BN)
+  c.head_lr_multiplier = 1.0        # the classifier's learning rate factor
+  c.layer_lr_decay = 1.0            # stage s below the classifier learns at
+                                    # lr * decay**s (1.0 = off)
+  c.ema_decay = 0.0                 # >0: keep an EMA of the weights; it is
+                                    # evaluated, selects 'best', and is what
+                                    # evaluation and inference load
 
   # Data (densenet_flax.data.specs.DATASETS).
   c.dataset = 'digits'
@@ -179,6 +196,7 @@ def validate(config: ml_collections.ConfigDict,
                                        spec.channels == 3):
     _fail('channels', config.channels,
           f'1 or 3, and not fewer than the {spec.channels} of {spec.name}')
+  _validate_fine_tuning(config)
   _validate_distributed(config)
   if num_devices is not None:
     validate_devices(config, num_devices)
@@ -195,6 +213,34 @@ def validate(config: ml_collections.ConfigDict,
   if config.image_size < model.min_input_size:
     _fail('image_size', config.image_size,
           f'at least {model.min_input_size} for {config.model}')
+
+
+def _validate_fine_tuning(config) -> None:
+  from densenet_flax import pretrained
+
+  if config.init_from and config.init_from_keras:
+    _fail('init_from_keras', config.init_from_keras,
+          "'' when config.init_from is set (init_from_keras is deprecated)")
+  if config.init_from:
+    pretrained.parse(config.init_from)  # raises naming the key
+  if config.init_from_keras not in ('', *pretrained.KERAS_NAMES):
+    _fail('init_from_keras', config.init_from_keras,
+          f'one of {", ".join(pretrained.KERAS_NAMES)}')
+  block_sizes = config.model_overrides.get(
+      'block_sizes', models.PRESETS[config.model]['block_sizes'])
+  stages = models.stage_names(len(block_sizes))
+  if config.freeze and config.freeze not in stages[:-1]:
+    _fail('freeze', config.freeze,
+          f"'' or a stage of {config.model}: {', '.join(stages[:-1])}")
+  if config.freeze_batch_stats and not config.freeze:
+    _fail('freeze_batch_stats', config.freeze_batch_stats,
+          'False unless config.freeze names a stage')
+  if not config.head_lr_multiplier > 0:
+    _fail('head_lr_multiplier', config.head_lr_multiplier, 'a number > 0')
+  if not 0 < config.layer_lr_decay <= 1:
+    _fail('layer_lr_decay', config.layer_lr_decay, 'a number in (0, 1]')
+  if not 0 <= config.ema_decay < 1:
+    _fail('ema_decay', config.ema_decay, 'a number in [0, 1) (0 = no EMA)')
 
 
 def _validate_distributed(config) -> None:

@@ -2,6 +2,7 @@
 
   python -m densenet_flax.evaluate --workdir runs/demo \
       [--checkpoint latest|best|STEP] [--split NAME] [--tta ten_crop] \
+      [--raw_weights] \
       [--distributed [--coordinator_address HOST:PORT --num_processes N
                       --process_id I]]
 
@@ -24,6 +25,9 @@ def main(argv=None):
   flags.DEFINE_string('split', None, 'Split to evaluate (default: the '
                       "config's test_split, else its eval_split).")
   flags.DEFINE_enum('tta', None, ['ten_crop'], 'Test-time augmentation.')
+  flags.DEFINE_bool('raw_weights', False,
+                    'For a run with config.ema_decay > 0: evaluate the '
+                    'trained weights instead of their EMA.')
   flags.DEFINE_bool('distributed', False,
                     'Run as one of several processes (jax.distributed).')
   flags.DEFINE_string('coordinator_address', '',
@@ -48,7 +52,8 @@ def main(argv=None):
     from densenet_flax import evaluation
     from densenet_flax import metrics as metrics_lib
 
-    report = evaluation.evaluate(f.workdir, f.checkpoint, f.split, f.tta)
+    report = evaluation.evaluate(f.workdir, f.checkpoint, f.split, f.tta,
+                                 raw_weights=f.raw_weights)
     if 'files' in report:  # process 0
       print(f'{report["split"]} at step {report["step"]} '
             f'(tta: {report["tta"]}):')

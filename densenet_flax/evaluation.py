@@ -66,13 +66,14 @@ def _pad_to(values: np.ndarray, size: int, fill) -> np.ndarray:
 
 
 def write_report(report: dict, workdir: str, split: str, step: int,
-                 tta: str | None = None) -> tuple[str, str]:
-  """Writes eval/<split>-<step>[-tta].json and .png; returns both paths."""
+                 tta: str | None = None, suffix: str = '') -> tuple[str, str]:
+  """Writes eval/<split>-<step>[-tta][-suffix].json and .png; returns both."""
   from densenet_flax import reporting
 
   directory = os.path.join(workdir, 'eval')
   os.makedirs(directory, exist_ok=True)
-  stem = os.path.join(directory, f'{split}-{step}' + (f'-{tta}' if tta else ''))
+  stem = os.path.join(directory, '-'.join(
+      [split, str(step)] + [part for part in (tta, suffix) if part]))
   workdir_lib.write_atomically(stem + '.json', json.dumps(
       dict(report, step=int(step)), indent=2))
   reporting.plot_confusion_matrix(
@@ -82,8 +83,13 @@ def write_report(report: dict, workdir: str, split: str, step: int,
 
 
 def evaluate(workdir: str, checkpoint: str | int = 'latest',
-             split: str | None = None, tta: str | None = None) -> dict:
+             split: str | None = None, tta: str | None = None, *,
+             raw_weights: bool = False) -> dict:
   """Restores `checkpoint` of `workdir` and evaluates `split` exactly.
+
+  A run that keeps an EMA of its weights is evaluated on the EMA, as
+  training evaluated it; `raw_weights` evaluates the trained weights instead
+  (report files end in -raw).
 
   Under many processes (after `jax.distributed.initialize`), every process
   calls this; each reads its shard, and only process 0 writes the report.
@@ -102,12 +108,16 @@ def evaluate(workdir: str, checkpoint: str | int = 'latest',
                      f'{data.spec.splits}')
   model, variables, step = workdir_lib.restore_variables(
       workdir, checkpoint, config=config,
-      sharding=dp.replicated)
+      sharding=dp.replicated, ema=False if raw_weights else None)
   state = steps.ModelState(apply_fn=model.apply, **variables)
   eval_step = dp.compile(steps.eval_step, num_args=2)
   report = evaluate_split(eval_step, dp.put_replicated(state), data, split, dp,
                           tta=tta)
   report['step'] = step
+  raw = raw_weights and workdir_lib.uses_ema(config)
+  report['weights'] = ('ema' if workdir_lib.uses_ema(config) and not raw
+                       else 'trained')
   if jax.process_index() == 0:
-    report['files'] = list(write_report(report, workdir, split, step, tta))
+    report['files'] = list(write_report(report, workdir, split, step, tta,
+                                        suffix='raw' if raw else ''))
   return report

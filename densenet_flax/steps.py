@@ -23,6 +23,8 @@ from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
 from jax import lax
 
+from densenet_flax import models
+
 Array = Any
 
 
@@ -30,10 +32,17 @@ class TrainState(train_state.TrainState):
   """Params, optimizer state and step (from Flax), plus BN statistics.
 
   `dynamic_scale` is set only for float16 training (on GPU), where a dynamic
-  loss scale keeps small gradients from underflowing.
+  loss scale keeps small gradients from underflowing. `ema` is set only with
+  an EMA of the weights: {'params', 'batch_stats'} averaged over steps.
   """
   batch_stats: Any
   dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
+  ema: Any = None
+
+  def ema_model(self) -> 'ModelState':
+    """The EMA weights as a model `eval_step` takes."""
+    return ModelState(apply_fn=self.apply_fn, params=self.ema['params'],
+                      batch_stats=self.ema['batch_stats'])
 
 
 class ModelState(flax.struct.PyTreeNode):
@@ -50,19 +59,24 @@ class ModelState(flax.struct.PyTreeNode):
 def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
                        image_shape: tuple[int, ...], *,
                        use_dynamic_scale: bool = False,
-                       variables: dict | None = None) -> TrainState:
+                       variables: dict | None = None,
+                       ema: bool = False) -> TrainState:
   """A fresh state; `variables` (e.g. imported weights) replace the init values.
 
-  image_shape: (height, width, channels) of one input.
+  image_shape: (height, width, channels) of one input. With `ema`, the EMA
+  starts at the initial weights.
   """
   init = jax.jit(functools.partial(model.init, train=False))
   fresh = init(rng, jnp.zeros((1, *image_shape), jnp.float32))
   if variables is not None:
     fresh = merge_variables(fresh, variables)
+  batch_stats = fresh.get('batch_stats', {})
   return TrainState.create(
       apply_fn=model.apply, params=fresh['params'], tx=tx,
-      batch_stats=fresh.get('batch_stats', {}),
+      batch_stats=batch_stats,
       dynamic_scale=dynamic_scale_lib.DynamicScale() if use_dynamic_scale
+      else None,
+      ema={'params': fresh['params'], 'batch_stats': batch_stats} if ema
       else None)
 
 
@@ -114,6 +128,7 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
                num_classes: int, axis_name: str | None = None,
                label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
                class_weights: np.ndarray | None = None,
+               frozen: tuple[str, ...] = (), ema_decay: float = 0.0,
                ) -> tuple[TrainState, dict[str, Array]]:
   """One SGD step on one device's share of the batch.
 
@@ -121,6 +136,9 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
   in the step number (and the device index), so it is the same key every
   step. Returns the new state and metrics: loss and accuracy (device means),
   and finite (1.0 when the new params and BN statistics are all finite).
+  `frozen`: stages (models.stage_names) whose params get no gradient, which
+  also spares computing it. `ema_decay`: the state's EMA (if any) moves by
+  1 - ema_decay towards the new weights.
   """
   step_rng = jax.random.fold_in(rng, state.step)
   if axis_name:
@@ -140,7 +158,8 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, images,
+        {'params': _stop_gradient(params, frozen),
+         'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
     loss = jnp.mean(weights * cross_entropy(logits, targets)) / weight_norm
     return loss, (logits, updates['batch_stats'])
@@ -164,11 +183,23 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
         opt_state=jax.tree_util.tree_map(keep, new_state.opt_state,
                                          state.opt_state),
         dynamic_scale=dynamic_scale)
+  if state.ema is not None:
+    new_state = new_state.replace(ema=jax.tree_util.tree_map(
+        lambda avg, new: ema_decay * avg + (1 - ema_decay) * new, state.ema,
+        {'params': new_state.params, 'batch_stats': new_state.batch_stats}))
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   metrics = {'loss': _mean(loss, axis_name),
              'accuracy': _mean(accuracy, axis_name),
              'finite': all_finite(new_state.params, new_state.batch_stats)}
   return new_state, metrics
+
+
+def _stop_gradient(params: dict, frozen: tuple[str, ...]) -> dict:
+  """`params` with no gradient flowing into the frozen stages' leaves."""
+  if not frozen:
+    return params
+  return {name: (lax.stop_gradient(tree) if models.stage_of(name) in frozen
+                 else tree) for name, tree in params.items()}
 
 
 def all_finite(*trees) -> Array:

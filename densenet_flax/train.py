@@ -34,25 +34,12 @@ from densenet_flax import config as config_lib
 from densenet_flax import evaluation
 from densenet_flax import optim
 from densenet_flax import parallel
+from densenet_flax import pretrained
 from densenet_flax import reporting
 from densenet_flax import steps
 from densenet_flax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
-
-
-def pretrained_variables(config):
-  """ImageNet weights of a keras.applications DenseNet (downloaded by Keras)."""
-  if config.channels != 3:
-    raise ValueError('config.init_from_keras needs config.channels=3 (the '
-                     'ImageNet weights take RGB)')
-  import keras
-  from densenet_flax import convert
-
-  keras_model = getattr(keras.applications, config.init_from_keras)(
-      weights='imagenet', include_top=False,
-      input_shape=(config.image_size, config.image_size, 3))
-  return convert.from_keras(keras_model)
 
 
 def class_weights(config, data) -> np.ndarray | None:
@@ -166,7 +153,12 @@ class _Run:
                     eval_metrics=eval_metrics, force=True)
     self.last_saved = step
 
-  def evaluate(self, state, split: str, tta: str | None = None) -> dict:
+  def evaluate(self, state, split: str, tta: str | None = None, *,
+               raw: bool = False) -> dict:
+    """A report on `split` of the run's model: the EMA weights where the run
+    keeps them (unless `raw`), else the trained weights."""
+    if workdir_lib.uses_ema(self.config) and not raw:
+      state = state.ema_model()
     return evaluation.evaluate_split(self.eval_step, state, self.data, split,
                                      self.dp, tta=tta)
 
@@ -196,6 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   is configured), and whether the run was interrupted.
   """
   config_lib.validate(config)  # before anything starts, on any process
+  config = pretrained.resolve_config(config)  # the source's BN epsilon
   if config.distributed:
     parallel.initialize(config.coordinator_address, config.num_processes,
                         config.process_id, config.distributed_timeout_s)
@@ -239,12 +232,15 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
     workdir_lib.save_normalization(workdir, data.mean, data.std)
   model = workdir_lib.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
-  tx, schedule = optim.create_optimizer(config, steps_per_epoch)
+  num_blocks = len(model.block_sizes)
+  tx, schedule = optim.create_optimizer(config, steps_per_epoch, num_blocks)
   train_step = dp.compile(functools.partial(
       steps.train_step, num_classes=data.spec.num_classes,
       axis_name=dp.axis_name, label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha,
-      class_weights=class_weights(config, data)),
+      class_weights=class_weights(config, data),
+      frozen=optim.frozen_stages(config, num_blocks),
+      ema_decay=config.ema_decay),
       num_args=3, broadcast=(2,), donate_state=True)
   return _Run(
       config=config, workdir=workdir, dp=dp, data=data, model=model, tx=tx,
@@ -269,14 +265,14 @@ def _restore_or_init(run: _Run):
                        jax.default_backend() == 'gpu')
   make_state = functools.partial(
       steps.create_train_state, _rngs(config)[0], run.model, run.tx,
-      workdir_lib.input_shape(config), use_dynamic_scale=use_dynamic_scale)
+      workdir_lib.input_shape(config), use_dynamic_scale=use_dynamic_scale,
+      ema=workdir_lib.uses_ema(config))
   abstract = dp.abstract_global(jax.eval_shape(make_state))
   found = run.ckpts.newest_restorable(
       lambda step: run.ckpts.restore(step, abstract, run.identity),
       set_aside=True)
   if found is None:
-    variables = pretrained_variables(config) if config.init_from_keras else None
-    state, start_step, changes = make_state(variables=variables), 0, {}
+    state, start_step, changes = _fresh_state(run, make_state), 0, {}
   else:
     step, (state, meta) = found
     changes = _config_changes(run, meta, step)
@@ -291,6 +287,21 @@ def _restore_or_init(run: _Run):
     run.writer.record(start_step, config_change={
         key: [old, new] for key, (old, new) in changes.items()})
   return dp.put_replicated(state), start_step
+
+
+def _fresh_state(run: _Run, make_state):
+  """A new state, from `config.init_from`'s weights where it names some."""
+  sharding = run.dp.replicated if run.dp.num_processes > 1 else None
+  variables = pretrained.initial_variables(run.config, sharding=sharding)
+  try:
+    return make_state(variables=variables)
+  except ValueError as e:
+    if variables is None:
+      raise
+    raise ValueError(f'{pretrained.source_of(run.config)} does not fit '
+                     f'config.model={run.config.model!r} with '
+                     f'model_overrides={run.config.model_overrides.to_dict()}'
+                     f': {e}') from None
 
 
 def _config_changes(run: _Run, meta: dict, step: int) -> dict:
@@ -402,11 +413,16 @@ def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
     report = run.evaluate(state, config.eval_split)
     metrics = {'accuracy': report['accuracy'], 'macro_f1': report['macro_f1'],
                'loss': report['loss']}
-    run.writer.write(done, {f'eval/{k}': v for k, v in metrics.items()})
+    scalars = {f'eval/{k}': v for k, v in metrics.items()}
+    if workdir_lib.uses_ema(config):  # the EMA is evaluated; the raw weights too
+      raw = run.evaluate(state, config.eval_split, raw=True)
+      scalars.update({f'eval/raw_{k}': raw[k] for k in metrics})
+    run.writer.write(done, scalars)
     run.last_eval = metrics
+    weights = ' (EMA weights)' if workdir_lib.uses_ema(config) else ''
     run.say(f'epoch {epoch} (step {done}): {config.eval_split} accuracy '
             f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, '
-            f'loss {report["loss"]:.4f}')
+            f'loss {report["loss"]:.4f}{weights}')
     run.save(state, done, eval_metrics=metrics)
   elif checkpoint_now:
     run.save(state, done)

@@ -87,7 +87,9 @@ def _fill_missing(config, defaults) -> None:
 # data and its order, the loss, the optimizer and its schedule.
 RESULT_KEYS = (
     'model', 'model_overrides', 'memory_efficient', 'half_precision',
-    'half_precision_dtype', 'init_from_keras', 'dataset', 'train_split',
+    'half_precision_dtype', 'init_from', 'init_from_keras', 'freeze',
+    'freeze_batch_stats', 'head_lr_multiplier', 'layer_lr_decay', 'ema_decay',
+    'label_mode', 'dataset', 'train_split',
     'eval_split', 'test_split', 'test_tta', 'image_size', 'channels',
     'augment', 'batch_size', 'num_epochs', 'optimizer', 'learning_rate',
     'lr_batch_reference', 'schedule', 'lr_boundaries', 'lr_decay',
@@ -108,11 +110,26 @@ def config_changes(stored: dict, config: ml_collections.ConfigDict
   the project after it was written) are not compared.
   """
   current = json.loads(config.to_json())
+  stored = _with_legacy_epsilon(stored)
   changes = {}
   for key in RESULT_KEYS:
     if key in stored:
       _compare(key, stored[key], current.get(key), changes)
   return changes
+
+
+def _with_legacy_epsilon(stored: dict) -> dict:
+  """A config written before runs recorded their source's BN epsilon.
+
+  Such a run with init_from_keras used Keras's epsilon; saying so makes it
+  compare equal to the same run today, which writes it down.
+  """
+  overrides = stored.get('model_overrides') or {}
+  if stored.get('init_from_keras') and 'bn_epsilon' not in overrides:
+    from densenet_flax import convert
+    stored = dict(stored, model_overrides=dict(
+        overrides, bn_epsilon=convert.KERAS_BN_EPSILON))
+  return stored
 
 
 def _compare(key: str, old, new, changes: dict) -> None:
@@ -135,15 +152,27 @@ def num_classes(config) -> int:
 
 
 def build_model(config, axis_name: str | None = None):
-  """The configured DenseNet; BN statistics are averaged over `axis_name`."""
+  """The configured DenseNet; BN statistics are averaged over `axis_name`.
+
+  A run started from pretrained weights records their BN epsilon in
+  model_overrides (pretrained.resolve_config); older runs with
+  init_from_keras did not, and used Keras's.
+  """
   overrides = dict(config.model_overrides)
-  if config.init_from_keras:
+  if config.get('init_from_keras'):
     from densenet_flax import convert
     overrides.setdefault('bn_epsilon', convert.KERAS_BN_EPSILON)
+  if config.get('freeze_batch_stats'):
+    overrides.setdefault('frozen_bn_through', config.freeze)
   return models.create_model(
       config.model, num_classes=num_classes(config),
       dtype=compute_dtype(config), memory_efficient=config.memory_efficient,
       bn_axis_name=axis_name, **overrides)
+
+
+def uses_ema(config) -> bool:
+  """Whether the run keeps an EMA of its weights (its evaluated model)."""
+  return bool(config.get('ema_decay'))
 
 
 def input_shape(config) -> tuple[int, int, int]:
@@ -172,10 +201,12 @@ def open_checkpoints(config, workdir: str, *, read_only: bool = False
 
 def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
                       config: ml_collections.ConfigDict | None = None,
-                      sharding: jax.sharding.Sharding | None = None):
+                      sharding: jax.sharding.Sharding | None = None,
+                      ema: bool | None = None):
   """A checkpoint's variables, with no optimizer built.
 
-  Returns (model, {'params', 'batch_stats'}, step). For 'latest', a newest
+  Returns (model, {'params', 'batch_stats'}, step). A run with an EMA of its
+  weights (config.ema_decay > 0) gives the EMA, unless `ema=False`. For 'latest', a newest
   checkpoint that cannot be restored is skipped with a warning (and left in
   place) for the one before it. `config` defaults to the
   workdir's config.json; `sharding` places the arrays (default: the first
@@ -183,6 +214,11 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
   process of a run must call this together.
   """
   config = config or load_config(workdir)
+  if ema is None:
+    ema = uses_ema(config)
+  elif ema and not uses_ema(config):
+    raise ValueError(f'{workdir} was trained without an EMA of its weights '
+                     f'(config.ema_decay=0)')
   model = build_model(config)
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, *input_shape(config)), jnp.float32),
@@ -191,7 +227,7 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
 
   def restore(step):
     return ckpts.restore_variables(step, abstract, run_identity(config),
-                                   sharding=sharding)
+                                   sharding=sharding, ema=ema)
   try:
     if checkpoint != 'latest':
       step = ckpts.resolve(checkpoint)

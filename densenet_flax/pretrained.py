@@ -1,0 +1,295 @@
+"""Where a run's first weights come from: `config.init_from`.
+
+  keras:DenseNet121            keras.applications ImageNet weights, downloaded
+                               by Keras (DenseNet121, DenseNet169, DenseNet201)
+  keras:/path/weights.h5       a local keras.applications weights file (the
+                               release files, with or without top; no network)
+  torchvision:/path/x.pth      a torchvision DenseNet-121/161/169/201 state dict
+  workdir:/path/run[:WHICH]    another run's checkpoint; WHICH is best (the
+                               default), latest or a step
+
+Whatever the source, the weights are fitted to this run's model the same way,
+and each change is logged:
+  - the source's architecture must be `config.model` (else an error names both);
+  - a stem of 3 channels feeds a 1-channel run by summing its RGB kernels, and
+    1 -> 3 splits them (`convert.adapt_input_channels`);
+  - the classifier is re-initialised when the class counts differ;
+  - the BN epsilon follows the source (Keras builds with 1.001e-5):
+    `resolve_config` writes it into `model_overrides.bn_epsilon`, so config.json
+    and so evaluation, inference and export build the model training used.
+The source is read only for a fresh start: a resumed run restores its own
+checkpoint. Keras and torch are imported only for their sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import jax
+import ml_collections
+import numpy as np
+
+from densenet_flax import convert
+
+log = logging.getLogger(__name__)
+
+KINDS = ('keras', 'torchvision', 'workdir')
+KERAS_NAMES = ('DenseNet121', 'DenseNet169', 'DenseNet201')
+_KERAS_PRESET = {'DenseNet121': 'densenet121', 'DenseNet169': 'densenet169',
+                 'DenseNet201': 'densenet201'}
+_WHICH = re.compile(r'^(.*):(best|latest|\d+)$')
+_KEY = 'config.init_from'
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A parsed `config.init_from`."""
+  kind: str                    # one of KINDS
+  location: str                # a Keras model name or a path
+  checkpoint: str | int = 'best'   # workdir sources only
+
+  def __str__(self) -> str:
+    suffix = f':{self.checkpoint}' if self.kind == 'workdir' else ''
+    return f'{self.kind}:{self.location}{suffix}'
+
+
+def parse(init_from: str) -> Source:
+  """'kind:location' -> Source; a ValueError names the key and the forms."""
+  kind, sep, location = init_from.partition(':')
+  forms = ("'keras:DenseNet121' (or a path to a .h5 weights file), "
+           "'torchvision:/path/weights.pth' or 'workdir:/path/run[:best|"
+           "latest|STEP]'")
+  if not sep or kind not in KINDS or not location:
+    raise ValueError(f'{_KEY}={init_from!r}: expected {forms}')
+  if kind == 'keras' and not _is_path(location) and location not in KERAS_NAMES:
+    raise ValueError(f'{_KEY}={init_from!r}: {location!r} is neither a '
+                     f'keras.applications DenseNet ({", ".join(KERAS_NAMES)}) '
+                     f'nor a path to a weights file (.h5)')
+  if kind == 'workdir':
+    checkpoint: str | int = 'best'
+    if m := _WHICH.match(location):
+      location, checkpoint = m.group(1), m.group(2)
+      checkpoint = int(checkpoint) if checkpoint.isdigit() else checkpoint
+    return Source(kind, os.path.expanduser(location), checkpoint)
+  return Source(kind, os.path.expanduser(location) if _is_path(location)
+                else location)
+
+
+def _is_path(location: str) -> bool:
+  return (os.sep in location or location.endswith(('.h5', '.keras', '.pth',
+                                                   '.pt')) or
+          location.startswith(('~', '.')))
+
+
+def source_of(config) -> Source | None:
+  """The run's source: `init_from`, or the deprecated `init_from_keras`."""
+  if config.get('init_from'):
+    return parse(config.init_from)
+  if config.get('init_from_keras'):
+    return parse(f'keras:{config.init_from_keras}')
+  return None
+
+
+def resolve_config(config: ml_collections.ConfigDict
+                   ) -> ml_collections.ConfigDict:
+  """A copy of `config` that names its source's BN epsilon.
+
+  `model_overrides.bn_epsilon` is set to the source's epsilon unless the
+  config sets one (then the config's wins, with a warning when they differ).
+  Reads no weights: a workdir source's epsilon comes from its config.json.
+  """
+  source = source_of(config)
+  if source is None:
+    return config
+  if config.get('init_from_keras'):
+    log.warning("config.init_from_keras is deprecated: use "
+                "--config.init_from='keras:%s' (same weights, also takes a "
+                "local .h5 file)", config.init_from_keras)
+  epsilon = source_bn_epsilon(source)
+  config = ml_collections.ConfigDict(config.to_dict())
+  overrides = config.model_overrides
+  if 'bn_epsilon' not in overrides:
+    overrides.bn_epsilon = epsilon
+  elif overrides.bn_epsilon != epsilon:
+    log.warning('config.model_overrides.bn_epsilon=%g, while %s was trained '
+                'with %g: using %g', overrides.bn_epsilon, source, epsilon,
+                overrides.bn_epsilon)
+  return config
+
+
+def source_bn_epsilon(source: Source) -> float:
+  if source.kind == 'keras':
+    return convert.KERAS_BN_EPSILON
+  if source.kind == 'torchvision':
+    return convert.TORCHVISION_BN_EPSILON
+  from densenet_flax import workdir as workdir_lib
+  source_config = workdir_lib.load_config(source.location)
+  return workdir_lib.build_model(source_config).bn_epsilon
+
+
+@dataclasses.dataclass
+class Weights:
+  """A source's variables and what they were made for."""
+  variables: dict              # {'params', 'batch_stats'}, host arrays
+  architecture: str | None     # a models.PRESETS name, when known
+  num_classes: int | None      # None: the source has no classifier
+  description: str             # for logs and errors
+
+
+def load(source: Source, *, sharding: jax.sharding.Sharding | None = None
+         ) -> Weights:
+  """The source's weights as they are (no adaptation).
+
+  `sharding` places a workdir checkpoint as it is read (every process of a
+  run must then call this together); the result is copied to the host.
+  """
+  if source.kind == 'torchvision':
+    if not os.path.isfile(source.location):
+      raise FileNotFoundError(f'{_KEY}={str(source)!r}: no file '
+                              f'{source.location}')
+    state = convert.torchvision_state_dict(source.location)
+    name, classes, _ = convert.torchvision_architecture(state)
+    return Weights(convert.from_torchvision(state), name, classes,
+                   f'torchvision {name} ({source.location})')
+  if source.kind == 'keras':
+    return _load_keras(source)
+  from densenet_flax import workdir as workdir_lib
+  source_config = workdir_lib.load_config(source.location)
+  _, variables, step = workdir_lib.restore_variables(
+      source.location, source.checkpoint, config=source_config,
+      sharding=sharding)
+  from densenet_flax import parallel
+  variables = jax.tree_util.tree_map(parallel.local_value, variables)
+  return Weights(variables, source_config.model,
+                 workdir_lib.num_classes(source_config),
+                 f'{source_config.model} of {source.location} (step {step})')
+
+
+def _load_keras(source: Source) -> Weights:
+  import keras  # only for Keras sources
+
+  if source.location in KERAS_NAMES:
+    name, classes, weights = source.location, None, 'imagenet'
+    what = f'Keras {name} ImageNet weights'
+  else:
+    if not os.path.isfile(source.location):
+      raise FileNotFoundError(f'{_KEY}={str(source)!r}: no file '
+                              f'{source.location}')
+    name, classes = keras_file_architecture(source.location)
+    weights = source.location
+    what = f'Keras {name} ({source.location})'
+  kwargs = (dict(include_top=True, classes=classes) if classes else
+            dict(include_top=False, input_shape=(224, 224, 3)))
+  keras_model = getattr(keras.applications, name)(weights=weights, **kwargs)
+  return Weights(convert.from_keras(keras_model), _KERAS_PRESET[name], classes,
+                 what)
+
+
+# keras.applications DenseNets by dense layers per block (conv2..conv5), and
+# by their number of convolutions (a file written by Keras 3 names layers by
+# class, e.g. layers/conv2d_17, not by block).
+_KERAS_BY_BLOCKS = {(6, 12, 24, 16): 'DenseNet121', (6, 12, 32, 32): 'DenseNet169',
+                    (6, 12, 48, 32): 'DenseNet201'}
+_KERAS_BY_CONVS = {1 + 2 * sum(b) + 3: n for b, n in _KERAS_BY_BLOCKS.items()}
+
+
+def keras_file_architecture(path: str) -> tuple[str, int | None]:
+  """(keras.applications name, classes or None without top) of a weights file.
+
+  Reads the HDF5 layout only: the release files name layers as Keras does
+  (conv2_block1_1_conv, predictions); a Keras 3 `.weights.h5` is recognised
+  by its number of convolutions.
+  """
+  import h5py  # ships with Keras
+
+  try:
+    with h5py.File(path, 'r') as f:
+      if 'layer_names' in f.attrs:  # the keras.applications release format
+        layer_names = [n.decode() if isinstance(n, bytes) else str(n)
+                       for n in f.attrs['layer_names']]
+        blocks: dict[int, int] = {}
+        for layer in layer_names:
+          if m := re.match(r'conv(\d)_block(\d+)_', layer):
+            stage = int(m.group(1))
+            blocks[stage] = max(blocks.get(stage, 0), int(m.group(2)))
+        key = tuple(blocks[s] for s in sorted(blocks))
+        name = _KERAS_BY_BLOCKS.get(key)
+        classes = None
+        if 'predictions' in layer_names:
+          kernel = _find_dataset(f['predictions'], 'kernel')
+          classes = int(kernel.shape[-1])
+        what = f'dense blocks of {key} layers'
+      else:  # Keras 3 .weights.h5
+        layer_groups = list(f['layers']) if 'layers' in f else []
+        convs = sum(1 for g in layer_groups if re.fullmatch(r'conv2d(_\d+)?', g))
+        name = _KERAS_BY_CONVS.get(convs)
+        dense = [g for g in layer_groups if re.fullmatch(r'dense(_\d+)?', g)]
+        classes = (int(f['layers'][dense[0]]['vars']['0'].shape[-1])
+                   if dense else None)
+        what = f'{convs} convolutions'
+  except OSError as e:
+    raise ValueError(f'{_KEY}: {path} is not an HDF5 weights file ({e})'
+                     ) from None
+  if name is None:
+    raise ValueError(f'{_KEY}: {path} does not hold keras.applications '
+                     f'DenseNet weights ({what}; expected one of '
+                     f'{", ".join(KERAS_NAMES)})')
+  return name, classes
+
+
+def _find_dataset(group, leaf: str):
+  found = []
+  group.visititems(lambda n, obj: found.append(obj) if n.split('/')[-1]
+                   .startswith(leaf) and hasattr(obj, 'shape') else None)
+  if not found:
+    raise ValueError(f'No {leaf} under {group.name}')
+  return found[0]
+
+
+def fit_to_model(weights: Weights, config) -> dict:
+  """The source's variables made to fit this run's model, each change logged.
+
+  Returns variables to merge into a fresh initialisation
+  (`steps.merge_variables`): a re-initialised classifier is left out.
+  """
+  from densenet_flax import workdir as workdir_lib
+
+  if weights.architecture and weights.architecture != config.model:
+    raise ValueError(
+        f'{_KEY}={config.init_from or config.init_from_keras!r} holds '
+        f'{weights.architecture} weights, but config.model={config.model!r}: '
+        f'set --config.model={weights.architecture}')
+  variables = weights.variables
+  have = np.shape(variables['params']['conv0']['kernel'])[2]
+  if have != config.channels:
+    variables = convert.adapt_input_channels(variables, config.channels)
+    log.info('%s: stem adapted from %d to %d input channel(s) (%s)',
+             weights.description, have, config.channels,
+             'RGB kernels summed' if config.channels == 1 else
+             'kernel split evenly over RGB')
+  classes = workdir_lib.num_classes(config)
+  if weights.num_classes is None:
+    log.info('%s: no classifier in the source; a new one (%d classes) is '
+             'initialised', weights.description, classes)
+  elif weights.num_classes != classes:
+    variables = dict(variables, params={
+        k: v for k, v in variables['params'].items() if k != 'classifier'})
+    log.info('%s: classifier re-initialised (%d classes in the source, %d in '
+             '%s)', weights.description, weights.num_classes, classes,
+             config.dataset)
+  else:
+    log.info('%s: classifier kept (%d classes)', weights.description, classes)
+  return variables
+
+
+def initial_variables(config, *, sharding=None) -> dict | None:
+  """The fitted source variables of `config`, or None without a source."""
+  source = source_of(config)
+  if source is None:
+    return None
+  weights = load(source, sharding=sharding)
+  log.info('Initialising from %s', weights.description)
+  return fit_to_model(weights, config)
+
