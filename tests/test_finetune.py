@@ -322,3 +322,61 @@ def test_frozen_stages_keep_their_bn_statistics_in_training():
   np.testing.assert_allclose(
       frozen_all.apply(variables, x, train=True, mutable=['batch_stats'])[0],
       frozen_all.apply(variables, x, train=False), rtol=1e-5, atol=1e-6)
+
+
+# --- tiny DenseNet-121 runs from each file source (second tier) --------------------
+
+def _densenet121_digits(digits_dir, init_from):
+  config = trainutil.tiny_config(digits_dir, model='densenet121',
+                                 image_size=32, num_epochs=1,
+                                 init_from=init_from, freeze='denseblock1',
+                                 head_lr_multiplier=10.0)
+  config.model_overrides = config_lib.base_config().model_overrides
+  config.augment.resize = 32
+  return config
+
+
+@pytest.mark.slow
+def test_keras_initialised_training_and_evaluate_agree(tmp_path, digits_dir):
+  keras = pytest.importorskip('keras')
+  from keras.src.legacy.saving import legacy_h5_format
+  import h5py
+
+  keras.utils.set_random_seed(2)
+  backbone = keras.applications.DenseNet121(weights=None, include_top=False,
+                                            input_shape=(32, 32, 3))
+  path = str(tmp_path / 'densenet121_notop.h5')
+  with h5py.File(path, 'w') as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, backbone)
+  workdir = str(tmp_path / 'run')
+  summary = train.train_and_evaluate(
+      _densenet121_digits(digits_dir, f'keras:{path}'), workdir)
+  config = workdir_lib.load_config(workdir)
+  assert config.model_overrides.bn_epsilon == convert.KERAS_BN_EPSILON
+  report = evaluation.evaluate(workdir, 'latest', 'test')
+  assert report['accuracy'] == summary['eval']['accuracy']
+  assert report['loss'] == summary['eval']['loss']
+  _, tuned = trainutil.final_variables(workdir)
+  source = convert.adapt_input_channels(convert.from_keras(backbone), 1)
+  assert _leaves_equal(tuned['params']['denseblock1'],
+                       source['params']['denseblock1'])
+
+
+@pytest.mark.slow
+def test_a_torchvision_initialised_run_trains_and_evaluates(tmp_path,
+                                                           digits_dir):
+  torch = pytest.importorskip('torch')
+  import torchvision_reference
+
+  path = str(tmp_path / 'densenet121.pth')
+  torch.save(torchvision_reference.randomized('densenet121').state_dict(), path)
+  workdir = str(tmp_path / 'run')
+  summary = train.train_and_evaluate(
+      _densenet121_digits(digits_dir, f'torchvision:{path}'), workdir)
+  report = evaluation.evaluate(workdir, 'latest', 'test')
+  assert report['accuracy'] == summary['eval']['accuracy']
+  _, tuned = trainutil.final_variables(workdir)
+  source = convert.adapt_input_channels(convert.from_torchvision(path), 1)
+  np.testing.assert_array_equal(tuned['params']['conv0']['kernel'],
+                                source['params']['conv0']['kernel'])
+  assert tuned['params']['classifier']['kernel'].shape == (1024, 10)
