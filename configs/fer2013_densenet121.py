@@ -1,8 +1,8 @@
 """FER2013 upscaled to 224px RGB with ImageNet-style DenseNet-121.
 
-The published DenseNet-121 FER result (73.16% on PrivateTest) starts from
-ImageNet weights: set --config.init_from_keras=DenseNet121 to import them
-through keras.applications (downloaded by Keras; the classifier is new).
+Trained from scratch. The published DenseNet-121 FER result (73.16% on
+PrivateTest) starts from ImageNet weights: that recipe is
+configs/fer2013_densenet121_finetune.py (or set --config.init_from here).
 """
 
 from densenet_flax.config import base_config
@@ -12,7 +12,7 @@ def get_config():
   config = base_config()
   config.model = 'densenet121'
   config.dataset = 'fer2013'
-  config.init_from_keras = ''       # 'DenseNet121' = ImageNet initialisation
+  config.init_from = ''             # 'keras:DenseNet121' = ImageNet weights
   config.eval_split = 'public_test'
   config.test_split = 'private_test'
   config.test_tta = 'ten_crop'
