@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from densenet_flax import models
+from densenet_flax.data import fer_sources
 from densenet_flax.data import specs
 
 OPTIMIZERS = ('sgd', 'adamw')
@@ -21,6 +22,11 @@ CROPS = ('none', 'pad', 'random', 'resized')
 HALF_DTYPES = ('bfloat16', 'float16')
 TTAS = ('', 'ten_crop')
 SELECT_METRICS = ('accuracy', 'macro_f1')
+# FER+ training targets (fer_sources.ferplus_target): majority, probability,
+# crossentropy, multi_target.
+LABEL_MODES = fer_sources.FERPLUS_LABEL_MODES
+# Datasets whose builder stores the crowd votes the other modes need.
+VOTE_DATASETS = ('ferplus',)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -88,6 +94,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   c.mixup_alpha = 0.0
   c.class_weighting = 'none'        # none | balanced (inverse class frequency)
+  c.label_mode = 'majority'         # FER+ training targets (Barsoum et al.
+                                    # 2016): majority | probability (a label
+                                    # drawn from the votes each step) |
+                                    # crossentropy (the vote distribution) |
+                                    # multi_target; evaluation is majority
   c.grad_clip_norm = 0.0            # 0 = off
 
   # Bookkeeping.
@@ -197,6 +208,7 @@ def validate(config: ml_collections.ConfigDict,
     _fail('channels', config.channels,
           f'1 or 3, and not fewer than the {spec.channels} of {spec.name}')
   _validate_fine_tuning(config)
+  _validate_label_mode(config)
   _validate_distributed(config)
   if num_devices is not None:
     validate_devices(config, num_devices)
@@ -241,6 +253,14 @@ def _validate_fine_tuning(config) -> None:
     _fail('layer_lr_decay', config.layer_lr_decay, 'a number in (0, 1]')
   if not 0 <= config.ema_decay < 1:
     _fail('ema_decay', config.ema_decay, 'a number in [0, 1) (0 = no EMA)')
+
+
+def _validate_label_mode(config) -> None:
+  _one_of(config, 'label_mode', LABEL_MODES)
+  if config.label_mode != 'majority' and config.dataset not in VOTE_DATASETS:
+    _fail('label_mode', config.label_mode,
+          f"'majority' for dataset {config.dataset!r}; the other modes need "
+          f"crowd votes ({', '.join(VOTE_DATASETS)})")
 
 
 def _validate_distributed(config) -> None:

@@ -24,6 +24,7 @@ from flax.training import train_state
 from jax import lax
 
 from densenet_flax import models
+from densenet_flax.data import fer_sources
 
 Array = Any
 
@@ -103,6 +104,27 @@ def cross_entropy(logits: Array, targets: Array) -> Array:
   return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
 
 
+# config.label_mode (FER+, Barsoum et al. 2016; fer_sources.ferplus_target).
+LABEL_MODES = fer_sources.FERPLUS_LABEL_MODES
+MULTI_TARGET_EPSILON = 0.001  # microsoft/FERPlus `_process_target`
+
+
+def multi_target_weights(distribution: Array,
+                         epsilon: float = MULTI_TARGET_EPSILON) -> Array:
+  """t = (1 - eps) * [d > 0] + eps: the classes a 'multi_target' row accepts."""
+  accepted = (distribution > 0).astype(jnp.float32)
+  return (1 - epsilon) * accepted + epsilon
+
+
+def multi_target_loss(logits: Array, accepted: Array) -> Array:
+  """-log(max_k t_k * softmax(logits)_k), per example: [B, K], [B, K] -> [B].
+
+  microsoft/FERPlus `cost_func` for 'multi_target': any accepted class
+  predicted with high probability costs little. Computed in log space.
+  """
+  return -jnp.max(jnp.log(accepted) + jax.nn.log_softmax(logits), axis=-1)
+
+
 def soft_targets(labels: Array, num_classes: int,
                  label_smoothing: float) -> Array:
   onehot = jax.nn.one_hot(labels, num_classes)
@@ -129,10 +151,15 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
                label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
                class_weights: np.ndarray | None = None,
                frozen: tuple[str, ...] = (), ema_decay: float = 0.0,
+               label_mode: str = 'majority',
                ) -> tuple[TrainState, dict[str, Array]]:
   """One SGD step on one device's share of the batch.
 
-  batch: image [B, H, W, C], label [B]. rng: the run's key; the step folds
+  batch: image [B, H, W, C], label [B], and optionally target [B, K] (FER+
+  soft label modes: the target distribution, used instead of one-hot
+  labels). label_mode 'multi_target' scores each example by its most likely
+  accepted class (`multi_target_loss`); the others by cross entropy against
+  the targets. rng: the run's key; the step folds
   in the step number (and the device index), so it is the same key every
   step. Returns the new state and metrics: loss and accuracy (device means),
   and finite (1.0 when the new params and BN statistics are all finite).
@@ -145,9 +172,30 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
   dropout_rng, mixup_rng = jax.random.split(step_rng)
   images, labels = batch['image'], batch['label']
-  targets = soft_targets(labels, num_classes, label_smoothing)
+  if label_mode not in LABEL_MODES:
+    raise ValueError(f'label_mode={label_mode!r}: expected one of '
+                     f'{", ".join(LABEL_MODES)}')
+  if 'target' in batch:  # FER+ soft label modes
+    targets = batch['target'].astype(jnp.float32)
+    if label_smoothing:
+      targets = optax.smooth_labels(targets, label_smoothing)
+  else:
+    targets = soft_targets(labels, num_classes, label_smoothing)
+  accepted = None
+  if label_mode == 'multi_target':  # smoothed and mixed as the targets are
+    accepted = multi_target_weights(
+        batch['target'] if 'target' in batch
+        else jax.nn.one_hot(labels, num_classes))
+    if label_smoothing:
+      accepted = optax.smooth_labels(accepted, label_smoothing)
   if mixup_alpha:
-    images, targets = mixup(mixup_rng, images, targets, mixup_alpha)
+    if accepted is None:
+      images, targets = mixup(mixup_rng, images, targets, mixup_alpha)
+    else:  # one draw mixes both
+      images, both = mixup(mixup_rng, images,
+                           jnp.concatenate([targets, accepted], -1),
+                           mixup_alpha)
+      targets, accepted = both[:, :num_classes], both[:, num_classes:]
 
   if class_weights is None:
     weights = jnp.ones(labels.shape, jnp.float32)
@@ -161,7 +209,11 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
         {'params': _stop_gradient(params, frozen),
          'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    loss = jnp.mean(weights * cross_entropy(logits, targets)) / weight_norm
+    if accepted is None:
+      per_example = cross_entropy(logits, targets)
+    else:
+      per_example = multi_target_loss(logits, accepted)
+    loss = jnp.mean(weights * per_example) / weight_norm
     return loss, (logits, updates['batch_stats'])
 
   if state.dynamic_scale is not None:

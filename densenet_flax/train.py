@@ -240,7 +240,7 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
       mixup_alpha=config.mixup_alpha,
       class_weights=class_weights(config, data),
       frozen=optim.frozen_stages(config, num_blocks),
-      ema_decay=config.ema_decay),
+      ema_decay=config.ema_decay, label_mode=config.label_mode),
       num_args=3, broadcast=(2,), donate_state=True)
   return _Run(
       config=config, workdir=workdir, dp=dp, data=data, model=model, tx=tx,

@@ -116,7 +116,7 @@ def test_a_malformed_row_fails_the_build_naming_file_and_line(rows, tmp_path):
   assert not tfds.builder('fer2013', data_dir=str(tmp_path / 'data')).is_prepared()
 
 
-def test_ferplus_joins_votes_in_majority_mode(rows, tmp_path):
+def test_ferplus_keeps_every_face_and_flags_the_majority_ones(rows, tmp_path):
   manual = tmp_path / 'manual'
   os.makedirs(manual)
   fakedata.write_fer_csv(manual / 'fer2013.csv', rows)
@@ -124,28 +124,62 @@ def test_ferplus_joins_votes_in_majority_mode(rows, tmp_path):
   fakedata.write_ferplus_csv(manual / 'fer2013new.csv', rows, votes)
   builder = prepare.load_builder('ferplus', data_dir=str(tmp_path / 'data'),
                                  manual_dir=str(manual))
+  assert str(builder.version) == '1.1.0'
   assert builder.info.features['label'].names == list(
       fer_sources.FERPLUS_EMOTIONS)
   excluded = builder.info.metadata['excluded']
+  no_majority = builder.info.metadata['no_majority']
   for usage, split in SPLIT_OF_USAGE.items():
     want = collections.Counter()
     reasons = collections.Counter()
+    ties = 0
     for (_, pixels, u), v in zip(rows, votes):
       if u != usage:
         continue
       if v[9] == 10:
         reasons['not_a_face'] += 1
-      elif np.sort(v)[-1] == np.sort(v)[-2]:
-        reasons['no_majority'] += 1
-      else:
-        want[(pixels[..., None].tobytes(), int(np.argmax(v)),
-              tuple(v.tolist()))] += 1
-    got = examples(builder, split, 'image', 'label', 'votes')
+        continue
+      tie = np.sort(v)[-1] == np.sort(v)[-2]
+      ties += tie
+      # A tie's label is its first top emotion vote, flagged not a majority.
+      want[(pixels[..., None].tobytes(), int(np.argmax(v)),
+            tuple(v.tolist()), not tie)] += 1
+    got = examples(builder, split, 'image', 'label', 'votes', 'majority')
     assert collections.Counter(
-        (i.tobytes(), int(l), tuple(v.tolist())) for i, l, v in got) == want
+        (i.tobytes(), int(l), tuple(v.tolist()), bool(m))
+        for i, l, v, m in got) == want
     assert excluded[split] == dict(reasons)
+    assert no_majority[split] == ties and ties > 0
+    assert builder.info.splits[split].num_examples == sum(want.values())
     assert sum(want.values()) + sum(reasons.values()) == sum(
         u == usage for _, _, u in rows)
+
+
+def test_ferplus_prepared_at_1_0_0_asks_to_prepare_again(rows, tmp_path):
+  manual = tmp_path / 'manual'
+  os.makedirs(manual)
+  fakedata.write_fer_csv(manual / 'fer2013.csv', rows)
+  fakedata.write_ferplus_csv(manual / 'fer2013new.csv', rows,
+                             fakedata.ferplus_votes(rows))
+  data_dir = tmp_path / 'data'
+  builder = prepare.load_builder('ferplus', data_dir=str(data_dir),
+                                 manual_dir=str(manual))
+  # Make it look like data prepared by the 1.0.0 builder.
+  old = data_dir / 'ferplus' / '1.0.0'
+  os.rename(builder.data_dir, old)
+  info = (old / 'dataset_info.json').read_text()
+  (old / 'dataset_info.json').write_text(
+      info.replace('"version": "1.1.0"', '"version": "1.0.0"'))
+  with pytest.raises(FileNotFoundError) as error:
+    prepare.load_builder('ferplus', data_dir=str(data_dir),
+                         manual_dir=str(tmp_path / 'no_manual_files'))
+  message = str(error.value)
+  assert 'at version 1.0.0 only; this code reads version 1.1.0' in message
+  assert 'python -m densenet_flax.datasets.prepare ferplus' in message
+  assert 'fer2013new.csv' in message  # and what the manual dir needs
+  # With the source files at hand, 1.1.0 is prepared beside it.
+  assert str(prepare.load_builder('ferplus', data_dir=str(data_dir),
+                                  manual_dir=str(manual)).version) == '1.1.0'
 
 
 def test_ferplus_needs_the_rows_in_the_same_order(rows, tmp_path):

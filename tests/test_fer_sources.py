@@ -149,6 +149,79 @@ def test_ferplus_majority_mode(votes, label):
   assert fer_sources.ferplus_majority(np.array(votes)) == label
 
 
+def _dist(**shares):
+  """[8] target from {emotion index name 'e<k>': share}."""
+  out = np.zeros(8)
+  for key, value in shares.items():
+    out[int(key[1:])] = value
+  return out
+
+
+# votes -> (majority, probability = crossentropy, multi_target), worked by hand
+# from microsoft/FERPlus `_process_data` + `load_folders`; None: not trained.
+FERPLUS_TARGET_CASES = {
+    'clear_majority': ([7, 2, 1, 0, 0, 0, 0, 0, 0, 0],   # S=9 after the 1
+                       _dist(e0=1), _dist(e0=1), _dist(e0=1)),
+    'majority_and_a_second': ([6, 3, 1, 0, 0, 0, 0, 0, 0, 0],  # S=9, 6<6.75
+                              _dist(e0=1), _dist(e0=2 / 3, e1=1 / 3),
+                              _dist(e0=2 / 3, e1=1 / 3)),
+    'tie': ([0, 4, 4, 0, 0, 0, 0, 0, 1, 1],
+            None, _dist(e1=.5, e2=.5), _dist(e1=.5, e2=.5)),
+    'unknown_on_top': ([0, 0, 0, 0, 0, 0, 0, 0, 6, 4], None, None, None),
+    # S=10: unknown taken first (5 <= 5: unknown); multi_target's top is
+    # unknown (>= 30%: 3 and 5).
+    'unknown_above_an_emotion': ([3, 0, 0, 0, 0, 0, 0, 0, 5, 2],
+                                 None, None, None),
+    # S=8: NF ties neutral; probability drops NF, 4 <= 0.5*8; multi_target
+    # keeps both and neutral (first) is the top.
+    'nf_ties_an_emotion': ([4, 0, 0, 0, 0, 0, 0, 0, 0, 4],
+                           None, None, _dist(e0=1)),
+    # S=11: 5, then 3 (happiness) and 3 (unknown, dropped: came after an
+    # emotion); 8 > 5.5. multi_target keeps only 5 (>= 3.3): 5 <= 5.5.
+    'unknown_ties_the_second': ([5, 3, 0, 0, 0, 0, 0, 0, 3, 0],
+                                None, _dist(e0=.625, e1=.375), None),
+    'three_way_split': ([4, 3, 3, 0, 0, 0, 0, 0, 0, 0],
+                        None, _dist(e0=.4, e1=.3, e2=.3),
+                        _dist(e0=.4, e1=.3, e2=.3)),
+    # S=9: 5, then the two 2s together (3 classes); multi_target: only 5
+    # reaches 2.7.
+    'majority_and_two_ties': ([5, 2, 2, 1, 0, 0, 0, 0, 0, 0],
+                              _dist(e0=1), _dist(e0=5 / 9, e1=2 / 9, e2=2 / 9),
+                              _dist(e0=1)),
+    # S=10: 3 and 3, then the two 2s make 4 classes (> 3).
+    'four_way_split': ([3, 3, 2, 2, 0, 0, 0, 0, 0, 0],
+                       None, None, _dist(e0=.5, e1=.5)),
+    'ones_dropped': ([1, 1, 1, 1, 1, 1, 4, 0, 1, 0],   # S=4
+                     _dist(e6=1), _dist(e6=1), _dist(e6=1)),
+    'all_ones': ([1] * 10, None, None, None),
+    'all_zero': ([0] * 10, None, None, None),
+}
+
+
+@pytest.mark.parametrize('case', FERPLUS_TARGET_CASES)
+def test_ferplus_target_modes(case):
+  votes, majority, soft, multi = FERPLUS_TARGET_CASES[case]
+  want = {'majority': majority, 'probability': soft, 'crossentropy': soft,
+          'multi_target': multi}
+  assert set(want) == set(fer_sources.FERPLUS_LABEL_MODES)
+  for mode, target in want.items():
+    got = fer_sources.ferplus_target(np.array(votes), mode)
+    if target is None:
+      assert got is None, mode
+    else:
+      np.testing.assert_allclose(got, target, atol=1e-12, err_msg=mode)
+  majority_label = fer_sources.ferplus_majority(np.array(votes))
+  assert majority_label == (None if majority is None
+                            else int(np.argmax(majority)))
+
+
+def test_ferplus_target_rejects_unknown_mode_and_bad_votes():
+  with pytest.raises(ValueError, match="'soft'"):
+    fer_sources.ferplus_target(np.zeros(10), 'soft')
+  with pytest.raises(ValueError, match='8 counts; expected 10'):
+    fer_sources.ferplus_target(np.zeros(8), 'majority')
+
+
 def test_ferplus_bad_vote_and_usage_mismatch(tmp_path, fer_rows):
   rows = fer_rows[:4]
   fer = fakedata.write_fer_csv(tmp_path / 'fer2013.csv', rows)

@@ -194,3 +194,96 @@ def test_balanced_class_weights_are_inverse_frequencies():
   weights = train_lib.class_weights(config, Data())
   np.testing.assert_allclose(weights, [100 / 180, 100 / 90, 100 / 30])
   assert train_lib.class_weights(opt_config(), Data()) is None
+
+
+# --- FER+ label modes ---------------------------------------------------------
+
+MODE_LOGITS = np.array([[2.0, 1.0, 0.5, 0.0, -1.0, 0.0, 0.3, -0.5],
+                        [0.1, 0.4, 1.5, -0.2, 0.0, 0.7, -1.0, 0.2]])
+SOFT = np.array([[0.5, 0.5, 0, 0, 0, 0, 0, 0],
+                 [0.4, 0.0, 0.3, 0, 0, 0.3, 0, 0]], np.float32)
+
+
+def _np_log_softmax(logits):
+  shifted = logits - logits.max(-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def _fixed_logits_loss(batch, **kwargs):
+  """train_step's loss for a model that returns MODE_LOGITS."""
+  logits = jnp.asarray(MODE_LOGITS, jnp.float32)
+
+  class Fixed:
+    def apply(self, variables, x, **kw):
+      return logits + 0 * variables['params']['w'], {'batch_stats': {}}
+
+  state = steps.TrainState.create(
+      apply_fn=Fixed().apply, params={'w': jnp.zeros(())}, tx=optax.sgd(0.0),
+      batch_stats={})
+  batch = {'image': jnp.zeros((2, 1)), **batch}
+  _, metrics = steps.train_step(state, batch, jax.random.key(0),
+                                num_classes=8, **kwargs)
+  return float(metrics['loss'])
+
+
+@pytest.mark.parametrize('mode', ['majority', 'probability', 'crossentropy',
+                                  'multi_target'])
+def test_label_mode_losses_by_hand(mode):
+  log_p = _np_log_softmax(MODE_LOGITS)
+  labels = np.array([0, 2])
+  if mode == 'majority':     # one-hot of the labels, no target
+    batch = {'label': labels}
+    want = -np.mean(log_p[[0, 1], labels])
+  elif mode == 'probability':  # the drawn label's one-hot is the target
+    drawn = np.array([1, 5])
+    batch = {'label': drawn, 'target': np.eye(8, dtype=np.float32)[drawn]}
+    want = -np.mean(log_p[[0, 1], drawn])
+  elif mode == 'crossentropy':
+    batch = {'label': labels, 'target': SOFT}
+    want = -np.mean((SOFT * log_p).sum(-1))
+  else:  # -log max_k t_k p_k, t = 0.999 * [d > 0] + 0.001
+    batch = {'label': labels, 'target': SOFT}
+    t = 0.999 * (SOFT > 0) + 0.001
+    want = -np.mean(np.log((t * np.exp(log_p)).max(-1)))
+  got = _fixed_logits_loss(batch, label_mode=mode)
+  assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_multi_target_loss_differs_from_cross_entropy():
+  # Row 0 accepts classes 0 and 1: only the likelier one (0) counts.
+  log_p = _np_log_softmax(MODE_LOGITS)
+  assert -log_p[0, 0] < -(SOFT[0] * log_p[0]).sum()
+  np.testing.assert_allclose(
+      steps.multi_target_loss(jnp.asarray(MODE_LOGITS),
+                              steps.multi_target_weights(jnp.asarray(SOFT))),
+      -np.log((np.exp(log_p) * (0.999 * (SOFT > 0) + 0.001)).max(-1)),
+      rtol=1e-5)
+
+
+def test_label_modes_with_smoothing_class_weights_and_mixup():
+  log_p = _np_log_softmax(MODE_LOGITS)
+  # Smoothing applies to the soft target, and to multi_target's t.
+  smooth = 0.9 * SOFT + 0.1 / 8
+  got = _fixed_logits_loss({'label': np.array([0, 0]), 'target': SOFT},
+                           label_mode='crossentropy', label_smoothing=0.1)
+  assert got == pytest.approx(-np.mean((smooth * log_p).sum(-1)), rel=1e-5)
+  t = 0.9 * (0.999 * (SOFT > 0) + 0.001) + 0.1 / 8
+  got = _fixed_logits_loss({'label': np.array([0, 0]), 'target': SOFT},
+                           label_mode='multi_target', label_smoothing=0.1)
+  assert got == pytest.approx(
+      -np.mean(np.log((t * np.exp(log_p)).max(-1))), rel=1e-5)
+  # Class weights: each example weighs targets @ class_weights.
+  class_weights = np.arange(1, 9, dtype=np.float32)
+  w = SOFT @ class_weights
+  got = _fixed_logits_loss({'label': np.array([0, 0]), 'target': SOFT},
+                           label_mode='crossentropy',
+                           class_weights=class_weights)
+  assert got == pytest.approx(
+      np.sum(w * -(SOFT * log_p).sum(-1)) / w.sum(), rel=1e-5)
+  # Mixup mixes the targets and multi_target's t with one draw.
+  for mode in ('crossentropy', 'multi_target'):
+    assert np.isfinite(_fixed_logits_loss(
+        {'label': np.array([0, 0]), 'target': SOFT}, label_mode=mode,
+        mixup_alpha=0.4))
+  with pytest.raises(ValueError, match="label_mode='soft'"):
+    _fixed_logits_loss({'label': np.array([0, 0])}, label_mode='soft')

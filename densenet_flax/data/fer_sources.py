@@ -12,6 +12,10 @@ Expression Recognition Challenge"):
   - the folder release: train/<class>/*.jpg and test/<class>/*.jpg, class
     folders named in alphabetical order (not the CSV id order); test/ holds
     PublicTest and PrivateTest, told apart by the file-name prefix.
+
+FER+ (fer2013new.csv): 10 crowd votes per FER2013 row; `ferplus_target`
+turns them into the training target of each of the paper's label modes
+(FERPLUS_LABEL_MODES), exactly as microsoft/FERPlus does.
 """
 
 from __future__ import annotations
@@ -392,28 +396,113 @@ def ferplus_majority(votes: np.ndarray) -> int | None:
 
   As microsoft/FERPlus: votes of 1 are dropped as outliers, then the top
   class must hold more than half of the remaining votes and be an emotion
-  (not 'unknown' or 'NF').
+  (not 'unknown' or 'NF'). The same rows and class as
+  `ferplus_target(votes, 'majority')`.
   """
-  kept = np.where(votes > 1, votes, 0)
-  total = kept.sum()
-  if total == 0:
+  target = ferplus_target(votes, 'majority')
+  return None if target is None else int(np.argmax(target))
+
+
+# The training-target modes of the FER+ paper (Barsoum et al. 2016,
+# arXiv:1608.01041), named as in microsoft/FERPlus src/ferplus.py:
+#   majority      one-hot of the majority emotion (the paper's MV)
+#   probability   one label drawn from the vote distribution at every step (PLD)
+#   crossentropy  the vote distribution as a soft target (CEL)
+#   multi_target  any emotion with >= 30% of the votes counts as right (MT)
+FERPLUS_LABEL_MODES = ('majority', 'probability', 'crossentropy',
+                       'multi_target')
+
+
+def ferplus_target(votes: np.ndarray, mode: str) -> np.ndarray | None:
+  """The processed FER+ vote distribution of one row, as microsoft/FERPlus.
+
+  votes: the 10 counts (8 emotions, unknown, NF). Returns [8] float64 over
+  FERPLUS_EMOTIONS summing to 1, or None when the row does not train in
+  `mode` (`_process_data` gives 'unknown', or its top entry is unknown/NF).
+  For 'probability' this is the distribution the label is drawn from; for
+  'multi_target' the classes with a non-zero entry are the accepted ones.
+  """
+  processed = _ferplus_process(votes, mode)
+  if processed is None or processed.sum() <= 0:
     return None
-  top = int(np.argmax(kept))
-  if kept[top] <= 0.5 * total or top >= len(FERPLUS_EMOTIONS):
+  if int(np.argmax(processed)) >= len(FERPLUS_EMOTIONS):
     return None
-  return top
+  emotions = processed[:len(FERPLUS_EMOTIONS)]
+  return emotions / emotions.sum()
+
+
+def _ferplus_process(votes: np.ndarray, mode: str) -> np.ndarray | None:
+  """microsoft/FERPlus `_process_data` before normalising; None = 'unknown'."""
+  if mode not in FERPLUS_LABEL_MODES:
+    raise ValueError(f'Unknown FER+ label mode {mode!r}; expected one of '
+                     f'{", ".join(FERPLUS_LABEL_MODES)}')
+  raw = np.asarray(votes, np.float64).reshape(-1)
+  if raw.shape != (len(FERPLUS_VOTE_COLUMNS),):
+    raise ValueError(f'FER+ votes have {raw.size} counts; expected '
+                     f'{len(FERPLUS_VOTE_COLUMNS)} '
+                     f'({", ".join(FERPLUS_VOTE_COLUMNS)})')
+  raw = np.where(raw > 1, raw, 0.0)  # single votes are outliers
+  total = raw.sum()
+  if total <= 0:
+    return None
+  kept = np.zeros_like(raw)
+  if mode == 'majority':
+    top = int(np.argmax(raw))
+    if raw[top] <= 0.5 * total:
+      return None
+    kept[top] = raw[top]
+  elif mode in ('probability', 'crossentropy'):
+    # Take the classes with the most votes, ties together, until 75% of the
+    # votes or 3 classes are in; 'unknown'/'NF' ends it (and is left out
+    # when an emotion was taken before it).
+    taken_sum, count, valid = 0.0, 0, True
+    while taken_sum < 0.75 * total and count < 3 and valid:
+      top = raw.max()
+      for i in np.flatnonzero(raw == top):
+        kept[i] = top
+        raw[i] = 0.0
+        taken_sum += top
+        count += 1
+        if i >= len(FERPLUS_EMOTIONS):
+          valid = False
+          if kept.sum() > top:
+            kept[i] = 0.0
+            count -= 1
+          break
+    if kept.sum() <= 0.5 * total or count > 3:
+      return None
+  else:  # multi_target
+    kept = np.where(raw >= 0.3 * total, raw, 0.0)
+    if kept.sum() <= 0.5 * total:
+      return None
+  return kept
+
+
+def ferplus_top_vote(votes: np.ndarray) -> int:
+  """The emotion (0-7) with the most raw votes, the first on a tie.
+
+  What the builder stores as `label` of a row without a majority emotion; it
+  is NOT a label of that row (see `ferplus_target`).
+  """
+  return int(np.argmax(np.asarray(votes)[:len(FERPLUS_EMOTIONS)]))
 
 
 def join_ferplus(fer_path: str, votes_path: str):
   """Pairs FER2013 rows with FER+ vote rows (same order) and labels them.
 
-  Returns (examples by split, exclusion counts by split and reason). Rows
-  that are not faces (empty image name) and rows without a majority emotion
-  are excluded, and counted.
+  Returns (rows by split, excluded, no_majority):
+    rows: (Example, votes [10], label, has_majority) of every face, in file
+      order. label is the majority emotion where has_majority; otherwise the
+      top emotion vote (`ferplus_top_vote`), which is not a label.
+    excluded: {split: Counter({'not_a_face': n})}, rows that are not faces
+      (empty image name), left out.
+    no_majority: {split: n}, the faces kept without a majority emotion (tied,
+      or 'unknown'/'NF' on top); only the soft-target modes train on them.
   """
-  by_split: dict[str, list[tuple[Example, np.ndarray, int]]] = {
+  by_split: dict[str, list[tuple[Example, np.ndarray, int, bool]]] = {
       s: [] for s in SPLITS}
   excluded = {s: collections.Counter() for s in SPLITS}
+  no_majority = {s: 0 for s in SPLITS}
   fer_rows = read_csv_source(fer_path)
   vote_rows = read_ferplus_votes(votes_path)
   for example, votes in _zip_exact(fer_rows, vote_rows, fer_path, votes_path):
@@ -427,10 +516,12 @@ def join_ferplus(fer_path: str, votes_path: str):
       continue
     label = ferplus_majority(votes.votes)
     if label is None:
-      excluded[example.split]['no_majority'] += 1
-      continue
-    by_split[example.split].append((example, votes.votes, label))
-  return by_split, excluded
+      no_majority[example.split] += 1
+      by_split[example.split].append(
+          (example, votes.votes, ferplus_top_vote(votes.votes), False))
+    else:
+      by_split[example.split].append((example, votes.votes, label, True))
+  return by_split, excluded, no_majority
 
 
 def _zip_exact(a, b, a_name, b_name):

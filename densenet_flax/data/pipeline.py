@@ -1,9 +1,18 @@
 """The tf.data input pipeline: per-process shards, augmentation, device batches.
 
 Batches are dicts of NumPy arrays shaped for the data-parallel step:
-  image [local_devices, per_device_batch, H, W, C] float32 (normalised)
-  label [local_devices, per_device_batch] int32
-  mask  [local_devices, per_device_batch] bool (evaluation only)
+  image  [local_devices, per_device_batch, H, W, C] float32 (normalised)
+  label  [local_devices, per_device_batch] int32
+  target [local_devices, per_device_batch, num_classes] float32 (training
+         only, and only with config.label_mode other than 'majority')
+  mask   [local_devices, per_device_batch] bool (evaluation only)
+
+FER+ label modes (config.label_mode, see fer_sources.ferplus_target): the
+training split keeps the rows that train in the mode; `target` is the
+processed vote distribution ('crossentropy', 'multi_target') or a one-hot
+label drawn from it ('probability'), and `label` is its top class (the drawn
+one). Every evaluated split keeps only the majority rows, with their majority
+labels, whatever the mode (as the FER+ paper evaluates).
 
 Training is deterministic and restartable: epoch e is a permutation drawn from
 (seed, e), and each example's augmentation is seeded by (seed, e, position),
@@ -39,12 +48,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from densenet_flax.data import augment
+from densenet_flax.data import fer_sources
 from densenet_flax.data import specs
 from densenet_flax.datasets import prepare
 
 Batch = dict[str, np.ndarray]
 AUTOTUNE = tf.data.AUTOTUNE
 TTA_MODES = (None, 'ten_crop')
+# Folded into an example's augmentation seed for its 'probability' label, so
+# the draw is independent of the augmentation.
+LABEL_SEED_SALT = 0x1AB31
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +100,13 @@ class InputPipeline:
         'eval_batch_size')
     _divide(config.eval_batch_size, self.num_devices * self.process_count,
             'devices', 'eval_batch_size')
+    self.label_mode = config.get('label_mode', 'majority')
+    if self.label_mode not in fer_sources.FERPLUS_LABEL_MODES or (
+        self.label_mode != 'majority' and not self._has_votes):
+      raise ValueError(
+          f'config.label_mode={self.label_mode!r}: expected one of '
+          f'{", ".join(fer_sources.FERPLUS_LABEL_MODES)}, and \'majority\' '
+          f'for {self.spec.name} (the other modes need FER+ votes)')
     self.builder = prepare.load_builder(
         self.spec.name, data_dir=config.get('data_dir') or None,
         manual_dir=config.get('manual_dir') or None)
@@ -94,8 +114,19 @@ class InputPipeline:
 
   # --- sizes and names --------------------------------------------------------
 
-  def split_size(self, split: str) -> int:
-    """Examples in the whole split (all processes)."""
+  @property
+  def _has_votes(self) -> bool:
+    """FER+: rows carry votes; which of them are used depends on the mode."""
+    return self.spec.name == 'ferplus'
+
+  def split_size(self, split: str, *, train: bool = False) -> int:
+    """Examples of the whole split (all processes) that are used.
+
+    FER+: the rows that train in config.label_mode (train=True), else the
+    majority rows (evaluation).
+    """
+    if self._has_votes:
+      return len(self._rows(split, train=train)['label'])
     return self.builder.info.splits[split].num_examples
 
   @property
@@ -118,7 +149,7 @@ class InputPipeline:
   def steps_per_epoch(self) -> int:
     """Full batches per epoch (the remainder is left out, reshuffled each epoch)."""
     if self.spec.in_memory:  # global batches of the whole split
-      size, batch, whose = (self.split_size(self.train_split),
+      size, batch, whose = (self.split_size(self.train_split, train=True),
                             self.config.batch_size, 'the')
     else:  # local batches of this process's file shard
       size, batch, whose = (
@@ -133,21 +164,39 @@ class InputPipeline:
 
   # --- host arrays (small datasets) -----------------------------------------
 
-  def _arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-    return _load_arrays(self.builder, split)
+  def _rows(self, split: str, *, train: bool = False) -> dict[str, np.ndarray]:
+    """image, label (and FER+ soft modes: target) of the used rows of `split`.
+
+    FER+: train=True gives the rows that train in config.label_mode, labelled
+    by their target's top class; train=False the majority rows (evaluation).
+    """
+    if not self._has_votes:
+      return _load_rows(self.builder, split, None)
+    return _load_rows(self.builder, split,
+                      self.label_mode if train else 'majority')
+
+  def _arrays(self, split: str, *, train: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
+    rows = self._rows(split, train=train)
+    return rows['image'], rows['label']
 
   def train_label_counts(self) -> np.ndarray:
-    """Examples per class in the whole training split ([num_classes])."""
+    """Examples per class in the whole training split ([num_classes]).
+
+    FER+: of the rows that train in config.label_mode, by their target's top
+    class (the first on a tie), as microsoft/FERPlus counts them.
+    """
     if not self.spec.in_memory:
       raise ValueError(f'Label counts need the labels in memory; '
                        f'{self.spec.name} is read from files')
-    _, labels = self._arrays(self.train_split)
+    _, labels = self._arrays(self.train_split, train=True)
     return np.bincount(labels, minlength=self.spec.num_classes)
 
   def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if self.spec.mean is not None:
       return self.spec.mean, self.spec.std
-    images, _ = self._arrays(self.train_split)  # the whole split, every host
+    # The whole split's training rows, every host.
+    images, _ = self._arrays(self.train_split, train=True)
     pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
     log.info('%s: mean %s, std %s (computed from %d training images)',
@@ -181,23 +230,37 @@ class InputPipeline:
     epoch_seed = self._epoch_seed(epoch)
     # In-memory positions are global already; file shards count from 0 each.
     process_offset = 0 if self.spec.in_memory else self.process_index << 32
+    draw = self.label_mode == 'probability'
 
-    def fn(position, image, label):
+    def fn(position, image, label, target=None):
       seed = tf.stack([tf.constant(epoch_seed, tf.int64),
                        position + process_offset])
       image = augment.train_image(self._decode(image), seed, **kwargs)
-      return {'image': self._finish(image), 'label': tf.cast(label, tf.int32)}
+      out = {'image': self._finish(image), 'label': tf.cast(label, tf.int32)}
+      if target is not None:  # FER+ soft modes
+        target = tf.cast(target, tf.float32)
+        if draw:  # one label from the distribution: (seed, epoch, position)
+          label_seed = tf.random.experimental.stateless_fold_in(
+              seed, LABEL_SEED_SALT)
+          drawn = tf.random.stateless_categorical(
+              tf.math.log(target)[None], 1, label_seed, dtype=tf.int32)[0, 0]
+          target = tf.one_hot(drawn, self.spec.num_classes, dtype=tf.float32)
+          out['label'] = drawn
+        out['target'] = target
+      return out
     return fn
 
   # --- training -------------------------------------------------------------------
 
   def _epoch_source(self, epoch: int, skip: int) -> tf.data.Dataset:
-    """(position, image, label) of this process's share of one epoch.
+    """(position, image, label[, target]) of this process's share of one epoch.
 
-    In its order, from its `skip`-th example on.
+    In its order, from its `skip`-th example on. `target` only for the FER+
+    soft label modes.
     """
     if self.spec.in_memory:
-      images, labels = self._arrays(self.train_split)
+      rows = self._rows(self.train_split, train=True)
+      images, labels = rows['image'], rows['label']
       steps, batch = self.steps_per_epoch, self.config.batch_size
       order = np.random.default_rng([self.config.seed, epoch]).permutation(
           len(labels))[:steps * batch]
@@ -205,8 +268,10 @@ class InputPipeline:
       positions = np.arange(steps * batch, dtype=np.int64).reshape(
           steps, self.process_count, self.local_batch)[:, self.process_index]
       positions = positions.reshape(-1)[skip:]
-      return tf.data.Dataset.from_tensor_slices(
-          (positions, images[order[positions]], labels[order[positions]]))
+      columns = (positions, images[order[positions]], labels[order[positions]])
+      if 'target' in rows:
+        columns += (rows['target'][order[positions]],)
+      return tf.data.Dataset.from_tensor_slices(columns)
     count = self.steps_per_epoch * self.local_batch
     epoch_seed = self._epoch_seed(epoch)
     ds = self.builder.as_dataset(
@@ -253,7 +318,13 @@ class InputPipeline:
           f'"random" or "resized"); got {self.config.augment.crop!r}')
     shard = tfds.even_splits(split, n=self.process_count,
                              drop_remainder=False)[self.process_index]
-    if self.spec.in_memory:
+    if self._has_votes:  # shard the used rows, not the stored ones
+      images, labels = self._arrays(split)
+      start, end = _even_share(len(labels), self.process_count,
+                               self.process_index)
+      ds = tf.data.Dataset.from_tensor_slices((images[start:end],
+                                               labels[start:end]))
+    elif self.spec.in_memory:
       images, labels = self._arrays(shard)
       ds = tf.data.Dataset.from_tensor_slices((images, labels))
     else:
@@ -298,9 +369,40 @@ def _pad(batch: Batch, size: int) -> Batch:
   return out
 
 
-@functools.lru_cache(maxsize=8)
-def _load_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """A whole split as (images uint8 [N, H, W, C], labels int64 [N]), stored order."""
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
+def _even_share(size: int, count: int, index: int) -> tuple[int, int]:
+  """[start, end) of part `index` of `count`, as tfds.even_splits cuts."""
+  per, extra = divmod(size, count)
+  return (per * index + min(index, extra),
+          per * (index + 1) + min(index + 1, extra))
+
+
+def _load_arrays(builder, split: str) -> dict[str, np.ndarray]:
+  """A whole split as arrays of every feature (image uint8 [N, H, W, C],
+  label int64 [N], ...), in stored order."""
+  return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
                                           shuffle_files=False))
-  return data['image'], data['label']
+
+
+@functools.lru_cache(maxsize=8)
+def _load_rows(builder, split: str, label_mode: str | None
+               ) -> dict[str, np.ndarray]:
+  """The used rows of a split: image, label and, for FER+ soft modes, target.
+
+  label_mode None: every row (datasets without votes). FER+ 'majority': the
+  rows with a majority label. The other modes: the rows that train in the
+  mode (`fer_sources.ferplus_target`), target [N, 8] float32 its processed
+  vote distribution and label its top class.
+  """
+  data = _load_arrays(builder, split)
+  if label_mode is None:
+    return {'image': data['image'], 'label': data['label']}
+  if label_mode == 'majority':
+    keep = data['majority'].astype(bool)
+    return {'image': data['image'][keep], 'label': data['label'][keep]}
+  targets = [fer_sources.ferplus_target(v, label_mode) for v in data['votes']]
+  keep = np.array([t is not None for t in targets], bool)
+  target = np.array([t for t in targets if t is not None],
+                    np.float32).reshape(-1, len(fer_sources.FERPLUS_EMOTIONS))
+  return {'image': data['image'][keep],
+          'label': np.argmax(target, axis=-1).astype(np.int64),
+          'target': target}

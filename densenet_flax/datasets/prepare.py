@@ -49,6 +49,35 @@ def load_builder(name: str, *, data_dir: str | None = None,
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
+  try:
+    return _prepare(name, builder, manual_dir)
+  except FileNotFoundError as e:
+    older = _other_versions(builder)
+    if not older:
+      raise
+    notes = getattr(builder, 'RELEASE_NOTES', None) or {}
+    change = notes.get(str(builder.version), '')
+    raise FileNotFoundError(
+        f'{name} is prepared in {os.path.dirname(builder.data_dir)} at '
+        f'version {", ".join(older)} only; this code reads version '
+        f'{builder.version}' + (f' ({change})' if change else '') +
+        f'. Prepare it again from the source files:\n'
+        f'  python -m densenet_flax.datasets.prepare {name} --manual_dir DIR '
+        f'--data_dir {builder.data_dir_root}\n\n{e}') from None
+
+
+def _other_versions(builder) -> list[str]:
+  """Other versions of `builder`'s dataset prepared in its data dir."""
+  directory = os.path.dirname(builder.data_dir)
+  if not os.path.isdir(directory):
+    return []
+  found = [v for v in os.listdir(directory)
+           if tfds.core.Version.is_valid(v) and v != str(builder.version)
+           and os.path.isfile(os.path.join(directory, v, 'dataset_info.json'))]
+  return sorted(found, key=tfds.core.Version)
+
+
+def _prepare(name: str, builder, manual_dir: str | None):
   manual_dir = manual_dir or _default_manual_dir(builder)
   urls = list(builder.url_infos or {})
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:

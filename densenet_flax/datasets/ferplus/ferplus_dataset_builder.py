@@ -5,13 +5,22 @@ FER2013 CSV release (fer2013.csv, fer2013.tar.gz or icml_face_data.csv; the
 folder release has no row order to join on). Row i of fer2013new.csv labels
 row i of fer2013.csv.
 
-Every split uses the FER+ paper's "majority" mode: after dropping single votes
-as outliers, the top emotion must hold more than half of the votes. Rows that
-are not faces (empty image name) and rows without a majority emotion (tied,
-or 'unknown'/'NF' on top) are excluded; the counts per split and reason are in
-`info.metadata['excluded']`. `votes` keeps all 10 raw counts (8 emotions,
-unknown, NF) for the soft-target modes (probability, crossentropy,
-multi_target).
+Every face is kept (version 1.1.0; 1.0.0 kept only the majority rows):
+  votes     all 10 raw counts (8 emotions, unknown, NF), from which the FER+
+            paper's label modes are computed (`fer_sources.ferplus_target`:
+            majority, probability, crossentropy, multi_target);
+  majority  True when the row has a "majority" label: after dropping single
+            votes as outliers, the top class holds more than half of the
+            votes and is an emotion;
+  label     the majority emotion where `majority` is True. Where it is False
+            (tied, or 'unknown'/'NF' on top) it is only the emotion with the
+            most raw votes (the first on a tie) and NOT a label: filter on
+            `majority` before using `label` (the input pipeline evaluates on
+            majority rows only, as the paper does).
+Rows that are not faces (empty image name) are excluded; the counts per split
+and reason are in `info.metadata['excluded']` ({split: {'not_a_face': n}}).
+`info.metadata['no_majority']` ({split: n}) counts the kept faces whose
+`majority` is False.
 """
 
 import os
@@ -31,10 +40,15 @@ FER+ needs two files in the manual directory:
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-  """FER+ labels joined to FER2013 pixels, majority mode."""
+  """FER+ votes joined to FER2013 pixels: every face, flagged `majority`."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'Keeps the faces without a majority label (for the '
+               'probability, crossentropy and multi_target label modes); '
+               'new `majority` feature; metadata no_majority.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -48,6 +62,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 dtype=np.int32),
             'label': tfds.features.ClassLabel(
                 names=fer_sources.FERPLUS_EMOTIONS),
+            'majority': tfds.features.Tensor(shape=(), dtype=np.bool_),
         }),
         supervised_keys=('image', 'label'),
         homepage='https://github.com/microsoft/FERPlus',
@@ -66,13 +81,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise FileNotFoundError(
           f'FER+ files missing: {", ".join(missing)}\n\n'
           f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-    by_split, excluded = fer_sources.join_ferplus(fer_path, votes_path)
+    by_split, excluded, no_majority = fer_sources.join_ferplus(
+        fer_path, votes_path)
     self.info.metadata['excluded'] = {
         split: dict(counts) for split, counts in excluded.items()}
+    self.info.metadata['no_majority'] = dict(no_majority)
     return {split: self._generate_examples(rows)
             for split, rows in by_split.items()}
 
   def _generate_examples(self, rows):
-    for example, votes, label in rows:
+    for example, votes, label, majority in rows:
       yield example.key, {'image': example.image, 'votes': votes,
-                          'label': label}
+                          'label': label, 'majority': majority}
