@@ -71,7 +71,11 @@ class Classifier:
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str | int = 'best', *,
                    batch_sizes: Sequence[int] = BATCH_SIZES) -> Classifier:
-    """The run in `workdir` at `checkpoint` ('best', 'latest' or a step)."""
+    """The run in `workdir` at `checkpoint` ('best', 'latest' or a step).
+
+    A run that kept an EMA of its weights (config.ema_decay) gives the EMA,
+    the model its training evaluated.
+    """
     config = workdir_lib.load_config(workdir)
     model, variables, step = workdir_lib.restore_variables(
         workdir, checkpoint, config=config)
