@@ -17,7 +17,9 @@ XLA's compiled temp bytes of the gradient, three ways:
                had not seen yet are masked) and accumulates the buffer's
                gradient in one running array
 
-Prints the temp bytes and each variant's gradient difference from `list`.
+Prints the temp bytes, the dot ops in the compiled autodiff programs (remat's
+recomputation shows as extra dots), and the shared variant's gradient
+difference from `list`.
 Imports no TensorFlow.
 """
 
@@ -116,6 +118,7 @@ def measure(num_layers: int) -> dict:
                             argnums=(0, 1, 2)))
     compiled = grad.lower(w1s, w2s, x0).compile()
     row[name] = compiled.memory_analysis().temp_size_in_bytes
+    row[f'{name}_dots'] = compiled.as_text().count(' dot(')
     grads = jax.tree_util.tree_leaves(compiled(w1s, w2s, x0))
     if reference is None:
       reference = grads
@@ -132,12 +135,14 @@ def main(argv=None):
   print(f'Reduced dense block, batch {BATCH} at {SIZE}x{SIZE}, C0={C0}, k={K},'
         f' on {jax.devices()[0].device_kind}: XLA temp MB of the gradient')
   print(f'{"layers":>6} {"list":>8} {"list+remat":>11} {"shared":>8} '
-        f'{"shared/list":>11} {"max rel diff (shared)":>22}')
+        f'{"shared/list":>11} {"dots list/remat":>16} '
+        f'{"max rel diff (shared)":>22}')
   for num_layers in args.layers:
     r = measure(num_layers)
     mb = lambda name: r[name] / 2**20  # noqa: E731
     print(f'{num_layers:>6} {mb("list"):>8,.0f} {mb("list+remat"):>11,.0f} '
           f'{mb("shared"):>8,.0f} {r["shared"] / r["list"]:>11.2f} '
+          f'{r["list_dots"]:>9}/{r["list+remat_dots"]:<6} '
           f'{r["shared_max_rel_diff"]:>22.1e}', flush=True)
 
 
