@@ -270,3 +270,31 @@ def test_label_mode_is_validated():
   with pytest.raises(ValueError, match="config.label_mode='probability'"):
     pipeline.InputPipeline(make_config(('', ''), 'probability',
                                        dataset='fer2013'), num_devices=1)
+
+
+@pytest.mark.parametrize('mode', [
+    'probability', pytest.param('multi_target', marks=pytest.mark.slow)])
+def test_a_run_trains_in_the_mode_and_evaluates_on_majority_labels(
+    ferplus_dirs, tmp_path, mode):
+  """train.py end to end: the step sees the mode's targets, evaluate.py the
+  majority rows, and both agree on the checkpoint."""
+  import trainutil
+  from densenet_flax import evaluation
+  from densenet_flax import train
+
+  config = trainutil.tiny_config(
+      ferplus_dirs[0], dataset='ferplus', manual_dir=ferplus_dirs[1],
+      label_mode=mode, train_split='train', eval_split='public_test',
+      test_split='private_test', image_size=16, batch_size=4,
+      eval_batch_size=4, num_epochs=2, warmup_epochs=0.0,
+      **{'augment.resize': 16, 'augment.crop': 'random'})
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  trained = len(expected_targets('Training', mode))
+  assert summary['step'] == 2 * (trained // 4)
+  majority = len(expected_targets('PrivateTest', 'majority'))
+  assert summary['test']['num_examples'] == majority
+  report = evaluation.evaluate(str(tmp_path), 'latest', 'public_test')
+  assert report['num_examples'] == len(expected_targets('PublicTest',
+                                                        'majority'))
+  assert report['accuracy'] == summary['eval']['accuracy']
+  assert report['loss'] == summary['eval']['loss']
