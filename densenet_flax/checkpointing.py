@@ -54,6 +54,12 @@ def _model_shapes(state) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+def _leaf_paths(tree) -> set[str]:
+  """'opt_state/1/trace/...' for every leaf of a state or its stored metadata."""
+  return {'/'.join(_key_name(k) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 class Checkpoints:
   """The checkpoints of one workdir."""
 
@@ -221,8 +227,24 @@ class Checkpoints:
         raise CheckpointMismatchError(f'{where}: {key} differs')
 
   def restore(self, step: int, abstract_state, expected: Meta | None = None):
-    """(state, meta) of `step`, restored into the structure of `abstract_state`."""
+    """(state, meta) of `step`, restored into the structure of `abstract_state`.
+
+    A saved state of another layout (the optimizer, the fine-tuning split of
+    the params or the EMA changed) raises CheckpointMismatchError naming the
+    differing leaves: it is not damage, and must not be set aside.
+    """
     self.check_compatible(step, abstract_state, expected or {})
+    stored = _leaf_paths(self._manager.item_metadata(step)['state'])
+    wanted = _leaf_paths(abstract_state)
+    if stored != wanted:
+      only_stored, only_wanted = sorted(stored - wanted), sorted(wanted - stored)
+      raise CheckpointMismatchError(
+          f'Checkpoint {step} in {self.directory} holds a training state of '
+          f'another layout, written with other optimizer, fine-tuning or EMA '
+          f'settings ({len(only_stored)} saved leaves this run does not have, '
+          f'e.g. {only_stored[:2]}; {len(only_wanted)} it lacks, e.g. '
+          f'{only_wanted[:2]}). Resume with the settings it was written with, '
+          f'or start a new --workdir (init_from=workdir:... keeps its weights).')
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         meta=ocp.args.JsonRestore()))

@@ -238,9 +238,9 @@ def _validate_fine_tuning(config) -> None:
   if config.init_from_keras not in ('', *pretrained.KERAS_NAMES):
     _fail('init_from_keras', config.init_from_keras,
           f'one of {", ".join(pretrained.KERAS_NAMES)}')
-  block_sizes = config.model_overrides.get(
-      'block_sizes', models.PRESETS[config.model]['block_sizes'])
-  stages = models.stage_names(len(block_sizes))
+  from densenet_flax import optim
+
+  stages = models.stage_names(optim.num_blocks(config))
   if config.freeze and config.freeze not in stages[:-1]:
     _fail('freeze', config.freeze,
           f"'' or a stage of {config.model}: {', '.join(stages[:-1])}")

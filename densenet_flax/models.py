@@ -171,6 +171,14 @@ def stage_names(num_blocks: int) -> tuple[str, ...]:
   return (*names, 'norm_final', 'classifier')
 
 
+def stages_through(num_blocks: int, stage: str) -> tuple[str, ...]:
+  """`stage` and the stages before it ('' = none)."""
+  if not stage:
+    return ()
+  names = stage_names(num_blocks)
+  return names[:names.index(stage) + 1]
+
+
 def stage_of(param_name: str) -> str:
   """The stage of a top-level param/BN name ('conv0' and 'norm0' -> 'stem')."""
   return 'stem' if param_name in ('conv0', 'norm0') else param_name
@@ -284,8 +292,7 @@ class DenseNet(nn.Module):
     if self.frozen_bn_through and self.frozen_bn_through not in stages:
       raise ValueError(f'frozen_bn_through={self.frozen_bn_through!r}: expected '
                        f'one of {", ".join(stages[:-1])}')
-    frozen = (stages[:stages.index(self.frozen_bn_through) + 1]
-              if self.frozen_bn_through else ())
+    frozen = stages_through(len(self.block_sizes), self.frozen_bn_through)
     trains = lambda stage: train and stage not in frozen  # noqa: E731
 
     x = jnp.asarray(x, self.dtype)

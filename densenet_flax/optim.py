@@ -62,8 +62,7 @@ def stage_lr_multipliers(config, num_blocks: int) -> dict[str, float]:
   layer_lr_decay**s; `freeze` and the stages before it get 0.
   """
   stages = models.stage_names(num_blocks)
-  frozen = (stages[:stages.index(config.freeze) + 1]
-            if config.get('freeze') else ())
+  frozen = models.stages_through(num_blocks, config.get('freeze', ''))
   decay = config.get('layer_lr_decay', 1.0)
   multipliers = {}
   for depth, stage in enumerate(reversed(stages)):
@@ -86,13 +85,19 @@ def frozen_stages(config, num_blocks: int) -> tuple[str, ...]:
                stage_lr_multipliers(config, num_blocks).items() if rate == 0)
 
 
-def create_optimizer(config, steps_per_epoch: int, num_blocks: int = 4
+def num_blocks(config) -> int:
+  """Dense blocks of the configured model (its stages depend on them)."""
+  return len(config.model_overrides.get(
+      'block_sizes', models.PRESETS[config.model]['block_sizes']))
+
+
+def create_optimizer(config, steps_per_epoch: int
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, base schedule); `num_blocks` names the stages when fine-tuning."""
+  """(optimizer, base schedule)."""
   schedule = create_schedule(config, steps_per_epoch)
   if not is_fine_tuning(config):
     return _chain(config, schedule), schedule
-  multipliers = stage_lr_multipliers(config, num_blocks)
+  multipliers = stage_lr_multipliers(config, num_blocks(config))
   label = lambda rate: 'frozen' if rate == 0 else f'lr_x{rate:.6g}'  # noqa: E731
   transforms = {}
   for rate in set(multipliers.values()):

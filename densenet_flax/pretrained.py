@@ -32,13 +32,13 @@ import ml_collections
 import numpy as np
 
 from densenet_flax import convert
+from densenet_flax import models
 
 log = logging.getLogger(__name__)
 
 KINDS = ('keras', 'torchvision', 'workdir')
 KERAS_NAMES = ('DenseNet121', 'DenseNet169', 'DenseNet201')
-_KERAS_PRESET = {'DenseNet121': 'densenet121', 'DenseNet169': 'densenet169',
-                 'DenseNet201': 'densenet201'}
+_KERAS_PRESET = {name: name.lower() for name in KERAS_NAMES}  # models.PRESETS
 _WHICH = re.compile(r'^(.*):(best|latest|\d+)$')
 _KEY = 'config.init_from'
 
@@ -78,8 +78,7 @@ def parse(init_from: str) -> Source:
 
 
 def _is_path(location: str) -> bool:
-  return (os.sep in location or location.endswith(('.h5', '.keras', '.pth',
-                                                   '.pt')) or
+  return (os.sep in location or location.endswith(('.h5', '.pth', '.pt')) or
           location.startswith(('~', '.')))
 
 
@@ -92,13 +91,15 @@ def source_of(config) -> Source | None:
   return None
 
 
-def resolve_config(config: ml_collections.ConfigDict
-                   ) -> ml_collections.ConfigDict:
+def resolve_config(config: ml_collections.ConfigDict,
+                   workdir: str | None = None) -> ml_collections.ConfigDict:
   """A copy of `config` that names its source's BN epsilon.
 
   `model_overrides.bn_epsilon` is set to the source's epsilon unless the
   config sets one (then the config's wins, with a warning when they differ).
-  Reads no weights: a workdir source's epsilon comes from its config.json.
+  Reads no weights: a workdir source's epsilon comes from its config.json,
+  or, when `workdir` (this run's) already recorded it for the same source,
+  from there, so a resumed run needs no access to its source.
   """
   source = source_of(config)
   if source is None:
@@ -107,7 +108,9 @@ def resolve_config(config: ml_collections.ConfigDict
     log.warning("config.init_from_keras is deprecated: use "
                 "--config.init_from='keras:%s' (same weights, also takes a "
                 "local .h5 file)", config.init_from_keras)
-  epsilon = source_bn_epsilon(source)
+  epsilon = _recorded_epsilon(workdir, source)
+  if epsilon is None:
+    epsilon = source_bn_epsilon(source)
   config = ml_collections.ConfigDict(config.to_dict())
   overrides = config.model_overrides
   if 'bn_epsilon' not in overrides:
@@ -117,6 +120,19 @@ def resolve_config(config: ml_collections.ConfigDict
                 'with %g: using %g', overrides.bn_epsilon, source, epsilon,
                 overrides.bn_epsilon)
   return config
+
+
+def _recorded_epsilon(workdir: str | None, source: Source) -> float | None:
+  """The BN epsilon `workdir`'s config.json recorded for `source`, if any."""
+  from densenet_flax import workdir as workdir_lib
+
+  if not workdir or not os.path.exists(
+      os.path.join(workdir, workdir_lib.CONFIG_FILE)):
+    return None
+  recorded = workdir_lib.load_config(workdir)
+  if source_of(recorded) != source:
+    return None
+  return recorded.model_overrides.get('bn_epsilon')
 
 
 def source_bn_epsilon(source: Source) -> float:
@@ -190,8 +206,8 @@ def _load_keras(source: Source) -> Weights:
 # keras.applications DenseNets by dense layers per block (conv2..conv5), and
 # by their number of convolutions (a file written by Keras 3 names layers by
 # class, e.g. layers/conv2d_17, not by block).
-_KERAS_BY_BLOCKS = {(6, 12, 24, 16): 'DenseNet121', (6, 12, 32, 32): 'DenseNet169',
-                    (6, 12, 48, 32): 'DenseNet201'}
+_KERAS_BY_BLOCKS = {tuple(models.PRESETS[preset]['block_sizes']): name
+                    for name, preset in _KERAS_PRESET.items()}
 _KERAS_BY_CONVS = {1 + 2 * sum(b) + 3: n for b, n in _KERAS_BY_BLOCKS.items()}
 
 
@@ -206,6 +222,8 @@ def keras_file_architecture(path: str) -> tuple[str, int | None]:
 
   try:
     with h5py.File(path, 'r') as f:
+      if 'model_weights' in f:  # a whole model saved by Keras 2 (model.save)
+        f = f['model_weights']
       if 'layer_names' in f.attrs:  # the keras.applications release format
         layer_names = [n.decode() if isinstance(n, bytes) else str(n)
                        for n in f.attrs['layer_names']]

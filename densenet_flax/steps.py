@@ -33,11 +33,19 @@ class TrainState(train_state.TrainState):
   """Params, optimizer state and step (from Flax), plus BN statistics.
 
   `dynamic_scale` is set only for float16 training (on GPU), where a dynamic
-  loss scale keeps small gradients from underflowing. `ema` is set only with
-  an EMA of the weights: {'params', 'batch_stats'} averaged over steps.
+  loss scale keeps small gradients from underflowing.
   """
   batch_stats: Any
   dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
+
+
+class EMATrainState(TrainState):
+  """A TrainState that also keeps an EMA of the weights.
+
+  `ema`: {'params', 'batch_stats'} averaged over steps. A class of its own,
+  so that a run without an EMA saves exactly the state it saved before EMAs
+  existed, and its older checkpoints restore.
+  """
   ema: Any = None
 
   def ema_model(self) -> 'ModelState':
@@ -72,13 +80,15 @@ def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
   if variables is not None:
     fresh = merge_variables(fresh, variables)
   batch_stats = fresh.get('batch_stats', {})
-  return TrainState.create(
+  kwargs = dict(
       apply_fn=model.apply, params=fresh['params'], tx=tx,
       batch_stats=batch_stats,
       dynamic_scale=dynamic_scale_lib.DynamicScale() if use_dynamic_scale
-      else None,
-      ema={'params': fresh['params'], 'batch_stats': batch_stats} if ema
       else None)
+  if ema:
+    return EMATrainState.create(
+        ema={'params': fresh['params'], 'batch_stats': batch_stats}, **kwargs)
+  return TrainState.create(**kwargs)
 
 
 def merge_variables(fresh: dict, loaded: dict) -> dict:
@@ -235,7 +245,7 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
         opt_state=jax.tree_util.tree_map(keep, new_state.opt_state,
                                          state.opt_state),
         dynamic_scale=dynamic_scale)
-  if state.ema is not None:
+  if isinstance(state, EMATrainState):
     new_state = new_state.replace(ema=jax.tree_util.tree_map(
         lambda avg, new: ema_decay * avg + (1 - ema_decay) * new, state.ema,
         {'params': new_state.params, 'batch_stats': new_state.batch_stats}))

@@ -188,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   is configured), and whether the run was interrupted.
   """
   config_lib.validate(config)  # before anything starts, on any process
-  config = pretrained.resolve_config(config)  # the source's BN epsilon
+  # The source's BN epsilon (a resume reads it from its own config.json).
+  config = pretrained.resolve_config(config, workdir)
   if config.distributed:
     parallel.initialize(config.coordinator_address, config.num_processes,
                         config.process_id, config.distributed_timeout_s)
@@ -232,14 +233,13 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
     workdir_lib.save_normalization(workdir, data.mean, data.std)
   model = workdir_lib.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
-  num_blocks = len(model.block_sizes)
-  tx, schedule = optim.create_optimizer(config, steps_per_epoch, num_blocks)
+  tx, schedule = optim.create_optimizer(config, steps_per_epoch)
   train_step = dp.compile(functools.partial(
       steps.train_step, num_classes=data.spec.num_classes,
       axis_name=dp.axis_name, label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha,
       class_weights=class_weights(config, data),
-      frozen=optim.frozen_stages(config, num_blocks),
+      frozen=optim.frozen_stages(config, optim.num_blocks(config)),
       ema_decay=config.ema_decay, label_mode=config.label_mode),
       num_args=3, broadcast=(2,), donate_state=True)
   return _Run(
@@ -268,14 +268,18 @@ def _restore_or_init(run: _Run):
       workdir_lib.input_shape(config), use_dynamic_scale=use_dynamic_scale,
       ema=workdir_lib.uses_ema(config))
   abstract = dp.abstract_global(jax.eval_shape(make_state))
-  found = run.ckpts.newest_restorable(
-      lambda step: run.ckpts.restore(step, abstract, run.identity),
-      set_aside=True)
+
+  def restore(step):
+    # The configs first: a refused change must not read as a damaged
+    # checkpoint (those are set aside), whatever it does to the state.
+    changes = _config_changes(run, run.ckpts.meta(step), step)
+    state, _ = run.ckpts.restore(step, abstract, run.identity)
+    return state, changes
+  found = run.ckpts.newest_restorable(restore, set_aside=True)
   if found is None:
     state, start_step, changes = _fresh_state(run, make_state), 0, {}
   else:
-    step, (state, meta) = found
-    changes = _config_changes(run, meta, step)
+    step, (state, changes) = found
     start_step = int(np.asarray(parallel.local_value(state.step)))
     log.info('Resuming at step %d of %d from %s', start_step, run.total_steps,
              run.ckpts.directory)

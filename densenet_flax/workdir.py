@@ -98,38 +98,51 @@ RESULT_KEYS = (
     'grad_clip_norm', 'seed')
 
 
-class ConfigChangeError(ValueError):
-  """A resume whose config would change the result of the run."""
+class ConfigChangeError(checkpointing.CheckpointMismatchError):
+  """A resume whose config would change the result of the run.
+
+  A mismatch, not damage: the checkpoint is left where it is.
+  """
 
 
 def config_changes(stored: dict, config: ml_collections.ConfigDict
                    ) -> dict[str, tuple[Any, Any]]:
   """'key' (dotted for nested keys) -> (stored, current), for RESULT_KEYS.
 
-  `stored` is a config as JSON recorded it; keys it does not have (added to
-  the project after it was written) are not compared.
+  `stored` is a config as JSON recorded it. A key it does not have was added
+  to the project after it was written, so that run used the key's default:
+  it is compared as the default.
   """
-  current = json.loads(config.to_json())
-  stored = _with_legacy_epsilon(stored)
+  return _changes(_as_today(stored), _as_today(json.loads(config.to_json())))
+
+
+def _changes(stored: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   changes = {}
   for key in RESULT_KEYS:
-    if key in stored:
-      _compare(key, stored[key], current.get(key), changes)
+    _compare(key, stored.get(key), current.get(key), changes)
   return changes
 
 
-def _with_legacy_epsilon(stored: dict) -> dict:
-  """A config written before runs recorded their source's BN epsilon.
+def _as_today(recorded: dict) -> dict:
+  """A recorded config in today's terms, so equal runs compare equal.
 
-  Such a run with init_from_keras used Keras's epsilon; saying so makes it
-  compare equal to the same run today, which writes it down.
+  Missing keys take their defaults; the deprecated init_from_keras=NAME is
+  init_from='keras:NAME'; a run that started from Keras weights before runs
+  recorded their source's BN epsilon used Keras's.
   """
-  overrides = stored.get('model_overrides') or {}
-  if stored.get('init_from_keras') and 'bn_epsilon' not in overrides:
+  defaults = config_lib.base_config()
+  filled = ml_collections.ConfigDict(recorded)
+  _fill_missing(filled, defaults)
+  config = json.loads(filled.to_json())
+  legacy = config.get('init_from_keras')
+  if legacy and not config.get('init_from'):
+    config['init_from'], config['init_from_keras'] = f'keras:{legacy}', ''
+  overrides = config.get('model_overrides') or {}
+  if config['init_from'].startswith('keras:') and 'bn_epsilon' not in overrides:
     from densenet_flax import convert
-    stored = dict(stored, model_overrides=dict(
-        overrides, bn_epsilon=convert.KERAS_BN_EPSILON))
-  return stored
+    config['model_overrides'] = dict(overrides,
+                                     bn_epsilon=convert.KERAS_BN_EPSILON)
+  return config
 
 
 def _compare(key: str, old, new, changes: dict) -> None:

@@ -15,8 +15,10 @@ keras = pytest.importorskip('keras')
 SIZE = 64
 
 
-@pytest.fixture(scope='module', params=['DenseNet121', 'DenseNet169',
-                                        'DenseNet201'])
+# DenseNet-121 in the default tier; the larger two in the second (-m slow).
+@pytest.fixture(scope='module', params=[
+    'DenseNet121', pytest.param('DenseNet169', marks=pytest.mark.slow),
+    pytest.param('DenseNet201', marks=pytest.mark.slow)])
 def keras_model(request):
   keras.utils.set_random_seed(0)
   model = getattr(keras.applications, request.param)(

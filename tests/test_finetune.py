@@ -225,15 +225,15 @@ def test_a_keras_release_file_is_recognised_and_read(tmp_path, digits_dir):
   backbone.save_weights(keras3)
   assert pretrained.keras_file_architecture(keras3) == ('DenseNet121', None)
 
-  config = trainutil.tiny_config(digits_dir, model='densenet121',
-                                 image_size=32, init_from=f'keras:{path}')
-  config.model_overrides = config_lib.base_config().model_overrides
-  config_lib.validate(config)
-  resolved = pretrained.resolve_config(config)
-  assert resolved.model_overrides.bn_epsilon == convert.KERAS_BN_EPSILON
-  variables = pretrained.initial_variables(resolved)
   want = convert.adapt_input_channels(convert.from_keras(backbone), 1)
-  assert _leaves_equal(variables, want)
+  for weights in (path, keras3):
+    config = trainutil.tiny_config(digits_dir, model='densenet121',
+                                   image_size=32, init_from=f'keras:{weights}')
+    config.model_overrides = config_lib.base_config().model_overrides
+    config_lib.validate(config)
+    resolved = pretrained.resolve_config(config)
+    assert resolved.model_overrides.bn_epsilon == convert.KERAS_BN_EPSILON
+    assert _leaves_equal(pretrained.initial_variables(resolved), want)
 
 
 def test_a_torchvision_file_initialises_gray_fer_with_a_new_head(tmp_path,
@@ -266,7 +266,7 @@ def test_stage_learning_rates_scale_the_updates(digits_dir):
   model = workdir_lib.build_model(config)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
-  tx, _ = optim.create_optimizer(config, 8, num_blocks=3)
+  tx, _ = optim.create_optimizer(config, 8)
   updates, _ = tx.update(grads, tx.init(params), params)
   plain, _ = optim.create_optimizer(trainutil.tiny_config(
       digits_dir, weight_decay=0.0, warmup_epochs=0.0), 8)
@@ -380,3 +380,38 @@ def test_a_torchvision_initialised_run_trains_and_evaluates(tmp_path,
   np.testing.assert_array_equal(tuned['params']['conv0']['kernel'],
                                 source['params']['conv0']['kernel'])
   assert tuned['params']['classifier']['kernel'].shape == (1024, 10)
+
+
+def test_resumes_need_no_source_and_refuse_layout_changes_untouched(
+    digits_dir, tmp_path):
+  """A fine-tuning run stopped early resumes with its source deleted; an EMA
+  switched on at resume is refused, allowed or not, and nothing is set aside."""
+  import shutil
+
+  from densenet_flax import checkpointing
+
+  source, run = str(tmp_path / 'source'), str(tmp_path / 'run')
+  train.train_and_evaluate(trainutil.tiny_config(digits_dir, num_epochs=1),
+                           source)
+  tune = dict(init_from=f'workdir:{source}', freeze='denseblock1')
+  first = train.train_and_evaluate(
+      trainutil.tiny_config(digits_dir, stop_after_steps=3, **tune), run)
+  assert first['interrupted'] and first['step'] == 3
+  shutil.rmtree(source)
+  saved = sorted(os.listdir(os.path.join(run, 'checkpoints')))
+  with pytest.raises(workdir_lib.ConfigChangeError, match='ema_decay: 0.0 -> 0.9'):
+    train.train_and_evaluate(
+        trainutil.tiny_config(digits_dir, ema_decay=0.9, **tune), run)
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match='another layout'):
+    train.train_and_evaluate(trainutil.tiny_config(
+        digits_dir, ema_decay=0.9, allow_config_change=True, **tune), run)
+  assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == saved
+  assert not os.path.exists(os.path.join(run, 'checkpoints_set_aside'))
+  summary = train.train_and_evaluate(
+      trainutil.tiny_config(digits_dir, **tune), run)
+  assert summary['step'] == summary['total_steps'] and not summary['interrupted']
+  # Without an EMA the saved state is the one checkpoints had before EMAs.
+  assert set(steps.TrainState.__dataclass_fields__) >= {'params', 'opt_state',
+                                                        'batch_stats'}
+  assert 'ema' not in steps.TrainState.__dataclass_fields__
