@@ -382,6 +382,7 @@ def test_a_torchvision_initialised_run_trains_and_evaluates(tmp_path,
   assert tuned['params']['classifier']['kernel'].shape == (1024, 10)
 
 
+@pytest.mark.slow  # second tier: keeps the default under 10 min
 def test_resumes_need_no_source_and_refuse_layout_changes_untouched(
     digits_dir, tmp_path):
   """A fine-tuning run stopped early resumes with its source deleted; an EMA

@@ -83,6 +83,7 @@ def test_unknown_weights_and_architectures_are_named():
     convert.from_torchvision({'fc.weight': np.zeros((2, 2))})
 
 
+@pytest.mark.slow  # second tier: keeps the default under 10 min
 def test_adapting_rgb_weights_to_grayscale_keeps_the_logits():
   reference = torchvision_reference.randomized('densenet121', num_classes=7)
   rgb_variables = convert.from_torchvision(reference.state_dict())

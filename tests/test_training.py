@@ -139,6 +139,7 @@ def test_checkpoint_of_another_model_names_the_parameter(uninterrupted):
   ckpts.close()
 
 
+@pytest.mark.slow  # second tier: keeps the default under 10 min
 def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir,
                                                           tmp_path):
   # The whole training split at 16 px: 44 steps, so the signal lands mid-epoch.
