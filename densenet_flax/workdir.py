@@ -219,9 +219,9 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
   """A checkpoint's variables, with no optimizer built.
 
   Returns (model, {'params', 'batch_stats'}, step). A run with an EMA of its
-  weights (config.ema_decay > 0) gives the EMA, unless `ema=False`. For 'latest', a newest
-  checkpoint that cannot be restored is skipped with a warning (and left in
-  place) for the one before it. `config` defaults to the
+  weights (config.ema_decay > 0) gives the EMA, unless `ema=False`. For
+  'latest', a newest checkpoint that cannot be restored is skipped with a
+  warning (and left in place) for the one before it. `config` defaults to the
   workdir's config.json; `sharding` places the arrays (default: the first
   device; under many processes, pass a replicated global sharding). Every
   process of a run must call this together.
