@@ -183,7 +183,12 @@ def test_a_killed_process_makes_the_other_exit_with_an_error(
                                  timeout_s=timeout_s)
   history = os.path.join(workdir, 'metrics.jsonl')
   wait_for_training(workdir, procs)
-  while '"step": 6' not in open(history).read():  # after the save at step 4
+  # After step 6, and once the asynchronous save of step 4 is committed (the
+  # step's directory gets its final name): a kill before the commit leaves
+  # nothing to resume from.
+  committed = os.path.join(workdir, 'checkpoints', '4')
+  while ('"step": 6' not in open(history).read() or
+         not os.path.isdir(committed)):
     assert procs.procs[0].poll() is None, procs.output(0)[-3000:]
     time.sleep(0.05)
   procs.signal(killed, signal.SIGKILL)
