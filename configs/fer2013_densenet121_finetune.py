@@ -20,35 +20,18 @@ have not been tuned on FER2013 here (no dataset or GPU on this project's
 machines).
 """
 
-from densenet_flax.config import base_config
+import os
+
+from densenet_flax.config import load_config_file
 
 
 def get_config():
-  config = base_config()
-  config.model = 'densenet121'
+  """configs/fer2013_densenet121.py (224px, SGD, cosine, 40 epochs), plus
+  ImageNet weights, one input channel, a 10x head rate and an EMA."""
+  config = load_config_file(os.path.join(os.path.dirname(__file__),
+                                         'fer2013_densenet121.py'))
   config.init_from = 'keras:DenseNet121'  # ImageNet; bn_epsilon follows Keras
-  config.dataset = 'fer2013'
-  config.eval_split = 'public_test'
-  config.test_split = 'private_test'
-  config.test_tta = 'ten_crop'
-  config.image_size = 224
   config.channels = 1               # stem adapted from RGB (see above)
-  config.augment.resize = 240       # 48 -> 240, then random 224 crops
-  config.augment.crop = 'random'
-  config.augment.flip = True
-  config.augment.rotation = 10.0
-  config.half_precision = True
-  config.batch_size = 64
-  config.eval_batch_size = 128
-  config.num_epochs = 40
-  config.optimizer = 'sgd'
-  config.nesterov = True
-  config.learning_rate = 0.01
-  config.lr_batch_reference = 64
-  config.schedule = 'cosine'
-  config.warmup_epochs = 1.0
-  config.weight_decay = 1e-4
   config.head_lr_multiplier = 10.0
   config.ema_decay = 0.999
-  config.checkpoint_every_steps = 2000
   return config
