@@ -209,17 +209,24 @@ def test_a_source_of_another_architecture_is_refused(digits_run, digits_dir):
 
 # --- Keras and torchvision files ----------------------------------------------------
 
-def test_a_keras_release_file_is_recognised_and_read(tmp_path, digits_dir):
+def _keras_release_file(path, seed):
+  """(a random DenseNet-121 backbone, `path` holding its weights in the
+  layout keras.applications publishes its .h5 files in)."""
   keras = pytest.importorskip('keras')
   from keras.src.legacy.saving import legacy_h5_format
   import h5py
 
-  keras.utils.set_random_seed(1)
+  keras.utils.set_random_seed(seed)
   backbone = keras.applications.DenseNet121(weights=None, include_top=False,
                                             input_shape=(32, 32, 3))
-  path = str(tmp_path / 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5')
-  with h5py.File(path, 'w') as f:  # the layout keras.applications publishes
+  with h5py.File(path, 'w') as f:
     legacy_h5_format.save_weights_to_hdf5_group(f, backbone)
+  return backbone, str(path)
+
+
+def test_a_keras_release_file_is_recognised_and_read(tmp_path, digits_dir):
+  backbone, path = _keras_release_file(
+      tmp_path / 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5', 1)
   assert pretrained.keras_file_architecture(path) == ('DenseNet121', None)
   keras3 = str(tmp_path / 'backbone.weights.h5')
   backbone.save_weights(keras3)
@@ -338,16 +345,7 @@ def _densenet121_digits(digits_dir, init_from):
 
 @pytest.mark.slow
 def test_keras_initialised_training_and_evaluate_agree(tmp_path, digits_dir):
-  keras = pytest.importorskip('keras')
-  from keras.src.legacy.saving import legacy_h5_format
-  import h5py
-
-  keras.utils.set_random_seed(2)
-  backbone = keras.applications.DenseNet121(weights=None, include_top=False,
-                                            input_shape=(32, 32, 3))
-  path = str(tmp_path / 'densenet121_notop.h5')
-  with h5py.File(path, 'w') as f:
-    legacy_h5_format.save_weights_to_hdf5_group(f, backbone)
+  backbone, path = _keras_release_file(tmp_path / 'densenet121_notop.h5', 2)
   workdir = str(tmp_path / 'run')
   summary = train.train_and_evaluate(
       _densenet121_digits(digits_dir, f'keras:{path}'), workdir)
