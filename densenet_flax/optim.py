@@ -55,14 +55,15 @@ def decay_mask(params):
       {path: path[-1] == 'kernel' for path in flat})
 
 
-def stage_lr_multipliers(config, num_blocks: int) -> dict[str, float]:
+def stage_lr_multipliers(config) -> dict[str, float]:
   """Stage -> learning-rate multiplier; 0.0 for frozen stages.
 
   The classifier gets head_lr_multiplier; a stage s steps below it gets
   layer_lr_decay**s; `freeze` and the stages before it get 0.
   """
-  stages = models.stage_names(num_blocks)
-  frozen = models.stages_through(num_blocks, config.get('freeze', ''))
+  blocks = num_blocks(config)
+  stages = models.stage_names(blocks)
+  frozen = models.stages_through(blocks, config.get('freeze', ''))
   decay = config.get('layer_lr_decay', 1.0)
   multipliers = {}
   for depth, stage in enumerate(reversed(stages)):
@@ -80,9 +81,9 @@ def is_fine_tuning(config) -> bool:
               config.get('layer_lr_decay', 1.0) != 1.0)
 
 
-def frozen_stages(config, num_blocks: int) -> tuple[str, ...]:
+def frozen_stages(config) -> tuple[str, ...]:
   return tuple(stage for stage, rate in
-               stage_lr_multipliers(config, num_blocks).items() if rate == 0)
+               stage_lr_multipliers(config).items() if rate == 0)
 
 
 def num_blocks(config) -> int:
@@ -97,7 +98,7 @@ def create_optimizer(config, steps_per_epoch: int
   schedule = create_schedule(config, steps_per_epoch)
   if not is_fine_tuning(config):
     return _chain(config, schedule), schedule
-  multipliers = stage_lr_multipliers(config, num_blocks(config))
+  multipliers = stage_lr_multipliers(config)
   label = lambda rate: 'frozen' if rate == 0 else f'lr_x{rate:.6g}'  # noqa: E731
   transforms = {}
   for rate in set(multipliers.values()):

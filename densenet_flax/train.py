@@ -239,7 +239,7 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
       axis_name=dp.axis_name, label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha,
       class_weights=class_weights(config, data),
-      frozen=optim.frozen_stages(config, optim.num_blocks(config)),
+      frozen=optim.frozen_stages(config),
       ema_decay=config.ema_decay, label_mode=config.label_mode),
       num_args=3, broadcast=(2,), donate_state=True)
   return _Run(
