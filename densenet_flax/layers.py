@@ -192,10 +192,20 @@ class BatchNormReLU(nn.Module):
     var = _concat([v for _, v in piece_moments])
     y = normalize_relu(pieces, mean, var, scale, bias, self.epsilon, dtype)
     if not self.is_initializing():
-      mean, var = lax.stop_gradient((mean, var))
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+      self.update_running_average(mean, var)
     return y
+
+  def update_running_average(self, mean: Array, var: Array) -> None:
+    """ra = momentum * ra + (1 - momentum) * batch, for this layer's statistics.
+
+    Public so that a caller that normalises without this module's __call__
+    (shared_buffer.dense_block) keeps its statistics as __call__ would.
+    """
+    mean, var = lax.stop_gradient((mean, var))
+    for name, batch in (('mean', mean), ('var', var)):
+      running = self.get_variable('batch_stats', name)
+      self.put_variable('batch_stats', name,
+                        self.momentum * running + (1 - self.momentum) * batch)
 
 
 # --- pooling -------------------------------------------------------------------

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from densenet_flax import layers
+from densenet_flax import shared_buffer
 
 Array = Any
 Dtype = Any
@@ -39,16 +40,13 @@ class DenseLayer(nn.Module):
   each conv, as in the paper.
 
   The layer takes the *list* of earlier maps rather than their concatenation,
-  which is never built (see layers.normalize_relu). With
-  `memory_efficient=True` the BN-ReLU of the concatenation, the first conv
-  and the second BN-ReLU are recomputed in the backward pass from that list
-  (Pleiss et al. 2017), so a layer keeps only the input of its 3x3 conv and
-  its own output, and memory grows linearly with depth.
+  which is never built (see layers.normalize_relu). In memory-efficient
+  training the block computes its layers itself (shared_buffer) from these
+  modules' variables.
   """
   growth_rate: int
   bn_size: int | None
   drop_rate: float
-  memory_efficient: bool
   conv: ModuleDef
   norm: ModuleDef
 
@@ -63,23 +61,6 @@ class DenseLayer(nn.Module):
       self.conv2 = self.conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))
     self.dropout = nn.Dropout(self.drop_rate)
 
-  def _recomputable(self, features: Sequence[Array], moments, train: bool
-                    ) -> Array:
-    """Everything up to the layer's last conv, whose input it returns.
-
-    Bottleneck: concat-BN-ReLU-Conv1x1(-dropout)-BN-ReLU; basic: concat-BN-
-    ReLU-Conv3x3(-dropout). With memory_efficient this is recomputed in the
-    backward pass, and only its output is kept.
-    """
-    x = self.norm1(features, use_running_average=not train,
-                   piece_moments=moments)
-    x = self.conv1(x)
-    if self.drop_rate > 0:
-      x = self.dropout(x, deterministic=not train)
-    if self.bn_size is not None:
-      x = self.norm2(x, use_running_average=not train)
-    return x
-
   def __call__(self, features: Sequence[Array], train: bool,
                moments: Sequence[tuple[Array, Array]] | None = None) -> Array:
     """features: list of [N, H, W, C_i] -> new features [N, H, W, growth_rate].
@@ -87,13 +68,14 @@ class DenseLayer(nn.Module):
     moments: the batch statistics of each feature map in train mode, computed
     once by the block for all the layers that read that map.
     """
-    part = lambda module, feats, stats: module._recomputable(feats, stats,
-                                                             train)
-    if self.memory_efficient:
-      part = nn.remat(part)
-    x = part(self, tuple(features), moments)
+    x = self.norm1(tuple(features), use_running_average=not train,
+                   piece_moments=moments)
+    x = self.conv1(x)
+    if self.drop_rate > 0:
+      x = self.dropout(x, deterministic=not train)
     if self.bn_size is None:
       return x
+    x = self.norm2(x, use_running_average=not train)
     x = self.conv2(x)
     if self.drop_rate > 0:
       x = self.dropout(x, deterministic=not train)
@@ -103,11 +85,17 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Module):
   """`num_layers` dense layers; layer l sees the concatenation [x_0, ..., x_{l-1}].
 
-  Returns the feature maps [x_0, ..., x_L] whose concatenation is the block's
-  output ([N, H, W, C_in + L * growth_rate]), and in train mode their batch
+  Returns the feature maps whose concatenation is the block's output
+  ([N, H, W, C_in + L * growth_rate]), and in train mode their batch
   statistics. The concatenation is never built: every consumer (the next
   layers, the transition) normalises the list, and each map's statistics
   are computed once here instead of once per reader.
+
+  With `memory_efficient`, training runs the whole block as one
+  `shared_buffer.dense_block`: the maps come back as a single buffer, and the
+  backward pass recomputes each layer instead of keeping its intermediates,
+  so the compiled program's memory grows linearly with depth. Params and
+  statistics are the same variables either way.
   """
   num_layers: int
   growth_rate: int
@@ -120,22 +108,40 @@ class DenseBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool):
+    dense_layers = [
+        DenseLayer(growth_rate=self.growth_rate, bn_size=self.bn_size,
+                   drop_rate=self.drop_rate, conv=self.conv, norm=self.norm,
+                   name=f'denselayer{i + 1}')
+        for i in range(self.num_layers)]
+    if train and self.memory_efficient and not self.is_initializing():
+      return self._shared_buffer(x, dense_layers)
     features = [x]
     stats = [layers.moments(x, self.bn_axis_name)] if train else None
-    for i in range(self.num_layers):
-      layer = DenseLayer(
-          growth_rate=self.growth_rate,
-          bn_size=self.bn_size,
-          drop_rate=self.drop_rate,
-          memory_efficient=self.memory_efficient,
-          conv=self.conv,
-          norm=self.norm,
-          name=f'denselayer{i + 1}',
-      )
+    for layer in dense_layers:
       features.append(layer(features, train, stats))
       if train:
         stats.append(layers.moments(features[-1], self.bn_axis_name))
     return features, stats
+
+  def _shared_buffer(self, x: Array, dense_layers: Sequence[DenseLayer]):
+    """The train-mode block through shared_buffer.dense_block."""
+    norm1 = dense_layers[0].norm1
+    spec = shared_buffer.BlockSpec(
+        num_layers=self.num_layers, growth_rate=self.growth_rate,
+        bottleneck=self.bn_size is not None, drop_rate=self.drop_rate,
+        epsilon=norm1.epsilon, dtype=norm1.dtype or x.dtype,
+        axis_name=self.bn_axis_name)
+    params = shared_buffer.stack_params(
+        spec, [layer.variables['params'] for layer in dense_layers],
+        x.shape[-1])
+    key = self.make_rng('dropout') if self.drop_rate > 0 else None
+    out = shared_buffer.dense_block(spec, params, x.astype(spec.dtype), key)
+    for i, layer in enumerate(dense_layers):
+      seen = x.shape[-1] + i * self.growth_rate
+      layer.norm1.update_running_average(out.mean[:seen], out.var[:seen])
+      if self.bn_size is not None:
+        layer.norm2.update_running_average(out.mean2[i], out.var2[i])
+    return [out.buffer], [(out.mean, out.var)]
 
 
 class Transition(nn.Module):
@@ -230,8 +236,9 @@ class DenseNet(nn.Module):
     stem: 'imagenet' (Conv7x7/2-BN-ReLU-MaxPool3x3/2), 'cifar' (Conv3x3), or
       'fer' (Conv3x3-BN-ReLU-MaxPool2x2/2).
     num_classes: width of the classifier.
-    memory_efficient: recompute each dense layer's concat-BN-ReLU-Conv1x1 in
-      the backward pass instead of storing it; same outputs and gradients.
+    memory_efficient: train each dense block over one shared buffer whose
+      backward pass recomputes the layers (shared_buffer): memory linear in
+      depth; same outputs, gradients and statistics up to rounding.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and BN statistics
       stay in `param_dtype`, logits are returned as float32.
     param_dtype: dtype of parameters and BN statistics.

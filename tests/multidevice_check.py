@@ -1,6 +1,7 @@
 """Run by test_multidevice.py in a subprocess with N fake CPU devices.
 
-  python multidevice_check.py step OUT.npz        # 8 devices vs 1, one step
+  python multidevice_check.py step OUT.npz [memory_efficient]
+      # one step: 8 devices vs 1 (the 8 in memory-efficient mode, if given)
   python multidevice_check.py train DATA_DIR WORKDIR OUT.npz   # whole loop
 """
 
@@ -19,11 +20,11 @@ from densenet_flax import parallel  # noqa: E402
 from densenet_flax import steps  # noqa: E402
 
 
-def one_step(devices, batch, class_weights):
+def one_step(devices, batch, class_weights, memory_efficient=False):
   dp = parallel.DataParallel(devices)
   model = models.create_model(
       'densenet_bc_100_12', num_classes=5, block_sizes=(2, 2), growth_rate=4,
-      bn_axis_name=dp.axis_name)
+      bn_axis_name=dp.axis_name, memory_efficient=memory_efficient)
   tx = optax.chain(optax.add_decayed_weights(1e-4),
                    optax.sgd(0.1, momentum=0.9, nesterov=True))
   state = dp.put_replicated(steps.create_train_state(
@@ -51,7 +52,8 @@ def main():
              'label': (np.arange(32) % 5).reshape(1, 32).astype(np.int32)}
     weights = np.array([0.5, 1.0, 2.0, 1.0, 1.5], np.float32)
     single = one_step(jax.devices()[:1], batch, weights)
-    multi = one_step(jax.devices(), batch, weights)
+    multi = one_step(jax.devices(), batch, weights,
+                     memory_efficient=sys.argv[3:] == ['memory_efficient'])
     for name, a, b in zip(('params', 'batch_stats', 'loss'), single, multi):
       diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
           lambda x, y: np.abs(x - y).max(), a, b))

@@ -1,0 +1,292 @@
+"""A dense block's train-mode pass over one shared buffer, with its own VJP.
+
+This is `memory_efficient=True` (models.DenseBlock). All feature maps of a
+block live in one [N, H, W, C0 + L*k] buffer, as the efficient PyTorch
+DenseNets' shared storage, and the backward pass is written by hand: it keeps
+only the final buffer and its BN moments, walks the layers backwards in a
+`fori_loop`, recomputes each layer from the final buffer and accumulates the
+buffer's gradient in one running array. What autodiff keeps, a layer's
+intermediate maps and the partial sums of every map's gradient, grows like
+depth squared, and on XLA:CPU `jax.checkpoint` did not help: the compiler
+merged the recomputation back into the forward pass (docs/benchmarks.md).
+
+A layer reads all the buffer's channels: those it has not seen yet (zeros in
+the forward pass, later maps in the backward pass) meet zero BN scale and bias
+and zero kernel rows, so they contribute nothing, and their gradient is zero.
+That costs the 1x1 conv and the first BN of each layer the padding (about
+1.6x their work in DenseNet-121's third block); the loop body compiles once
+instead of once per layer.
+
+Results equal the list path's (models.DenseLayer) to float rounding,
+forward, gradients and BN statistics (tests/test_models.py); dropout masks
+are drawn here from the layer's index and differ from the list path's.
+Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from densenet_flax import layers
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """The static shape of a dense block (hashable: a jit/custom_vjp constant)."""
+  num_layers: int
+  growth_rate: int
+  bottleneck: bool          # BN-ReLU-Conv1x1-BN-ReLU-Conv3x3, else BN-ReLU-Conv3x3
+  drop_rate: float
+  epsilon: float
+  dtype: Any
+  axis_name: str | None = None
+  segment_size: int = 8     # layers per loop; each loop reads a fixed width
+
+  def segments(self, in_features: int) -> list[tuple[int, int, int]]:
+    """(first layer, end layer, channels read) of each loop over layers.
+
+    A loop's layers read the buffer up to the last one's input width, so
+    shorter loops waste less of the first BN and 1x1 conv on channels that
+    are not there yet, and every loop body is one more to compile.
+    """
+    bounds = list(range(0, self.num_layers, self.segment_size))
+    return [(first, min(first + self.segment_size, self.num_layers),
+             in_features + (min(first + self.segment_size, self.num_layers)
+                            - 1) * self.growth_rate)
+            for first in bounds]
+
+
+class LayerParams(NamedTuple):
+  """Every layer's params stacked on a leading [L] axis, padded to the block's width.
+
+  scale1, bias1: [L, C] (zero beyond a layer's inputs); kernel1: [L, C, 4k]
+  (bottleneck 1x1) or [L, 3, 3, C, k] (basic); scale2, bias2: [L, 4k] and
+  kernel2: [L, 3, 3, 4k, k] for bottleneck layers, None otherwise.
+  """
+  scale1: Array
+  bias1: Array
+  kernel1: Array
+  scale2: Array | None = None
+  bias2: Array | None = None
+  kernel2: Array | None = None
+
+
+class BlockOutputs(NamedTuple):
+  buffer: Array   # [N, H, W, C]: x_0, x_1, ..., x_L
+  mean: Array     # [C] batch statistics of the buffer (float32)
+  var: Array
+  mean2: Array    # [L, 4k] batch statistics of each bottleneck ([L, 0] basic)
+  var2: Array
+
+
+def stack_params(spec: BlockSpec, per_layer: list[dict[str, Any]],
+                 in_features: int) -> tuple[LayerParams, ...]:
+  """One LayerParams per `spec.segments`, from each layer's Flax params.
+
+  per_layer: {'norm1': {'scale', 'bias'}, 'conv1': {'kernel'}, ...} of each
+  layer. Padding is done here, outside the custom VJP, so autodiff slices the
+  gradients back to each layer's shapes.
+  """
+  def pad_channels(a, axis, width):
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, width - a.shape[axis])
+    return jnp.pad(a, widths)
+
+  def stack(group, width):
+    scale1 = jnp.stack([pad_channels(p['norm1']['scale'], 0, width)
+                        for p in group])
+    bias1 = jnp.stack([pad_channels(p['norm1']['bias'], 0, width)
+                       for p in group])
+    kernels = [p['conv1']['kernel'] for p in group]
+    if not spec.bottleneck:
+      return LayerParams(scale1, bias1, jnp.stack(
+          [pad_channels(k, 2, width) for k in kernels]))
+    return LayerParams(
+        scale1, bias1, jnp.stack([pad_channels(k[0, 0], 0, width)
+                                  for k in kernels]),
+        jnp.stack([p['norm2']['scale'] for p in group]),
+        jnp.stack([p['norm2']['bias'] for p in group]),
+        jnp.stack([p['conv2']['kernel'] for p in group]))
+
+  return tuple(stack(per_layer[first:end], width)
+               for first, end, width in spec.segments(in_features))
+
+
+def _dropout(spec: BlockSpec, x: Array, key: Array, index: Array) -> Array:
+  if spec.drop_rate == 0:
+    return x
+  keep_prob = 1.0 - spec.drop_rate
+  keep = jax.random.bernoulli(jax.random.fold_in(key, index), keep_prob,
+                              x.shape)
+  return jnp.where(keep, x / keep_prob, jnp.zeros_like(x)).astype(x.dtype)
+
+
+def _conv3x3_forward(x: Array, kernel: Array) -> Array:
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def _conv3x3(x: Array, kernel: Array) -> Array:
+  """A 3x3 stride-1 'same' conv, NHWC x HWIO, with its gradient written out.
+
+  Inside a loop body XLA:CPU ran autodiff's input gradient (a conv with the
+  kernel reversed) 20-40x slower than outside, and the kernel gradient
+  20x slower (1,260 ms against 62 ms for DenseNet-121's third block at 224
+  px, batch 8). Written as a plain forward conv with the flipped kernel and
+  as nine matmuls over shifted views, both run at the speed of the forward
+  pass there.
+  """
+  return _conv3x3_forward(x, kernel)
+
+
+def _conv3x3_fwd(x, kernel):
+  return _conv3x3_forward(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(residuals, dy):
+  x, kernel = residuals
+  dx = _conv3x3_forward(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+  height, width = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  taps = [jnp.einsum('nhwi,nhwo->io', padded[:, a:a + height, b:b + width],
+                     dy, preferred_element_type=jnp.float32)
+          for a in range(3) for b in range(3)]
+  dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x.dtype), dkernel
+
+
+_conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
+           var: Array, index: Array, key: Array | None):
+  """One dense layer on the whole buffer: (new map [N, H, W, k], mean2, var2)."""
+  dtype = spec.dtype
+  x = layers.normalize_relu((buffer,), mean, var, p.scale1, p.bias1,
+                            spec.epsilon, dtype)
+  if not spec.bottleneck:
+    x = _conv3x3(x, p.kernel1.astype(dtype))
+    empty = jnp.zeros((0,), jnp.float32)
+    return _dropout(spec, x, key, 2 * index), empty, empty
+  x = lax.dot_general(x, p.kernel1.astype(dtype),
+                      (((x.ndim - 1,), (0,)), ((), ())))
+  x = _dropout(spec, x, key, 2 * index)
+  mean2, var2 = layers.moments(x, spec.axis_name)
+  x = layers.normalize_relu((x,), mean2, var2, p.scale2, p.bias2,
+                            spec.epsilon, dtype)
+  x = _conv3x3(x, p.kernel2.astype(dtype))
+  return _dropout(spec, x, key, 2 * index + 1), mean2, var2
+
+
+def _at(params: LayerParams, index: Array) -> LayerParams:
+  return jax.tree_util.tree_map(lambda a: a[index], params)
+
+
+def _forward(spec: BlockSpec, params: tuple[LayerParams, ...], x0: Array,
+             key: Array | None) -> BlockOutputs:
+  c0, k, num_layers = x0.shape[-1], spec.growth_rate, spec.num_layers
+  buffer = jnp.concatenate(
+      [x0, jnp.zeros((*x0.shape[:-1], num_layers * k), x0.dtype)], axis=-1)
+  mean0, var0 = layers.moments(x0, spec.axis_name)
+  mean = jnp.concatenate([mean0, jnp.zeros((num_layers * k,), jnp.float32)])
+  var = jnp.concatenate([var0, jnp.ones((num_layers * k,), jnp.float32)])
+  width2 = params[0].scale2.shape[-1] if spec.bottleneck else 0
+  mean2 = jnp.zeros((num_layers, width2), jnp.float32)
+  var2 = jnp.zeros((num_layers, width2), jnp.float32)
+  carry = (buffer, mean, var, mean2, var2)
+
+  for (first, end, width), segment in zip(spec.segments(c0), params):
+    def body(index, carry, first=first, width=width, segment=segment):
+      buffer, mean, var, mean2, var2 = carry
+      new, m2, v2 = _layer(spec, _at(segment, index - first),
+                           buffer[..., :width], mean[:width], var[:width],
+                           index, key)
+      new_mean, new_var = layers.moments(new, spec.axis_name)
+      start = c0 + index * k
+      return (lax.dynamic_update_slice_in_dim(buffer, new, start, axis=3),
+              lax.dynamic_update_slice_in_dim(mean, new_mean, start, axis=0),
+              lax.dynamic_update_slice_in_dim(var, new_var, start, axis=0),
+              mean2.at[index].set(m2), var2.at[index].set(v2))
+
+    carry = lax.fori_loop(first, end, body, carry)
+  return BlockOutputs(*carry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def dense_block(spec: BlockSpec, params: tuple[LayerParams, ...], x0: Array,
+                key: Array | None) -> BlockOutputs:
+  """The block's feature maps in one buffer and the batch statistics of each.
+
+  params: `stack_params` of the block's layers; x0: [N, H, W, C0], the
+  block's input, in the compute dtype; key: the dropout key (None when
+  spec.drop_rate is 0). Gradients flow to params, x0 and through every
+  output (the statistics too, as for `layers.moments`).
+  """
+  return _forward(spec, params, x0, key)
+
+
+def _dense_block_fwd(spec, params, x0, key):
+  outputs = _forward(spec, params, x0, key)
+  return outputs, (params, outputs.buffer, outputs.mean, outputs.var, key)
+
+
+def _dense_block_bwd(spec, residuals, cotangents):
+  params, buffer, mean, var, key = residuals
+  d_buffer, d_mean, d_var, d_mean2, d_var2 = cotangents
+  k, num_layers = spec.growth_rate, spec.num_layers
+  c0 = buffer.shape[-1] - num_layers * k
+
+  def moments_vjp(x, d_m, d_v):
+    _, vjp = jax.vjp(lambda x: layers.moments(x, spec.axis_name), x)
+    return vjp((d_m, d_v))[0].astype(x.dtype)
+
+  def add_front(total, part):  # total[..., :width] += part, in place
+    width = part.shape[-1]
+    return lax.dynamic_update_slice_in_dim(
+        total, total[..., :width] + part, 0, axis=total.ndim - 1)
+
+  d_params = []
+  carry = (d_buffer, d_mean, d_var)
+  for (first, end, width), segment in reversed(
+      list(zip(spec.segments(c0), params))):
+    def body(step, carry, first=first, end=end, width=width,
+             segment=segment):
+      index = end - 1 - step
+      d_buffer, d_mean, d_var, d_segment = carry
+      start = c0 + index * k
+      # x_index's gradient is complete: every layer reading it (or its
+      # statistics) came later and has been walked.
+      own = lambda a, axis: lax.dynamic_slice_in_dim(a, start, k, axis)  # noqa: E731
+      d_new = own(d_buffer, 3) + moments_vjp(
+          own(buffer, 3), own(d_mean, 0), own(d_var, 0))
+      _, layer_vjp = jax.vjp(
+          lambda p, b, m, v: _layer(spec, p, b, m, v, index, key),
+          _at(segment, index - first), buffer[..., :width], mean[:width],
+          var[:width])
+      d_p, d_b, d_m, d_v = layer_vjp((d_new, d_mean2[index], d_var2[index]))
+      d_segment = jax.tree_util.tree_map(
+          lambda acc, g: acc.at[index - first].set(g), d_segment, d_p)
+      return (add_front(d_buffer, d_b), add_front(d_mean, d_m),
+              add_front(d_var, d_v), d_segment)
+
+    *carry, d_segment = lax.fori_loop(
+        0, end - first, body,
+        (*carry, jax.tree_util.tree_map(jnp.zeros_like, segment)))
+    d_params.insert(0, d_segment)
+  d_buffer, d_mean, d_var = carry
+  d_x0 = d_buffer[..., :c0] + moments_vjp(buffer[..., :c0], d_mean[:c0],
+                                          d_var[:c0])
+  return tuple(d_params), d_x0, None
+
+
+dense_block.defvjp(_dense_block_fwd, _dense_block_bwd)

@@ -1,0 +1,121 @@
+"""shared_buffer.dense_block: its hand-written VJP against autodiff of its forward.
+
+The model-level checks (memory_efficient=True equals the list path, on one
+device and on several) are in test_models.py and test_multidevice.py; these
+cover what those cannot: dropout, every output's cotangent, bf16.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from densenet_flax import shared_buffer
+
+C0, K, LAYERS = 6, 4, 3
+
+
+def block_inputs(bottleneck, dtype=jnp.float32, seed=0):
+  keys = iter(jax.random.split(jax.random.key(seed), 8 * LAYERS + 2))
+  normal = lambda shape, scale=1.0: scale * jax.random.normal(next(keys), shape)  # noqa: E731
+  per_layer = []
+  for i in range(LAYERS):
+    c = C0 + i * K
+    p = {'norm1': {'scale': 1 + normal((c,), 0.2), 'bias': normal((c,), 0.2)}}
+    if bottleneck:
+      p['conv1'] = {'kernel': normal((1, 1, c, 4 * K), 0.3)}
+      p['norm2'] = {'scale': 1 + normal((4 * K,), 0.2),
+                    'bias': normal((4 * K,), 0.2)}
+      p['conv2'] = {'kernel': normal((3, 3, 4 * K, K), 0.2)}
+    else:
+      p['conv1'] = {'kernel': normal((3, 3, c, K), 0.2)}
+    per_layer.append(p)
+  x0 = normal((3, 5, 5, C0)).astype(dtype)
+  return per_layer, x0
+
+
+def spec(bottleneck, drop_rate=0.0, dtype=jnp.float32, segment_size=2):
+  """Loops of 2 layers: layers 1-2 read the buffer's first C0 + K channels,
+  layer 3 C0 + 2K."""
+  return shared_buffer.BlockSpec(num_layers=LAYERS, growth_rate=K,
+                                 bottleneck=bottleneck, drop_rate=drop_rate,
+                                 epsilon=1e-5, dtype=dtype,
+                                 segment_size=segment_size)
+
+
+def vjp_of(s, fn, per_layer, x0, key, seed=1):
+  """fn's outputs and its VJP for random cotangents on every output."""
+  outputs, vjp = jax.vjp(
+      lambda p, x: fn(shared_buffer.stack_params(s, p, C0), x, key),
+      per_layer, x0)
+  keys = jax.random.split(jax.random.key(seed), len(outputs))
+  cotangents = type(outputs)(*[
+      jax.random.normal(k, o.shape).astype(o.dtype)
+      for k, o in zip(keys, outputs)])
+  return outputs, vjp(cotangents)
+
+
+def assert_trees_close(a, b, atol, rtol=0.0):
+  flat_a, tree_a = jax.tree_util.tree_flatten(a)
+  flat_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(np.asarray(x, np.float32),
+                               np.asarray(y, np.float32), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize('bottleneck,drop_rate,segment_size', [
+    (True, 0.0, 2), (True, 0.5, 2), (True, 0.0, 8), (False, 0.5, 2)])
+def test_custom_vjp_equals_autodiff_of_the_forward(bottleneck, drop_rate,
+                                                   segment_size):
+  """Every output's cotangent (maps, their statistics, the bottlenecks') flows
+  back as autodiff would, dropout masks included, in one loop or several."""
+  s = spec(bottleneck, drop_rate, segment_size=segment_size)
+  per_layer, x0 = block_inputs(bottleneck)
+  key = jax.random.key(7) if drop_rate else None
+  custom = jax.jit(lambda p, x, k: vjp_of(
+      s, lambda *a: shared_buffer.dense_block(s, *a), p, x, k))
+  reference = jax.jit(lambda p, x, k: vjp_of(
+      s, lambda *a: shared_buffer._forward(s, *a), p, x, k))
+  (out, grads), (ref_out, ref_grads) = custom(per_layer, x0, key), reference(
+      per_layer, x0, key)
+  assert_trees_close(out, ref_out, atol=1e-6)
+  assert_trees_close(grads, ref_grads, atol=2e-5, rtol=2e-5)
+  assert max(float(jnp.abs(g).max())
+             for g in jax.tree_util.tree_leaves(grads)) > 1e-2
+  # A layer's output lands in its own channels; channels it has not seen
+  # yet get no gradient from it: layer 1's params see C0 channels only.
+  assert grads[0][0]['norm1']['scale'].shape == (C0,)
+
+
+def test_dropout_masks_follow_the_key():
+  s = spec(True, 0.5)
+  per_layer, x0 = block_inputs(True)
+  params = shared_buffer.stack_params(s, per_layer, C0)
+  run = jax.jit(lambda k: shared_buffer.dense_block(s, params, x0, k).buffer)
+  a, b = run(jax.random.key(1)), run(jax.random.key(2))
+  np.testing.assert_array_equal(a, run(jax.random.key(1)))
+  np.testing.assert_array_equal(a[..., :C0], x0)  # the input is kept as is
+  assert not np.allclose(a[..., C0:], b[..., C0:])
+  # About half of each new map is dropped (ReLU zeros come on top).
+  no_dropout = jax.jit(lambda: shared_buffer.dense_block(
+      spec(True), params, x0, None).buffer)()
+  assert float(jnp.mean(a[..., C0:C0 + K] == 0)) > float(
+      jnp.mean(no_dropout[..., C0:C0 + K] == 0)) + 0.2
+
+
+def test_bfloat16_block_keeps_its_dtypes_and_stays_close():
+  per_layer, x0 = block_inputs(True)
+  fn = lambda dtype: jax.jit(lambda p, x: vjp_of(  # noqa: E731
+      spec(True, dtype=dtype),
+      lambda *a: shared_buffer.dense_block(spec(True, dtype=dtype), *a),
+      p, x.astype(dtype), None))
+  (out16, (gp16, gx16)), (out32, (gp32, _)) = (
+      fn(jnp.bfloat16)(per_layer, x0), fn(jnp.float32)(per_layer, x0))
+  assert out16.buffer.dtype == gx16.dtype == jnp.bfloat16
+  assert out16.mean.dtype == jnp.float32
+  for leaf in jax.tree_util.tree_leaves(gp16):
+    assert leaf.dtype == jnp.float32
+  scale = float(jnp.abs(out32.buffer).max())
+  assert float(jnp.abs(out16.buffer.astype(jnp.float32) - out32.buffer).max()
+               ) < 0.05 * scale
