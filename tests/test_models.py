@@ -282,17 +282,21 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
     assert leaf.dtype == jnp.float32
 
 
-def test_memory_efficient_saved_bytes_grow_linearly_with_depth():
-  """What the backward pass keeps: linear in depth with memory_efficient."""
+@pytest.mark.slow  # 33 s of compiling: the second tier
+def test_memory_efficient_compiled_memory_grows_linearly_with_depth():
+  """XLA's compiled temp memory of the train step, one dense block of 8 and
+  16 layers: memory_efficient grows at most 2.3x per doubling (the issue's
+  bound; measured 1.47x, plain 2.4x) and needs under half of the plain mode
+  at 16 (measured 41%)."""
   from benchmarks import memory
 
-  def saved(depth, efficient):
-    return memory.measure(depth, 4, efficient, batch=2, compile_step=False,
-                          image_size=8)['saved_bytes']
+  def temp(num_layers, efficient):
+    model = models.create_model(
+        'densenet_bc_100_12', num_classes=10, growth_rate=8,
+        num_init_features=16, block_sizes=(num_layers,),
+        memory_efficient=efficient)
+    return memory.compiled_memory(model, 16, (16, 16, 3))['xla_temp_bytes']
 
-  layers_ratio = (76 - 4) / (28 - 4)  # 3 times the layers
-  efficient = saved(76, True) / saved(28, True)
-  plain = saved(76, False) / saved(28, False)
-  assert abs(efficient / layers_ratio - 1) < 0.1, efficient
-  assert plain > efficient
-  assert saved(76, True) < 0.5 * saved(76, False)
+  efficient = [temp(8, True), temp(16, True)]
+  assert efficient[1] <= 2.3 * efficient[0], efficient
+  assert efficient[1] <= 0.5 * temp(16, False), efficient
