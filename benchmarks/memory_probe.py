@@ -9,7 +9,7 @@ XLA's compiled temp bytes of the gradient, three ways:
 
   list         autodiff over the list of maps, as models.DenseBlock does
   list+remat   the same with jax.checkpoint around each layer's bottleneck,
-               as memory_efficient=True does
+               as memory_efficient=True did before shared_buffer.py
   shared       one buffer for all maps (the efficient PyTorch DenseNets'
                shared storage) and a block-level custom VJP: the forward keeps
                only the final buffer; the backward walks the layers in a
