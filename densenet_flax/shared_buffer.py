@@ -3,19 +3,19 @@
 This is `memory_efficient=True` (models.DenseBlock). All feature maps of a
 block live in one [N, H, W, C0 + L*k] buffer, as the efficient PyTorch
 DenseNets' shared storage, and the backward pass is written by hand: it keeps
-only the final buffer and its BN moments, walks the layers backwards in a
-`fori_loop`, recomputes each layer from the final buffer and accumulates the
+only the final buffer and its BN moments, walks the layers backwards in
+`fori_loop`s, recomputes each layer from the final buffer and accumulates the
 buffer's gradient in one running array. What autodiff keeps, a layer's
-intermediate maps and the partial sums of every map's gradient, grows like
-depth squared, and on XLA:CPU `jax.checkpoint` did not help: the compiler
+intermediate maps and the partial sums of every map's gradient, grows faster
+than depth, and on XLA:CPU `jax.checkpoint` did not help: the compiler
 merged the recomputation back into the forward pass (docs/benchmarks.md).
 
-A layer reads all the buffer's channels: those it has not seen yet (zeros in
-the forward pass, later maps in the backward pass) meet zero BN scale and bias
-and zero kernel rows, so they contribute nothing, and their gradient is zero.
-That costs the 1x1 conv and the first BN of each layer the padding (about
-1.6x their work in DenseNet-121's third block); the loop body compiles once
-instead of once per layer.
+The layers run in loops of `BlockSpec.segment_size`. Every layer of a loop
+reads the buffer up to the input width of the loop's last layer: channels a
+layer has not seen yet (zeros in the forward pass, later maps in the backward
+pass) meet zero BN scale and bias and zero kernel rows, so they contribute
+nothing and get no gradient. That padding costs the first BN and the 1x1 conv
+some work; in exchange each loop body compiles once, not once per layer.
 
 Results equal the list path's (models.DenseLayer) to float rounding,
 forward, gradients and BN statistics (tests/test_models.py); dropout masks
@@ -65,11 +65,12 @@ class BlockSpec:
 
 
 class LayerParams(NamedTuple):
-  """Every layer's params stacked on a leading [L] axis, padded to the block's width.
+  """One loop's layer params stacked on a leading [L] axis, padded to its width.
 
-  scale1, bias1: [L, C] (zero beyond a layer's inputs); kernel1: [L, C, 4k]
-  (bottleneck 1x1) or [L, 3, 3, C, k] (basic); scale2, bias2: [L, 4k] and
-  kernel2: [L, 3, 3, 4k, k] for bottleneck layers, None otherwise.
+  With C the channels the loop reads: scale1, bias1: [L, C] (zero beyond a
+  layer's inputs); kernel1: [L, C, 4k] (bottleneck 1x1) or [L, 3, 3, C, k]
+  (basic); scale2, bias2: [L, 4k] and kernel2: [L, 3, 3, 4k, k] for
+  bottleneck layers, None otherwise.
   """
   scale1: Array
   bias1: Array
@@ -170,7 +171,10 @@ _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
            var: Array, index: Array, key: Array | None):
-  """One dense layer on the whole buffer: (new map [N, H, W, k], mean2, var2)."""
+  """One dense layer on the buffer's first channels and their statistics.
+
+  Returns (new map [N, H, W, k], mean2, var2): the bottleneck's statistics.
+  """
   dtype = spec.dtype
   x = layers.normalize_relu((buffer,), mean, var, p.scale1, p.bias1,
                             spec.epsilon, dtype)
