@@ -113,7 +113,8 @@ class DenseBlock(nn.Module):
                    drop_rate=self.drop_rate, conv=self.conv, norm=self.norm,
                    name=f'denselayer{i + 1}')
         for i in range(self.num_layers)]
-    if train and self.memory_efficient and not self.is_initializing():
+    if (train and self.memory_efficient and self.num_layers
+        and not self.is_initializing()):
       return self._shared_buffer(x, dense_layers)
     features = [x]
     stats = [layers.moments(x, self.bn_axis_name)] if train else None

@@ -15,7 +15,9 @@ reads the buffer up to the input width of the loop's last layer: channels a
 layer has not seen yet (zeros in the forward pass, later maps in the backward
 pass) meet zero BN scale and bias and zero kernel rows, so they contribute
 nothing and get no gradient. That padding costs the first BN and the 1x1 conv
-some work; in exchange each loop body compiles once, not once per layer.
+some work (basic layers without a bottleneck: the 3x3 conv too); in exchange
+each loop body compiles once, not once per layer. The block has no forward-
+mode derivative (jvp) in train mode, as any custom_vjp.
 
 Results equal the list path's (models.DenseLayer) to float rounding,
 forward, gradients and BN statistics (tests/test_models.py); dropout masks
@@ -49,6 +51,11 @@ class BlockSpec:
   dtype: Any
   axis_name: str | None = None
   segment_size: int = 8     # layers per loop; each loop reads a fixed width
+
+  def __post_init__(self):
+    if self.num_layers < 1 or self.segment_size < 1:
+      raise ValueError(f'BlockSpec needs num_layers >= 1 and segment_size >= '
+                       f'1; got {self.num_layers} and {self.segment_size}')
 
   def segments(self, in_features: int) -> list[tuple[int, int, int]]:
     """(first layer, end layer, channels read) of each loop over layers.
@@ -141,11 +148,11 @@ def _conv3x3(x: Array, kernel: Array) -> Array:
   """A 3x3 stride-1 'same' conv, NHWC x HWIO, with its gradient written out.
 
   Inside a loop body XLA:CPU ran autodiff's input gradient (a conv with the
-  kernel reversed) 20-40x slower than outside, and the kernel gradient
-  20x slower (1,260 ms against 62 ms for DenseNet-121's third block at 224
-  px, batch 8). Written as a plain forward conv with the flipped kernel and
-  as nine matmuls over shifted views, both run at the speed of the forward
-  pass there.
+  kernel reversed) and kernel gradient about 20x slower than this (603 ms
+  against 27 ms and 1,260 ms against 62 ms over DenseNet-121's third block
+  at 224 px, batch 8): a plain forward conv with the flipped kernel, and
+  nine matmuls over shifted views. Used on CPU only; other backends keep
+  autodiff's gradient (not measured there: no GPU was lent).
   """
   return _conv3x3_forward(x, kernel)
 
@@ -178,8 +185,9 @@ def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
   dtype = spec.dtype
   x = layers.normalize_relu((buffer,), mean, var, p.scale1, p.bias1,
                             spec.epsilon, dtype)
+  conv3x3 = _conv3x3 if jax.default_backend() == 'cpu' else _conv3x3_forward
   if not spec.bottleneck:
-    x = _conv3x3(x, p.kernel1.astype(dtype))
+    x = conv3x3(x, p.kernel1.astype(dtype))
     empty = jnp.zeros((0,), jnp.float32)
     return _dropout(spec, x, key, 2 * index), empty, empty
   x = lax.dot_general(x, p.kernel1.astype(dtype),
@@ -188,7 +196,7 @@ def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
   mean2, var2 = layers.moments(x, spec.axis_name)
   x = layers.normalize_relu((x,), mean2, var2, p.scale2, p.bias2,
                             spec.epsilon, dtype)
-  x = _conv3x3(x, p.kernel2.astype(dtype))
+  x = conv3x3(x, p.kernel2.astype(dtype))
   return _dropout(spec, x, key, 2 * index + 1), mean2, var2
 
 
@@ -250,17 +258,21 @@ def _dense_block_bwd(spec, residuals, cotangents):
   k, num_layers = spec.growth_rate, spec.num_layers
   c0 = buffer.shape[-1] - num_layers * k
 
-  def moments_vjp(x, d_m, d_v):
-    _, vjp = jax.vjp(lambda x: layers.moments(x, spec.axis_name), x)
-    return vjp((d_m, d_v))[0].astype(x.dtype)
+  def moments_vjp(x, d_m, d_v):  # in float32, as layers.moments computes
+    _, vjp = jax.vjp(lambda x: layers.moments(x, spec.axis_name),
+                     x.astype(jnp.float32))
+    return vjp((d_m, d_v))[0]
 
   def add_front(total, part):  # total[..., :width] += part, in place
     width = part.shape[-1]
     return lax.dynamic_update_slice_in_dim(
-        total, total[..., :width] + part, 0, axis=total.ndim - 1)
+        total, total[..., :width] + part.astype(total.dtype), 0,
+        axis=total.ndim - 1)
 
+  # The buffer's gradient sums a term from every later layer: it is kept in
+  # float32 whatever the compute dtype, and cast once at the end.
   d_params = []
-  carry = (d_buffer, d_mean, d_var)
+  carry = (d_buffer.astype(jnp.float32), d_mean, d_var)
   for (first, end, width), segment in reversed(
       list(zip(spec.segments(c0), params))):
     def body(step, carry, first=first, end=end, width=width,
@@ -277,7 +289,8 @@ def _dense_block_bwd(spec, residuals, cotangents):
           lambda p, b, m, v: _layer(spec, p, b, m, v, index, key),
           _at(segment, index - first), buffer[..., :width], mean[:width],
           var[:width])
-      d_p, d_b, d_m, d_v = layer_vjp((d_new, d_mean2[index], d_var2[index]))
+      d_p, d_b, d_m, d_v = layer_vjp((d_new.astype(buffer.dtype),
+                                      d_mean2[index], d_var2[index]))
       d_segment = jax.tree_util.tree_map(
           lambda acc, g: acc.at[index - first].set(g), d_segment, d_p)
       return (add_front(d_buffer, d_b), add_front(d_mean, d_m),
@@ -290,7 +303,7 @@ def _dense_block_bwd(spec, residuals, cotangents):
   d_buffer, d_mean, d_var = carry
   d_x0 = d_buffer[..., :c0] + moments_vjp(buffer[..., :c0], d_mean[:c0],
                                           d_var[:c0])
-  return tuple(d_params), d_x0, None
+  return tuple(d_params), d_x0.astype(buffer.dtype), None
 
 
 dense_block.defvjp(_dense_block_fwd, _dense_block_bwd)
