@@ -229,10 +229,13 @@ def test_dropout_requires_and_uses_a_dropout_rng():
                                 apply(tiny(drop_rate=0.0), variables, x))
 
 
-@pytest.mark.parametrize('bn_size', [4, None])
-def test_memory_efficient_gives_identical_outputs_and_gradients(bn_size):
-  plain = tiny(bn_size=bn_size)
-  efficient = tiny(bn_size=bn_size, memory_efficient=True)
+@pytest.mark.parametrize('bn_size,block_sizes', [
+    (4, (3, 3)), (None, (3, 3)), (4, (9,))])  # (9,): loops of 8 and 1
+def test_memory_efficient_gives_identical_outputs_and_gradients(bn_size,
+                                                                block_sizes):
+  plain = tiny(bn_size=bn_size, block_sizes=block_sizes)
+  efficient = tiny(bn_size=bn_size, block_sizes=block_sizes,
+                   memory_efficient=True)
   x = images()
   labels = jnp.arange(4) % 5
   variables = init(plain, x)

@@ -83,9 +83,34 @@ def test_custom_vjp_equals_autodiff_of_the_forward(bottleneck, drop_rate,
   assert_trees_close(grads, ref_grads, atol=2e-5, rtol=2e-5)
   assert max(float(jnp.abs(g).max())
              for g in jax.tree_util.tree_leaves(grads)) > 1e-2
-  # A layer's output lands in its own channels; channels it has not seen
-  # yet get no gradient from it: layer 1's params see C0 channels only.
-  assert grads[0][0]['norm1']['scale'].shape == (C0,)
+
+
+def test_channels_a_layer_has_not_seen_get_no_gradient():
+  """The padded slots of the stacked params (channels beyond a layer's
+  inputs) get exactly zero gradient, so the padding changes nothing."""
+  s = spec(True)
+  per_layer, x0 = block_inputs(True)
+  params = shared_buffer.stack_params(s, per_layer, C0)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(
+      shared_buffer.dense_block(s, p, x0, None).buffer ** 2)))(params)
+  for (first, end, width), g in zip(s.segments(C0), grads):
+    for i in range(end - first):
+      seen = C0 + (first + i) * K
+      assert seen < width or first + i == end - 1
+      for leaf in (g.scale1[i], g.bias1[i], g.kernel1[i]):
+        assert float(jnp.abs(leaf[seen:]).max(initial=0.0)) == 0.0
+        assert float(jnp.abs(leaf[:seen]).max()) > 0
+
+
+def test_conv3x3_gradient_equals_lax():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 7))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 7, 4))
+  dy = jax.random.normal(jax.random.key(2), (2, 5, 6, 4))
+  ours = jax.vjp(shared_buffer._conv3x3, x, kernel)
+  reference = jax.vjp(shared_buffer._conv3x3_forward, x, kernel)
+  np.testing.assert_allclose(ours[0], reference[0], atol=1e-5)
+  for a, b in zip(ours[1](dy), reference[1](dy)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_dropout_masks_follow_the_key():
@@ -104,18 +129,24 @@ def test_dropout_masks_follow_the_key():
       jnp.mean(no_dropout[..., C0:C0 + K] == 0)) + 0.2
 
 
-def test_bfloat16_block_keeps_its_dtypes_and_stays_close():
+def test_bfloat16_block_keeps_its_dtypes_and_matches_autodiff():
+  """In bf16 the custom VJP agrees with autodiff of the same bf16 forward
+  (the gap to float32 is bf16's own: 25% on this 75-pixel batch, for both)."""
   per_layer, x0 = block_inputs(True)
-  fn = lambda dtype: jax.jit(lambda p, x: vjp_of(  # noqa: E731
-      spec(True, dtype=dtype),
-      lambda *a: shared_buffer.dense_block(spec(True, dtype=dtype), *a),
-      p, x.astype(dtype), None))
-  (out16, (gp16, gx16)), (out32, (gp32, _)) = (
-      fn(jnp.bfloat16)(per_layer, x0), fn(jnp.float32)(per_layer, x0))
-  assert out16.buffer.dtype == gx16.dtype == jnp.bfloat16
-  assert out16.mean.dtype == jnp.float32
-  for leaf in jax.tree_util.tree_leaves(gp16):
+  s = spec(True, dtype=jnp.bfloat16)
+
+  def run(fn):
+    return jax.jit(lambda p, x: vjp_of(s, lambda *a: fn(s, *a), p,
+                                       x.astype(jnp.bfloat16), None))(
+                                           per_layer, x0)
+  out, (gp, gx) = run(shared_buffer.dense_block)
+  ref_out, (ref_gp, ref_gx) = run(shared_buffer._forward)
+  assert out.buffer.dtype == gx.dtype == jnp.bfloat16
+  assert out.mean.dtype == jnp.float32
+  for leaf in jax.tree_util.tree_leaves(gp):
     assert leaf.dtype == jnp.float32
-  scale = float(jnp.abs(out32.buffer).max())
-  assert float(jnp.abs(out16.buffer.astype(jnp.float32) - out32.buffer).max()
-               ) < 0.05 * scale
+  assert_trees_close(out, ref_out, atol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves((gp, gx)),
+                  jax.tree_util.tree_leaves((ref_gp, ref_gx))):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.abs(a - b).max() < 0.02 * np.abs(b).max()
