@@ -8,7 +8,7 @@ blocks of (L - 4) / 6 layers) and growth rate k, memory_efficient off and on,
 XLA's compiled memory analysis of the jitted train step: temp bytes (what
 the program allocates besides its arguments and outputs) and argument bytes
 (the train state and the batch), the compile time, and on a GPU the peak
-bytes in use over a few steps. With --time: step time of both modes at
+bytes in use over a few steps (each row in its own process there). With --time: step time of both modes at
 BC-190-40 (the cost of recomputation), interleaved, at --time_batch.
 memory_efficient's temp bytes should grow like the layer count (2x per
 doubling), not its square (4x). Imports no TensorFlow.
@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -75,6 +78,17 @@ def compiled_memory(model, batch: int, image_shape, num_classes=10) -> dict:
   return result
 
 
+def measure_in_subprocess(depth, growth_rate, memory_efficient, batch):
+  """`measure` in a fresh process: a GPU's peak bytes in use never go down,
+  so each row needs its own process."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.memory', '--one',
+       json.dumps([depth, growth_rate, memory_efficient, batch])],
+      capture_output=True, text=True, check=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure(depth, growth_rate, memory_efficient, batch, image_size=32):
   model = bc_model(depth, growth_rate, memory_efficient)
   shape = (image_size, image_size, 3)
@@ -122,7 +136,13 @@ def main(argv=None):
                       help='also time both modes at BC-190-40')
   parser.add_argument('--time_batch', type=int, default=8)
   parser.add_argument('--json', default=None)
+  parser.add_argument('--one', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.one:  # one row, for measure_in_subprocess
+    print(json.dumps(measure(*json.loads(args.one))))
+    return
+  run = (measure_in_subprocess if jax.default_backend() == 'gpu'
+         else measure)
 
   rows = []
   mb = lambda r, key: (f'{r[key] / 2**20:,.0f}' if r.get(key) is not None  # noqa: E731
@@ -134,8 +154,8 @@ def main(argv=None):
         f'{"compile s plain/eff.":>21} {"GPU peak plain/eff.":>20}')
   for k in args.growth_rates:
     for depth in args.depths:
-      plain = measure(depth, k, False, args.batch)
-      efficient = measure(depth, k, True, args.batch)
+      plain = run(depth, k, False, args.batch)
+      efficient = run(depth, k, True, args.batch)
       rows += [plain, efficient]
       ratio = efficient['xla_temp_bytes'] / plain['xla_temp_bytes']
       print(f'{depth:>4} {k:>3} {plain["params"]:>10,} '
