@@ -230,7 +230,9 @@ def test_dropout_requires_and_uses_a_dropout_rng():
 
 
 @pytest.mark.parametrize('bn_size,block_sizes', [
-    (4, (3, 3)), (None, (3, 3)), (4, (9,))])  # (9,): loops of 8 and 1
+    (4, (3, 3)), (None, (3, 3)),
+    # Two loops (8 + 1 layers) against the list path; 21 s: second tier.
+    pytest.param(4, (9,), marks=pytest.mark.slow)])
 def test_memory_efficient_gives_identical_outputs_and_gradients(bn_size,
                                                                 block_sizes):
   plain = tiny(bn_size=bn_size, block_sizes=block_sizes)
