@@ -64,11 +64,11 @@ class BlockSpec:
     shorter loops waste less of the first BN and 1x1 conv on channels that
     are not there yet, and every loop body is one more to compile.
     """
-    bounds = list(range(0, self.num_layers, self.segment_size))
-    return [(first, min(first + self.segment_size, self.num_layers),
-             in_features + (min(first + self.segment_size, self.num_layers)
-                            - 1) * self.growth_rate)
-            for first in bounds]
+    loops = []
+    for first in range(0, self.num_layers, self.segment_size):
+      end = min(first + self.segment_size, self.num_layers)
+      loops.append((first, end, in_features + (end - 1) * self.growth_rate))
+    return loops
 
 
 class LayerParams(NamedTuple):
