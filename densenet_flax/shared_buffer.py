@@ -147,12 +147,12 @@ def _conv3x3_forward(x: Array, kernel: Array) -> Array:
 def _conv3x3(x: Array, kernel: Array) -> Array:
   """A 3x3 stride-1 'same' conv, NHWC x HWIO, with its gradient written out.
 
-  Inside a loop body XLA:CPU runs autodiff's conv gradients 30-40x slower
-  than in straight-line code. Both gradients are written here as forward
-  convs in the layout of the forward pass (the input's: dy with the flipped
-  kernel; the kernel's: over the batch axis, x's channels as its batch),
-  which run as fast inside a loop as outside. Over DenseNet-121's third
-  block (24 layers, batch 8 at 14x14; benchmarks/conv_grad_in_loop.py):
+  Inside a loop body XLA:CPU runs autodiff's conv gradients about 40x
+  slower than in straight-line code. Both gradients are written here as
+  forward convs in the layout of the forward pass (the input's: dy with the
+  flipped kernel; the kernel's: over the batch axis, x's channels as its
+  batch), which run as fast inside a loop as outside. Over DenseNet-121's
+  third block (24 layers, batch 8 at 14x14; benchmarks/conv_grad_in_loop.py):
   input gradient 982 ms autodiff, 27 ms here; kernel gradient 1,274 ms
   autodiff, 30 ms here (59 ms as the nine matmuls this used before). Used
   on CPU only; other backends keep autodiff's gradient (not measured there:
