@@ -285,15 +285,20 @@ def _dense_block_bwd(spec, residuals, cotangents):
              segment=segment):
       index = end - 1 - step
       d_buffer, d_mean, d_var, d_segment = carry
+      # The final buffer, tied to this step. Left loop-invariant, XLA hoisted
+      # work on it (the first BN's centred input) out of every loop, and
+      # scheduled all the loops' copies at once, a memory term of loops x
+      # width (docs/benchmarks.md).
+      maps, _ = lax.optimization_barrier((buffer, step))
       start = c0 + index * k
       # x_index's gradient is complete: every layer reading it (or its
       # statistics) came later and has been walked.
       own = lambda a, axis: lax.dynamic_slice_in_dim(a, start, k, axis)  # noqa: E731
       d_new = own(d_buffer, 3) + moments_vjp(
-          own(buffer, 3), own(d_mean, 0), own(d_var, 0))
+          own(maps, 3), own(d_mean, 0), own(d_var, 0))
       _, layer_vjp = jax.vjp(
           lambda p, b, m, v: _layer(spec, p, b, m, v, index, key),
-          _at(segment, index - first), buffer[..., :width], mean[:width],
+          _at(segment, index - first), maps[..., :width], mean[:width],
           var[:width])
       d_p, d_b, d_m, d_v = layer_vjp((d_new.astype(buffer.dtype),
                                       d_mean2[index], d_var2[index]))

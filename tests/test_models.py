@@ -291,8 +291,8 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
 def test_memory_efficient_compiled_memory_grows_linearly_with_depth():
   """XLA's compiled temp memory of the train step, one dense block of 8 and
   16 layers: memory_efficient grows at most 2.3x per doubling (the issue's
-  bound; measured 1.90x, plain 2.4x) and needs under half of the plain mode
-  at 16 (measured 33%)."""
+  bound; measured 1.74x, plain 2.4x) and needs under half of the plain mode
+  at 16 (measured 30%)."""
   from benchmarks import memory
 
   def temp(num_layers, efficient):
