@@ -150,3 +150,32 @@ def test_bfloat16_block_keeps_its_dtypes_and_matches_autodiff():
                   jax.tree_util.tree_leaves((ref_gp, ref_gx))):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     assert np.abs(a - b).max() < 0.02 * np.abs(b).max()
+
+
+def test_more_loops_do_not_cost_compiled_memory():
+  """A 24-layer block in loops of 4 compiles to no more temp memory than in
+  one loop (within 10%; measured 0.95x). Before the backward tied the final
+  buffer to each step, XLA hoisted every loop's centred input out of its
+  loop and kept them all alive at once: 1.36x one loop's temp here."""
+  num_layers, k, c0 = 24, 8, 16
+  x0 = jnp.zeros((8, 16, 16, c0))
+  per_layer = [{
+      'norm1': {'scale': jnp.ones((c0 + i * k,)),
+                'bias': jnp.zeros((c0 + i * k,))},
+      'conv1': {'kernel': jnp.zeros((1, 1, c0 + i * k, 4 * k))},
+      'norm2': {'scale': jnp.ones((4 * k,)), 'bias': jnp.zeros((4 * k,))},
+      'conv2': {'kernel': jnp.zeros((3, 3, 4 * k, k))}}
+      for i in range(num_layers)]
+
+  def temp(segment_size):
+    s = shared_buffer.BlockSpec(num_layers=num_layers, growth_rate=k,
+                                bottleneck=True, drop_rate=0.0, epsilon=1e-5,
+                                dtype=jnp.float32, segment_size=segment_size)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(shared_buffer.dense_block(
+        s, shared_buffer.stack_params(s, p, c0), x, None).buffer ** 2),
+                            argnums=(0, 1)))
+    compiled = grad.lower(per_layer, x0).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  one_loop, loops_of_4 = temp(num_layers), temp(4)
+  assert loops_of_4 <= 1.1 * one_loop, (loops_of_4, one_loop)
