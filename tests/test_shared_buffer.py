@@ -15,29 +15,33 @@ from densenet_flax import shared_buffer
 C0, K, LAYERS = 6, 4, 3
 
 
-def block_inputs(bottleneck, dtype=jnp.float32, seed=0):
-  keys = iter(jax.random.split(jax.random.key(seed), 8 * LAYERS + 2))
+def block_inputs(bottleneck, dtype=jnp.float32, seed=0, num_layers=LAYERS,
+                 c0=C0, k=K, image=(3, 5, 5)):
+  """Random per-layer params and a block input x0 of shape [*image, c0]."""
+  keys = iter(jax.random.split(jax.random.key(seed), 8 * num_layers + 2))
   normal = lambda shape, scale=1.0: scale * jax.random.normal(next(keys), shape)  # noqa: E731
   per_layer = []
-  for i in range(LAYERS):
-    c = C0 + i * K
+  for i in range(num_layers):
+    c = c0 + i * k
     p = {'norm1': {'scale': 1 + normal((c,), 0.2), 'bias': normal((c,), 0.2)}}
     if bottleneck:
-      p['conv1'] = {'kernel': normal((1, 1, c, 4 * K), 0.3)}
-      p['norm2'] = {'scale': 1 + normal((4 * K,), 0.2),
-                    'bias': normal((4 * K,), 0.2)}
-      p['conv2'] = {'kernel': normal((3, 3, 4 * K, K), 0.2)}
+      p['conv1'] = {'kernel': normal((1, 1, c, 4 * k), 0.3)}
+      p['norm2'] = {'scale': 1 + normal((4 * k,), 0.2),
+                    'bias': normal((4 * k,), 0.2)}
+      p['conv2'] = {'kernel': normal((3, 3, 4 * k, k), 0.2)}
     else:
-      p['conv1'] = {'kernel': normal((3, 3, c, K), 0.2)}
+      p['conv1'] = {'kernel': normal((3, 3, c, k), 0.2)}
     per_layer.append(p)
-  x0 = normal((3, 5, 5, C0)).astype(dtype)
+  x0 = normal((*image, c0)).astype(dtype)
   return per_layer, x0
 
 
-def spec(bottleneck, drop_rate=0.0, dtype=jnp.float32, segment_size=2):
-  """Loops of 2 layers: layers 1-2 read the buffer's first C0 + K channels,
-  layer 3 C0 + 2K."""
-  return shared_buffer.BlockSpec(num_layers=LAYERS, growth_rate=K,
+def spec(bottleneck, drop_rate=0.0, dtype=jnp.float32, segment_size=2,
+         num_layers=LAYERS, growth_rate=K):
+  """By default loops of 2 layers: layers 1-2 read the buffer's first
+  C0 + K channels, layer 3 C0 + 2K."""
+  return shared_buffer.BlockSpec(num_layers=num_layers,
+                                 growth_rate=growth_rate,
                                  bottleneck=bottleneck, drop_rate=drop_rate,
                                  epsilon=1e-5, dtype=dtype,
                                  segment_size=segment_size)
@@ -158,19 +162,12 @@ def test_more_loops_do_not_cost_compiled_memory():
   buffer to each step, XLA hoisted every loop's centred input out of its
   loop and kept them all alive at once: 1.36x one loop's temp here."""
   num_layers, k, c0 = 24, 8, 16
-  x0 = jnp.zeros((8, 16, 16, c0))
-  per_layer = [{
-      'norm1': {'scale': jnp.ones((c0 + i * k,)),
-                'bias': jnp.zeros((c0 + i * k,))},
-      'conv1': {'kernel': jnp.zeros((1, 1, c0 + i * k, 4 * k))},
-      'norm2': {'scale': jnp.ones((4 * k,)), 'bias': jnp.zeros((4 * k,))},
-      'conv2': {'kernel': jnp.zeros((3, 3, 4 * k, k))}}
-      for i in range(num_layers)]
+  per_layer, x0 = block_inputs(True, num_layers=num_layers, c0=c0, k=k,
+                               image=(8, 16, 16))
 
   def temp(segment_size):
-    s = shared_buffer.BlockSpec(num_layers=num_layers, growth_rate=k,
-                                bottleneck=True, drop_rate=0.0, epsilon=1e-5,
-                                dtype=jnp.float32, segment_size=segment_size)
+    s = spec(True, segment_size=segment_size, num_layers=num_layers,
+             growth_rate=k)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(shared_buffer.dense_block(
         s, shared_buffer.stack_params(s, p, c0), x, None).buffer ** 2),
                             argnums=(0, 1)))
