@@ -8,8 +8,9 @@ blocks of (L - 4) / 6 layers) and growth rate k, memory_efficient off and on,
 XLA's compiled memory analysis of the jitted train step: temp bytes (what
 the program allocates besides its arguments and outputs) and argument bytes
 (the train state and the batch), the compile time, and on a GPU the peak
-bytes in use over a few steps (each row in its own process there). With --time: step time of both modes at
-BC-190-40 (the cost of recomputation), interleaved, at --time_batch.
+bytes in use over a few steps (each row in its own process there). With
+--time: step time of both modes at BC-190-40 (the cost of recomputation),
+interleaved, at --time_batch.
 memory_efficient's temp bytes should grow like the layer count (2x per
 doubling), not its square (4x). Imports no TensorFlow.
 """
