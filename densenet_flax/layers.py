@@ -34,7 +34,8 @@ class Conv(nn.Module):
   1x1 stride-1 convolutions (the bottlenecks and transitions, about half of a
   DenseNet's FLOPs) are computed as matrix products: XLA:CPU runs them 2-3x
   faster that way than as convolutions, forward and backward; on GPU/TPU the
-  two lower to the same kernels.
+  two lower to the same kernels. On CPU the others (3x3, the stems) compute
+  their kernel gradient in batch chunks (`conv_cpu`).
   """
   features: int
   kernel_size: tuple[int, int]
@@ -54,9 +55,75 @@ class Conv(nn.Module):
     if tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1):
       return lax.dot_general(x, kernel[0, 0],
                              (((x.ndim - 1,), (0,)), ((), ())))
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=self.strides, padding=self.padding,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    strides = tuple(self.strides)
+    padding = tuple(tuple(p) for p in self.padding)
+    if jax.default_backend() == 'cpu':
+      return conv_cpu(x, kernel, strides, padding)
+    return conv(x, kernel, strides, padding)
+
+
+def conv(x: Array, kernel: Array, strides: tuple[int, int],
+         padding: tuple[tuple[int, int], ...]) -> Array:
+  """lax's 2-D convolution, NHWC x HWIO -> NHWC."""
+  return lax.conv_general_dilated(x, kernel, window_strides=strides,
+                                  padding=padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+# Batch x height x width positions per chunk of a kernel gradient on CPU.
+KERNEL_GRAD_POSITIONS = 8192
+
+
+def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
+  """How many equal batch chunks a conv's kernel gradient is computed in.
+
+  XLA:CPU computes a kernel gradient as a convolution whose window is the
+  whole image, and runs it 2-3x slower than the forward pass once the batch
+  holds more than about 8k positions (docs/benchmarks.md: 47 ms against 24 ms
+  in four chunks for DenseNet-121's first block at 224 px, batch 8). Chunks
+  of at most KERNEL_GRAD_POSITIONS run at about the forward pass's speed;
+  the smallest divisor of the batch that gets there (the batch itself at
+  most).
+  """
+  want = -(-batch * height * width // KERNEL_GRAD_POSITIONS)
+  if want <= 1:
+    return 1
+  return next(d for d in range(min(want, batch), batch + 1) if batch % d == 0)
+
+
+def batch_chunks(a: Array, chunks: int) -> list[Array]:
+  size = a.shape[0] // chunks
+  return [a[i * size:(i + 1) * size] for i in range(chunks)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_cpu(x: Array, kernel: Array, strides: tuple[int, int],
+             padding: tuple[tuple[int, int], ...]) -> Array:
+  """`conv`, whose kernel gradient is summed over `kernel_grad_chunks`.
+
+  The input gradient is autodiff's. Equal to `conv`'s gradients up to float
+  rounding (tests/test_layers.py); used on CPU, where it is faster.
+  """
+  return conv(x, kernel, strides, padding)
+
+
+def _conv_cpu_fwd(x, kernel, strides, padding):
+  return conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_cpu_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  _, x_vjp = jax.vjp(lambda x: conv(x, kernel, strides, padding), x)
+  chunks = kernel_grad_chunks(*dy.shape[:3])
+  dkernel = sum(
+      jax.vjp(lambda k, x=x_part: conv(x, k, strides, padding), kernel)[1](
+          dy_part)[0].astype(jnp.float32)
+      for x_part, dy_part in zip(batch_chunks(x, chunks),
+                                 batch_chunks(dy, chunks)))
+  return x_vjp(dy)[0], dkernel.astype(kernel.dtype)
+
+
+conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
 
 
 # --- BatchNorm + ReLU ------------------------------------------------------------

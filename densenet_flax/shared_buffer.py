@@ -169,12 +169,18 @@ def _conv3x3_bwd(residuals, dy):
   x, kernel = residuals
   dx = _conv3x3_forward(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
   # The kernel's gradient as a forward conv too: the batch axis becomes the
-  # contracted feature axis, x's channels the batch, dy the 'kernel'.
-  dkernel = lax.conv_general_dilated(
-      jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
-      window_strides=(1, 1), padding=((1, 1), (1, 1)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      preferred_element_type=jnp.float32)
+  # contracted feature axis, x's channels the batch, dy the 'kernel'; summed
+  # over batch chunks, which XLA:CPU runs faster (layers.kernel_grad_chunks).
+  chunks = layers.kernel_grad_chunks(*dy.shape[:3])
+  dkernel = sum(
+      lax.conv_general_dilated(
+          jnp.transpose(x_part, (3, 1, 2, 0)),
+          jnp.transpose(dy_part, (1, 2, 0, 3)),
+          window_strides=(1, 1), padding=((1, 1), (1, 1)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          preferred_element_type=jnp.float32)
+      for x_part, dy_part in zip(layers.batch_chunks(x, chunks),
+                                 layers.batch_chunks(dy, chunks)))
   dkernel = jnp.transpose(dkernel, (1, 2, 0, 3)).astype(kernel.dtype)
   return dx.astype(x.dtype), dkernel
 

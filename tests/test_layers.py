@@ -20,20 +20,42 @@ def normal(seed, shape, scale=1.0, offset=0.0):
     ((3, 3), (1, 1), ((1, 1), (1, 1))),
     ((7, 7), (2, 2), ((3, 3), (3, 3))),
 ])
-def test_conv_equals_nn_conv(kernel, strides, padding):
-  x = normal(0, (2, 9, 9, 5))
+@pytest.mark.parametrize('positions', [layers.KERNEL_GRAD_POSITIONS, 100])
+def test_conv_equals_nn_conv(kernel, strides, padding, positions,
+                             monkeypatch):
+  # positions=100 splits the kernel gradients into batch chunks (on CPU).
+  monkeypatch.setattr(layers, 'KERNEL_GRAD_POSITIONS', positions)
+  x = normal(0, (6, 9, 9, 5))
   ours = layers.Conv(4, kernel, strides=strides, padding=padding)
   ref = nn.Conv(4, kernel, strides=strides, padding=padding, use_bias=False)
   params = ours.init(jax.random.key(1), x)
   assert jax.tree_util.tree_map(jnp.shape, params) == jax.tree_util.tree_map(
       jnp.shape, ref.init(jax.random.key(1), x))
-  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x),
-                             atol=1e-5, rtol=1e-5)
+  y = ours.apply(params, x)
+  np.testing.assert_allclose(y, ref.apply(params, x), atol=1e-5, rtol=1e-5)
+  if positions == 100 and kernel != (1, 1):
+    assert layers.kernel_grad_chunks(*y.shape[:3]) > 1
   grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2),
                             argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree_util.tree_leaves(grad(ours)),
                   jax.tree_util.tree_leaves(grad(ref))):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_kernel_grad_chunks_divide_the_batch_into_8k_positions():
+  assert layers.KERNEL_GRAD_POSITIONS == 8192
+  # DenseNet-121's first block at 224 px (batch 8), fer_densenet's (batch 64).
+  assert layers.kernel_grad_chunks(8, 56, 56) == 4
+  assert layers.kernel_grad_chunks(64, 24, 24) == 8
+  assert layers.kernel_grad_chunks(8, 28, 28) == 1   # 6,272 positions
+  assert layers.kernel_grad_chunks(13, 56, 56) == 13  # a prime batch
+  assert layers.kernel_grad_chunks(1, 224, 224) == 1
+  for batch in range(1, 70):
+    for size in (1, 6, 24, 56):
+      chunks = layers.kernel_grad_chunks(batch, size, size)
+      assert batch % chunks == 0
+      assert (batch // chunks * size * size <= layers.KERNEL_GRAD_POSITIONS
+              or chunks == batch)
 
 
 @pytest.mark.parametrize('train', [True, False])

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from densenet_flax import layers
 from densenet_flax import shared_buffer
 
 C0, K, LAYERS = 6, 4, 3
@@ -106,10 +107,13 @@ def test_channels_a_layer_has_not_seen_get_no_gradient():
         assert float(jnp.abs(leaf[:seen]).max()) > 0
 
 
-def test_conv3x3_gradient_equals_lax():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 7))
+@pytest.mark.parametrize('positions', [layers.KERNEL_GRAD_POSITIONS, 20])
+def test_conv3x3_gradient_equals_lax(positions, monkeypatch):
+  # positions=20 sums the kernel gradient over four batch chunks.
+  monkeypatch.setattr(layers, 'KERNEL_GRAD_POSITIONS', positions)
+  x = jax.random.normal(jax.random.key(0), (4, 5, 6, 7))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 7, 4))
-  dy = jax.random.normal(jax.random.key(2), (2, 5, 6, 4))
+  dy = jax.random.normal(jax.random.key(2), (4, 5, 6, 4))
   ours = jax.vjp(shared_buffer._conv3x3, x, kernel)
   reference = jax.vjp(shared_buffer._conv3x3_forward, x, kernel)
   np.testing.assert_allclose(ours[0], reference[0], atol=1e-5)
