@@ -1,0 +1,118 @@
+"""Cold compile time of the train step, and what it is made of.
+
+  python -m benchmarks.compile_time [--cases fer_densenet@48x1:64 ...]
+                                    [--modes plain memory_efficient]
+                                    [--json out.json]
+
+For each case (benchmarks.train_step's model@SIZExCHANNELS:BATCH) and mode,
+in a fresh process (no persistent cache, nothing compiled before): the
+seconds to trace and lower the jitted train step, the seconds XLA takes to
+compile it, its StableHLO op count, and the operations of the optimised
+program's entry computation, the kernels XLA:CPU generates code for one by
+one (fusions, dots, convolutions, copies). The compile time follows the
+kernel count. The model keeps its preset's dropout, as train.py compiles it.
+Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+DEFAULT_CASES = ('fer_densenet@48x1:64', 'densenet121@224x3:8')
+MODES = ('plain', 'memory_efficient')
+
+
+def measure(case: dict, mode: str) -> dict:
+  """Lower and compile one train step cold; the figures of `main`'s table."""
+  import jax
+  import optax
+
+  from densenet_flax import models
+  from densenet_flax import steps
+
+  model = models.create_model(case['model'], num_classes=case['num_classes'],
+                              memory_efficient=mode == 'memory_efficient')
+  shape = (case['size'], case['size'], case['channels'])
+  state = steps.create_train_state(
+      jax.random.key(0), model, optax.sgd(0.01, momentum=0.9, nesterov=True),
+      shape)
+  batch = {'image': jax.ShapeDtypeStruct((case['batch'], *shape), 'float32'),
+           'label': jax.ShapeDtypeStruct((case['batch'],), 'int32')}
+  step = jax.jit(functools.partial(steps.train_step,
+                                   num_classes=case['num_classes']),
+                 donate_argnums=0)
+  start = time.perf_counter()
+  lowered = step.lower(state, batch, jax.random.key(0))
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  program = compiled.as_text()
+  entry = program[program.find('\nENTRY'):]
+  kernels = collections.Counter(
+      op for op in re.findall(r'= \S+ ([\w-]+)\(', entry)
+      if op not in ('parameter', 'constant', 'bitcast', 'get-tuple-element',
+                    'tuple'))
+  analysis = compiled.memory_analysis()
+  return {**case, 'mode': mode, 'drop_rate': model.drop_rate,
+          'lower_s': lower_s, 'compile_s': compile_s,
+          'stablehlo_ops': len(re.findall(r'= "?stablehlo\.',
+                                          lowered.as_text())),
+          'kernels': sum(kernels.values()), 'kernel_kinds': dict(kernels),
+          'xla_temp_bytes': int(analysis.temp_size_in_bytes)
+                            if analysis is not None else None,
+          'backend': jax.default_backend(), 'jax': jax.__version__}
+
+
+def measure_in_subprocess(case_text: str, mode: str) -> dict:
+  out = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.compile_time', '--one', case_text,
+       mode], capture_output=True, text=True, check=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+  from benchmarks import train_step
+
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--cases', nargs='*', default=list(DEFAULT_CASES))
+  parser.add_argument('--modes', nargs='*', choices=MODES, default=list(MODES))
+  parser.add_argument('--json')
+  parser.add_argument('--one', nargs=2, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.one:
+    print(json.dumps(measure(train_step.parse_case(args.one[0]), args.one[1])))
+    return
+  for text in args.cases:
+    train_step.parse_case(text)  # fail early on a bad case
+  rows = []
+  print(f'{"case":<28} {"mode":<17} {"lower s":>8} {"compile s":>10} '
+        f'{"StableHLO ops":>14} {"kernels":>8} {"fusions":>8} '
+        f'{"XLA temp MB":>12}')
+  for text in args.cases:
+    for mode in args.modes:
+      row = measure_in_subprocess(text, mode)
+      rows.append(row)
+      temp = row['xla_temp_bytes']
+      print(f'{text:<28} {mode:<17} {row["lower_s"]:>8.1f} '
+            f'{row["compile_s"]:>10.1f} {row["stablehlo_ops"]:>14,} '
+            f'{row["kernels"]:>8,} {row["kernel_kinds"].get("fusion", 0):>8,} '
+            f'{"-" if temp is None else f"{temp / 1e6:,.0f}":>12}',
+            flush=True)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'machine': train_step.machine(), 'rows': rows}, f, indent=1)
+    print(f'wrote {args.json}')
+
+
+if __name__ == '__main__':
+  main()
