@@ -79,11 +79,11 @@ def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
 
   XLA:CPU computes a kernel gradient as a convolution whose window is the
   whole image, and runs it 2-3x slower than the forward pass once the batch
-  holds more than about 8k positions (benchmarks/conv3x3.py: 54 ms against 24 ms
-  in four chunks for DenseNet-121's first block at 224 px, batch 8). Chunks
-  of at most KERNEL_GRAD_POSITIONS run at about the forward pass's speed;
-  the smallest divisor of the batch that gets there (the batch itself at
-  most).
+  holds more than about 8k positions (benchmarks/conv3x3.py: 54 ms, against
+  24 ms in four chunks, for DenseNet-121's first block at 224 px, batch 8).
+  Chunks of at most KERNEL_GRAD_POSITIONS run at about the forward pass's
+  speed; this is the smallest divisor of the batch that gets there (the
+  batch itself at most).
   """
   want = -(-batch * height * width // KERNEL_GRAD_POSITIONS)
   if want <= 1:
