@@ -175,7 +175,8 @@ def test_half_precision_step_keeps_float32_state():
 def test_all_finite_finds_one_bad_value_in_any_leaf(bad):
   kernel, small = jnp.ones((3, 2)), jnp.zeros((4,), jnp.bfloat16)
   stats = {'mean': jnp.zeros((2,)), 'var': jnp.ones((2,))}
-  params = lambda kernel, small: {'a': {'kernel': kernel}, 'b': small}  # noqa: E731
+  def params(kernel, small):
+    return {'a': {'kernel': kernel}, 'b': small}
   assert float(steps.all_finite(params(kernel, small), stats)) == 1.0
   assert float(steps.all_finite({}, {})) == 1.0
   for broken in (params(kernel.at[2, 1].set(bad), small),
