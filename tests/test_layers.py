@@ -56,6 +56,9 @@ def test_kernel_grad_chunks_divide_the_batch_into_8k_positions():
       assert batch % chunks == 0
       assert (batch // chunks * size * size <= layers.KERNEL_GRAD_POSITIONS
               or chunks == batch)
+      # ... and no fewer chunks would do.
+      assert all(batch % fewer or batch // fewer * size * size
+                 > layers.KERNEL_GRAD_POSITIONS for fewer in range(1, chunks))
 
 
 @pytest.mark.parametrize('train', [True, False])
