@@ -76,14 +76,6 @@ KERNEL_GRAD_CASES = tuple(
         ((64, 32, 32, 3), (3, 3, 3, 24), 1, 1))
 
 
-def chunked_kernel_grad(x, w, dy, stride, pad, chunks):
-  conv = functools.partial(layers.conv, strides=(stride, stride),
-                           padding=((pad, pad), (pad, pad)))
-  return sum(jax.vjp(lambda k, x=xs: conv(x, k), w)[1](ds)[0]
-             for xs, ds in zip(layers.batch_chunks(x, chunks),
-                               layers.batch_chunks(dy, chunks)))
-
-
 def kernel_grad_table(runs=7):
   print(f'\nkernel gradient alone in batch chunks, median ms ('
         f'* = layers.kernel_grad_chunks)')
@@ -97,8 +89,9 @@ def kernel_grad_table(runs=7):
     for chunks in (1, 2, 4, 8, 16, 32):
       if x_shape[0] % chunks:
         continue
-      fn = jax.jit(functools.partial(chunked_kernel_grad, stride=stride,
-                                     pad=pad, chunks=chunks))
+      fn = jax.jit(functools.partial(
+          layers.chunked_kernel_grad, strides=(stride, stride),
+          padding=((pad, pad), (pad, pad)), chunks=chunks))
       jax.block_until_ready(fn(x, w, dy))
       times = []
       for _ in range(runs):

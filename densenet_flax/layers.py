@@ -111,15 +111,23 @@ def _conv_cpu_fwd(x, kernel, strides, padding):
   return conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv_cpu_bwd(strides, padding, residuals, dy):
-  x, kernel = residuals
-  _, x_vjp = jax.vjp(lambda x: conv(x, kernel, strides, padding), x)
-  chunks = kernel_grad_chunks(*dy.shape[:3])
-  dkernel = sum(
+def chunked_kernel_grad(x: Array, kernel: Array, dy: Array,
+                        strides: tuple[int, int],
+                        padding: tuple[tuple[int, int], ...],
+                        chunks: int) -> Array:
+  """`conv`'s kernel gradient, autodiff's on each batch chunk, summed in f32."""
+  return sum(
       jax.vjp(lambda k, x=x_part: conv(x, k, strides, padding), kernel)[1](
           dy_part)[0].astype(jnp.float32)
       for x_part, dy_part in zip(batch_chunks(x, chunks),
                                  batch_chunks(dy, chunks)))
+
+
+def _conv_cpu_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  _, x_vjp = jax.vjp(lambda x: conv(x, kernel, strides, padding), x)
+  dkernel = chunked_kernel_grad(x, kernel, dy, strides, padding,
+                                kernel_grad_chunks(*dy.shape[:3]))
   return x_vjp(dy)[0], dkernel.astype(kernel.dtype)
 
 
