@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import json
 import os
 import re
@@ -35,20 +34,17 @@ def measure(case: dict, mode: str) -> dict:
   import jax
   import optax
 
+  from benchmarks import memory
   from densenet_flax import models
-  from densenet_flax import steps
 
   model = models.create_model(case['model'], num_classes=case['num_classes'],
                               memory_efficient=mode == 'memory_efficient')
   shape = (case['size'], case['size'], case['channels'])
-  state = steps.create_train_state(
-      jax.random.key(0), model, optax.sgd(0.01, momentum=0.9, nesterov=True),
-      shape)
+  step, state = memory.jitted_step(
+      model, shape, case['num_classes'],
+      optax.sgd(0.01, momentum=0.9, nesterov=True))
   batch = {'image': jax.ShapeDtypeStruct((case['batch'], *shape), 'float32'),
            'label': jax.ShapeDtypeStruct((case['batch'],), 'int32')}
-  step = jax.jit(functools.partial(steps.train_step,
-                                   num_classes=case['num_classes']),
-                 donate_argnums=0)
   start = time.perf_counter()
   lowered = step.lower(state, batch, jax.random.key(0))
   lower_s = time.perf_counter() - start

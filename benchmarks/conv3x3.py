@@ -77,8 +77,8 @@ KERNEL_GRAD_CASES = tuple(
 
 
 def kernel_grad_table(runs=7):
-  print(f'\nkernel gradient alone in batch chunks, median ms ('
-        f'* = layers.kernel_grad_chunks)')
+  print('\nkernel gradient alone in batch chunks, median ms '
+        '(* = layers.kernel_grad_chunks)')
   for x_shape, w_shape, stride, pad in KERNEL_GRAD_CASES:
     x = jax.random.normal(jax.random.key(0), x_shape)
     w = jax.random.normal(jax.random.key(1), w_shape) * 0.05

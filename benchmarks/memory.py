@@ -46,10 +46,10 @@ def bc_model(depth: int, growth_rate: int, memory_efficient: bool):
       memory_efficient=memory_efficient)
 
 
-def jitted_step(model, image_shape, num_classes=10):
-  """(the jitted train step of `model`, a fresh state)."""
+def jitted_step(model, image_shape, num_classes=10, tx=None):
+  """(the jitted train step of `model`, a fresh state); tx: SGD by default."""
   state = steps.create_train_state(jax.random.key(0), model,
-                                   optax.sgd(0.1, 0.9), image_shape)
+                                   tx or optax.sgd(0.1, 0.9), image_shape)
   step = jax.jit(functools.partial(steps.train_step, num_classes=num_classes),
                  donate_argnums=0)
   return step, state
