@@ -234,14 +234,14 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
   model = workdir_lib.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
-  train_step = dp.compile(functools.partial(
+  train_step = dp.compile(_keyed_by_data(functools.partial(
       steps.train_step, num_classes=data.spec.num_classes,
       axis_name=dp.axis_name, label_smoothing=config.label_smoothing,
       mixup_alpha=config.mixup_alpha,
       class_weights=class_weights(config, data),
       frozen=optim.frozen_stages(config),
       ema_decay=config.ema_decay, label_mode=config.label_mode),
-      num_args=3, broadcast=(2,), donate_state=True)
+      config.rng_impl), num_args=3, broadcast=(2,), donate_state=True)
   return _Run(
       config=config, workdir=workdir, dp=dp, data=data, model=model, tx=tx,
       schedule=schedule, train_step=train_step,
@@ -329,9 +329,20 @@ def _config_changes(run: _Run, meta: dict, step: int) -> dict:
   return changes
 
 
+def _keyed_by_data(step, rng_impl: str):
+  """`step`, taking its key as raw key data of PRNG `rng_impl`.
+
+  DataParallel.put_broadcast places a key as its data, and jax.random reads
+  raw data as the default PRNG's: the step wraps it back in its own.
+  """
+  def keyed_step(state, batch, key_data):
+    return step(state, batch, jax.random.wrap_key_data(key_data, impl=rng_impl))
+  return keyed_step
+
+
 def _rngs(config):
-  """(init key, step key) of the run's seed."""
-  return jax.random.split(jax.random.key(config.seed))
+  """(init key, step key) of the run's seed, of PRNG `config.rng_impl`."""
+  return jax.random.split(jax.random.key(config.seed, impl=config.rng_impl))
 
 
 def _train(run: _Run, state, start_step: int):

@@ -95,7 +95,7 @@ RESULT_KEYS = (
     'lr_batch_reference', 'schedule', 'lr_boundaries', 'lr_decay',
     'warmup_epochs', 'momentum', 'nesterov', 'weight_decay',
     'weight_decay_mode', 'label_smoothing', 'mixup_alpha', 'class_weighting',
-    'grad_clip_norm', 'seed')
+    'grad_clip_norm', 'seed', 'rng_impl')
 
 
 class ConfigChangeError(checkpointing.CheckpointMismatchError):

@@ -292,6 +292,7 @@ def test_divergence_stops_naming_the_step_and_saves_nothing_bad(
     ('eval_split', 'validation', "config.eval_split='validation'"),
     ('image_size', 3, 'config.image_size=3: expected at least 4'),
     ('select_metric', 'loss', "config.select_metric='loss'"),
+    ('rng_impl', 'philox', "config.rng_impl='philox': expected one of"),
 ])
 def test_bad_config_names_the_key(digits_dir, key, value, message):
   config = trainutil.tiny_config(digits_dir, eval_batch_size=64,
@@ -365,3 +366,29 @@ def test_memory_efficient_training_matches_plain_and_resumes_exactly(
   assert not all(np.allclose(a, b) for a, b in zip(
       jax.tree_util.tree_leaves(whole_vars),
       jax.tree_util.tree_leaves(efficient)))  # dropout was on
+
+
+@pytest.mark.slow  # second tier: four short runs
+def test_rbg_keys_train_other_streams_and_resume_exactly(digits_dir, tmp_path):
+  """rng_impl='rbg': the run (init, dropout masks) differs from the threefry
+  run of the same seed, and stopped mid-epoch and resumed it ends
+  bit-identical to an uninterrupted one."""
+  def run(name, **overrides):
+    config = trainutil.tiny_config(digits_dir, **{
+        'model_overrides.drop_rate': 0.2, 'eval_every_epochs': 2,
+        'test_split': '', **overrides})
+    summary = train_lib.train_and_evaluate(config, str(tmp_path / name))
+    return summary, trainutil.final_variables(str(tmp_path / name))[1]
+
+  _, threefry = run('threefry')
+  whole, whole_vars = run('rbg', rng_impl='rbg')
+  first, _ = run('resumed', rng_impl='rbg', stop_after_steps=6)
+  assert first['step'] == 6
+  resumed, resumed_vars = run('resumed', rng_impl='rbg')
+  assert resumed['step'] == whole['step'] == 16
+  for a, b in zip(jax.tree_util.tree_leaves(whole_vars),
+                  jax.tree_util.tree_leaves(resumed_vars)):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.allclose(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(whole_vars),
+      jax.tree_util.tree_leaves(threefry)))
