@@ -108,7 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
   # The keys' PRNG: 'threefry2x32' (JAX's default) or 'rbg' / 'unsafe_rbg',
   # XLA's RngBitGenerator: other random streams, but dropout's random bits
   # compile to one op instead of a threefry loop each (fer_densenet
-  # memory-efficient step on 2 CPU cores: compile 23.5 s -> 15.1 s).
+  # memory-efficient step on 2 CPU cores: compile 24.2 s -> 14.8 s,
+  # benchmarks/compile_time.py).
   c.rng_impl = 'threefry2x32'
   c.log_every_steps = 50
   c.eval_every_epochs = 1
