@@ -242,9 +242,10 @@ def test_resuming_with_a_result_changing_config_is_refused(
   with pytest.raises(workdir_lib.ConfigChangeError) as info:
     train_lib.train_and_evaluate(
         trainutil.tiny_config(digits_dir, num_epochs=4, batch_size=16,
-                              log_every_steps=2), workdir)
+                              log_every_steps=2, rng_impl='rbg'), workdir)
   message = str(info.value)
   assert 'batch_size: 32 -> 16' in message and 'num_epochs: 2 -> 4' in message
+  assert "rng_impl: 'threefry2x32' -> 'rbg'" in message
   assert 'log_every_steps' not in message  # bookkeeping may change
   assert 'allow_config_change' in message
   with open(os.path.join(workdir, 'config.json')) as f:
