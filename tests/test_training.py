@@ -355,18 +355,26 @@ def test_memory_efficient_training_matches_plain_and_resumes_exactly(
                   jax.tree_util.tree_leaves(efficient)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
-  dropout = {'memory_efficient': True, 'model_overrides.drop_rate': 0.2}
-  whole, whole_vars = run('dropout', **dropout)
-  first, _ = run('resumed', stop_after_steps=6, **dropout)
+  whole_vars = _resumed_run_ends_identical(
+      run, memory_efficient=True, **{'model_overrides.drop_rate': 0.2})
+  assert not all(np.allclose(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(whole_vars),
+      jax.tree_util.tree_leaves(efficient)))  # dropout was on
+
+
+def _resumed_run_ends_identical(run, **overrides):
+  """Asserts that `run(name, **overrides)` stopped at step 6 and resumed ends
+  bit-identical to the whole run (16 steps); returns the whole run's
+  variables. `run` returns (summary, final variables) of workdir `name`."""
+  whole, whole_vars = run('whole', **overrides)
+  first, _ = run('resumed', stop_after_steps=6, **overrides)
   assert first['step'] == 6
-  resumed, resumed_vars = run('resumed', **dropout)
+  resumed, resumed_vars = run('resumed', **overrides)
   assert resumed['step'] == whole['step'] == 16
   for a, b in zip(jax.tree_util.tree_leaves(whole_vars),
                   jax.tree_util.tree_leaves(resumed_vars)):
     np.testing.assert_array_equal(a, b)
-  assert not all(np.allclose(a, b) for a, b in zip(
-      jax.tree_util.tree_leaves(whole_vars),
-      jax.tree_util.tree_leaves(efficient)))  # dropout was on
+  return whole_vars
 
 
 @pytest.mark.slow  # second tier: four short runs
@@ -382,14 +390,7 @@ def test_rbg_keys_train_other_streams_and_resume_exactly(digits_dir, tmp_path):
     return summary, trainutil.final_variables(str(tmp_path / name))[1]
 
   _, threefry = run('threefry')
-  whole, whole_vars = run('rbg', rng_impl='rbg')
-  first, _ = run('resumed', rng_impl='rbg', stop_after_steps=6)
-  assert first['step'] == 6
-  resumed, resumed_vars = run('resumed', rng_impl='rbg')
-  assert resumed['step'] == whole['step'] == 16
-  for a, b in zip(jax.tree_util.tree_leaves(whole_vars),
-                  jax.tree_util.tree_leaves(resumed_vars)):
-    np.testing.assert_array_equal(a, b)
+  whole_vars = _resumed_run_ends_identical(run, rng_impl='rbg')
   assert not all(np.allclose(a, b) for a, b in zip(
       jax.tree_util.tree_leaves(whole_vars),
       jax.tree_util.tree_leaves(threefry)))
