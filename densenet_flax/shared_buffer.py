@@ -3,9 +3,9 @@
 This is `memory_efficient=True` (models.DenseBlock). All feature maps of a
 block live in one [N, H, W, C0 + L*k] buffer, as the efficient PyTorch
 DenseNets' shared storage, and the backward pass is written by hand: it keeps
-only the final buffer and its BN moments, walks the layers backwards in
-`fori_loop`s, recomputes each layer from the final buffer and accumulates the
-buffer's gradient in one running array. What autodiff keeps, a layer's
+only the final buffer, its BN moments and the dropout masks, walks the
+layers backwards in `fori_loop`s, recomputes each layer from the final buffer
+and accumulates the buffer's gradient in one running array. What autodiff keeps, a layer's
 intermediate maps and the partial sums of every map's gradient, grows faster
 than depth, and on XLA:CPU `jax.checkpoint` did not help: the compiler
 merged the recomputation back into the forward pass (docs/benchmarks.md).
@@ -128,12 +128,19 @@ def stack_params(spec: BlockSpec, per_layer: list[dict[str, Any]],
                for first, end, width in spec.segments(in_features))
 
 
-def _dropout(spec: BlockSpec, x: Array, key: Array, index: Array) -> Array:
+def _keep_mask(spec: BlockSpec, key: Array | None, index: Array,
+               shape: tuple[int, ...]) -> Array | None:
+  """The keep mask of the block's `index`-th dropout (None: no dropout)."""
   if spec.drop_rate == 0:
+    return None
+  return jax.random.bernoulli(jax.random.fold_in(key, index),
+                              1.0 - spec.drop_rate, shape)
+
+
+def _dropout(spec: BlockSpec, x: Array, keep: Array | None) -> Array:
+  if keep is None:
     return x
   keep_prob = 1.0 - spec.drop_rate
-  keep = jax.random.bernoulli(jax.random.fold_in(key, index), keep_prob,
-                              x.shape)
   return jnp.where(keep, x / keep_prob, jnp.zeros_like(x)).astype(x.dtype)
 
 
@@ -188,8 +195,32 @@ def _conv3x3_bwd(residuals, dy):
 _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
+class Masks(NamedTuple):
+  """A layer's dropout keep masks (None without dropout), [N, H, W, C] each.
+
+  keep1 follows the first conv (the bottleneck's 1x1, or a basic layer's
+  3x3), keep2 the bottleneck's 3x3 (None for basic layers). The forward pass
+  keeps them, stacked on a leading [L] axis per loop, so the backward pass
+  draws no random bits (drawing them again cost the memory-efficient
+  `fer_densenet` step about 15%; docs/benchmarks.md); as bools they add
+  1 byte per element, linear in depth.
+  """
+  keep1: Array | None
+  keep2: Array | None
+
+
+def _draw_masks(spec: BlockSpec, key: Array | None, index: Array,
+                p: LayerParams, batch_shape: tuple[int, ...]) -> Masks:
+  """Layer `index`'s masks, from the key folded with 2 * index and 2 * index + 1."""
+  keep1 = _keep_mask(spec, key, 2 * index, (*batch_shape, p.kernel1.shape[-1]))
+  keep2 = (_keep_mask(spec, key, 2 * index + 1,
+                      (*batch_shape, spec.growth_rate))
+           if spec.bottleneck else None)
+  return Masks(keep1, keep2)
+
+
 def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
-           var: Array, index: Array, key: Array | None):
+           var: Array, masks: Masks):
   """One dense layer on the buffer's first channels and their statistics.
 
   Returns (new map [N, H, W, k], mean2, var2): the bottleneck's statistics.
@@ -201,15 +232,15 @@ def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
   if not spec.bottleneck:
     x = conv3x3(x, p.kernel1.astype(dtype))
     empty = jnp.zeros((0,), jnp.float32)
-    return _dropout(spec, x, key, 2 * index), empty, empty
+    return _dropout(spec, x, masks.keep1), empty, empty
   x = lax.dot_general(x, p.kernel1.astype(dtype),
                       (((x.ndim - 1,), (0,)), ((), ())))
-  x = _dropout(spec, x, key, 2 * index)
+  x = _dropout(spec, x, masks.keep1)
   mean2, var2 = layers.moments(x, spec.axis_name)
   x = layers.normalize_relu((x,), mean2, var2, p.scale2, p.bias2,
                             spec.epsilon, dtype)
   x = conv3x3(x, p.kernel2.astype(dtype))
-  return _dropout(spec, x, key, 2 * index + 1), mean2, var2
+  return _dropout(spec, x, masks.keep2), mean2, var2
 
 
 def _at(params: LayerParams, index: Array) -> LayerParams:
@@ -217,10 +248,12 @@ def _at(params: LayerParams, index: Array) -> LayerParams:
 
 
 def _forward(spec: BlockSpec, params: tuple[LayerParams, ...], x0: Array,
-             key: Array | None) -> BlockOutputs:
+             key: Array | None, keep_masks: bool = False):
+  """The block's outputs; with `keep_masks`, also each loop's stacked Masks."""
   c0, k, num_layers = x0.shape[-1], spec.growth_rate, spec.num_layers
+  batch_shape = x0.shape[:-1]
   buffer = jnp.concatenate(
-      [x0, jnp.zeros((*x0.shape[:-1], num_layers * k), x0.dtype)], axis=-1)
+      [x0, jnp.zeros((*batch_shape, num_layers * k), x0.dtype)], axis=-1)
   mean0, var0 = layers.moments(x0, spec.axis_name)
   mean = jnp.concatenate([mean0, jnp.zeros((num_layers * k,), jnp.float32)])
   var = jnp.concatenate([var0, jnp.ones((num_layers * k,), jnp.float32)])
@@ -229,21 +262,36 @@ def _forward(spec: BlockSpec, params: tuple[LayerParams, ...], x0: Array,
   var2 = jnp.zeros((num_layers, width2), jnp.float32)
   carry = (buffer, mean, var, mean2, var2)
 
+  loop_masks = []
   for (first, end, width), segment in zip(spec.segments(c0), params):
     def body(index, carry, first=first, width=width, segment=segment):
-      buffer, mean, var, mean2, var2 = carry
-      new, m2, v2 = _layer(spec, _at(segment, index - first),
-                           buffer[..., :width], mean[:width], var[:width],
-                           index, key)
+      (buffer, mean, var, mean2, var2), kept = carry
+      p = _at(segment, index - first)
+      masks = _draw_masks(spec, key, index, p, batch_shape)
+      new, m2, v2 = _layer(spec, p, buffer[..., :width], mean[:width],
+                           var[:width], masks)
       new_mean, new_var = layers.moments(new, spec.axis_name)
       start = c0 + index * k
-      return (lax.dynamic_update_slice_in_dim(buffer, new, start, axis=3),
-              lax.dynamic_update_slice_in_dim(mean, new_mean, start, axis=0),
-              lax.dynamic_update_slice_in_dim(var, new_var, start, axis=0),
-              mean2.at[index].set(m2), var2.at[index].set(v2))
+      if keep_masks:
+        kept = jax.tree_util.tree_map(
+            lambda stack, mask: stack.at[index - first].set(mask), kept,
+            masks)
+      return ((lax.dynamic_update_slice_in_dim(buffer, new, start, axis=3),
+               lax.dynamic_update_slice_in_dim(mean, new_mean, start, axis=0),
+               lax.dynamic_update_slice_in_dim(var, new_var, start, axis=0),
+               mean2.at[index].set(m2), var2.at[index].set(v2)), kept)
 
-    carry = lax.fori_loop(first, end, body, carry)
-  return BlockOutputs(*carry)
+    kept = None
+    if keep_masks:
+      shapes = jax.eval_shape(
+          lambda p: _draw_masks(spec, key, first, p, batch_shape),
+          _at(segment, 0))
+      kept = jax.tree_util.tree_map(
+          lambda m: jnp.zeros((end - first, *m.shape), m.dtype), shapes)
+    carry, kept = lax.fori_loop(first, end, body, (carry, kept))
+    loop_masks.append(kept)
+  outputs = BlockOutputs(*carry)
+  return (outputs, tuple(loop_masks)) if keep_masks else outputs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -260,12 +308,13 @@ def dense_block(spec: BlockSpec, params: tuple[LayerParams, ...], x0: Array,
 
 
 def _dense_block_fwd(spec, params, x0, key):
-  outputs = _forward(spec, params, x0, key)
-  return outputs, (params, outputs.buffer, outputs.mean, outputs.var, key)
+  outputs, loop_masks = _forward(spec, params, x0, key, keep_masks=True)
+  return outputs, (params, outputs.buffer, outputs.mean, outputs.var,
+                   loop_masks)
 
 
 def _dense_block_bwd(spec, residuals, cotangents):
-  params, buffer, mean, var, key = residuals
+  params, buffer, mean, var, loop_masks = residuals
   d_buffer, d_mean, d_var, d_mean2, d_var2 = cotangents
   k, num_layers = spec.growth_rate, spec.num_layers
   c0 = buffer.shape[-1] - num_layers * k
@@ -285,10 +334,10 @@ def _dense_block_bwd(spec, residuals, cotangents):
   # float32 whatever the compute dtype, and cast once at the end.
   d_params = []
   carry = (d_buffer.astype(jnp.float32), d_mean, d_var)
-  for (first, end, width), segment in reversed(
-      list(zip(spec.segments(c0), params))):
+  for (first, end, width), segment, kept in reversed(
+      list(zip(spec.segments(c0), params, loop_masks))):
     def body(step, carry, first=first, end=end, width=width,
-             segment=segment):
+             segment=segment, kept=kept):
       index = end - 1 - step
       d_buffer, d_mean, d_var, d_segment = carry
       # The final buffer, tied to this step. Left loop-invariant, XLA hoisted
@@ -303,7 +352,8 @@ def _dense_block_bwd(spec, residuals, cotangents):
       d_new = own(d_buffer, 3) + moments_vjp(
           own(maps, 3), own(d_mean, 0), own(d_var, 0))
       _, layer_vjp = jax.vjp(
-          lambda p, b, m, v: _layer(spec, p, b, m, v, index, key),
+          lambda p, b, m, v: _layer(spec, p, b, m, v,
+                                    _at(kept, index - first)),
           _at(segment, index - first), maps[..., :width], mean[:width],
           var[:width])
       d_p, d_b, d_m, d_v = layer_vjp((d_new.astype(buffer.dtype),
