@@ -5,10 +5,11 @@ block live in one [N, H, W, C0 + L*k] buffer, as the efficient PyTorch
 DenseNets' shared storage, and the backward pass is written by hand: it keeps
 only the final buffer, its BN moments and the dropout masks, walks the
 layers backwards in `fori_loop`s, recomputes each layer from the final buffer
-and accumulates the buffer's gradient in one running array. What autodiff keeps, a layer's
-intermediate maps and the partial sums of every map's gradient, grows faster
-than depth, and on XLA:CPU `jax.checkpoint` did not help: the compiler
-merged the recomputation back into the forward pass (docs/benchmarks.md).
+and accumulates the buffer's gradient in one running array. What autodiff
+keeps, a layer's intermediate maps and the partial sums of every map's
+gradient, grows faster than depth, and on XLA:CPU `jax.checkpoint` did not
+help: the compiler merged the recomputation back into the forward pass
+(docs/benchmarks.md).
 
 The layers run in loops of `BlockSpec.segment_size`. Every layer of a loop
 reads the buffer up to the input width of the loop's last layer: channels a
@@ -211,7 +212,7 @@ class Masks(NamedTuple):
 
 def _draw_masks(spec: BlockSpec, key: Array | None, index: Array,
                 p: LayerParams, batch_shape: tuple[int, ...]) -> Masks:
-  """Layer `index`'s masks, from the key folded with 2 * index and 2 * index + 1."""
+  """Layer `index`'s masks: the key folded with 2 * index, 2 * index + 1."""
   keep1 = _keep_mask(spec, key, 2 * index, (*batch_shape, p.kernel1.shape[-1]))
   keep2 = (_keep_mask(spec, key, 2 * index + 1,
                       (*batch_shape, spec.growth_rate))
