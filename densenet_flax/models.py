@@ -82,22 +82,6 @@ class DenseLayer(nn.Module):
     return x
 
 
-# The plain block concatenates every this many new maps into one array: the
-# layers after them read (and the backward pass walks) one piece instead of
-# several, which cuts the kernels XLA compiles, quadratic in the block's
-# depth, for a copy of the block's maps (docs/benchmarks.md).
-MAPS_PER_PIECE = 4
-
-
-def _merge_last(features, stats, n):
-  """`features` with its last n maps as one array (and their statistics)."""
-  features = [*features[:-n], jnp.concatenate(features[-n:], axis=-1)]
-  if stats is not None:
-    stats = [*stats[:-n], tuple(jnp.concatenate(moment)
-                                for moment in zip(*stats[-n:]))]
-  return features, stats
-
-
 class DenseBlock(nn.Module):
   """`num_layers` dense layers; layer l sees the concatenation [x_0, ..., x_{l-1}].
 
@@ -105,8 +89,7 @@ class DenseBlock(nn.Module):
   ([N, H, W, C_in + L * growth_rate]), and in train mode their batch
   statistics. The concatenation is never built: every consumer (the next
   layers, the transition) normalises the list, and each map's statistics
-  are computed once here instead of once per reader. Every MAPS_PER_PIECE
-  new maps are joined into one array of the list.
+  are computed once here instead of once per reader.
 
   With `memory_efficient`, training runs the whole block as one
   `shared_buffer.dense_block`: the maps come back as a single buffer, and the
@@ -135,12 +118,10 @@ class DenseBlock(nn.Module):
       return self._shared_buffer(x, dense_layers)
     features = [x]
     stats = [layers.moments(x, self.bn_axis_name)] if train else None
-    for i, layer in enumerate(dense_layers):
+    for layer in dense_layers:
       features.append(layer(features, train, stats))
       if train:
         stats.append(layers.moments(features[-1], self.bn_axis_name))
-      if (i + 1) % MAPS_PER_PIECE == 0:
-        features, stats = _merge_last(features, stats, MAPS_PER_PIECE)
     return features, stats
 
   def _shared_buffer(self, x: Array, dense_layers: Sequence[DenseLayer]):

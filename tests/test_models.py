@@ -229,34 +229,6 @@ def test_dropout_requires_and_uses_a_dropout_rng():
                                 apply(tiny(drop_rate=0.0), variables, x))
 
 
-def test_merging_maps_into_pieces_changes_no_result(monkeypatch):
-  """The plain block concatenates every MAPS_PER_PIECE new maps into one
-  array (fewer kernels to compile): logits, gradients and BN statistics
-  are those of the block that keeps every map apart."""
-  model = tiny()
-  x = images()
-  variables = init(model, x)
-
-  def loss_fn(params):
-    logits, updates = model.apply(
-        {'params': params, 'batch_stats': variables['batch_stats']}, x,
-        train=True, mutable=['batch_stats'])
-    return jnp.sum(jnp.sin(logits)), (logits, updates)
-
-  def run(maps_per_piece):
-    monkeypatch.setattr(models, 'MAPS_PER_PIECE', maps_per_piece)
-    fn = jax.grad(loss_fn, has_aux=True)
-    concatenations = str(jax.make_jaxpr(fn)(variables['params'])).count(
-        'concatenate[')
-    return jax.jit(fn)(variables['params']), concatenations
-
-  (merged, merged_concats), (apart, apart_concats) = run(2), run(100)
-  assert merged_concats > apart_concats  # blocks of 3: one merge each
-  for a, b in zip(jax.tree_util.tree_leaves(merged),
-                  jax.tree_util.tree_leaves(apart)):
-    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
-
-
 @pytest.mark.parametrize('bn_size,block_sizes', [
     (4, (3, 3)), (None, (3, 3)),
     # Two loops (8 + 1 layers) against the list path; 21 s: second tier.
