@@ -244,8 +244,16 @@ def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
   return _dropout(spec, x, masks.keep2), mean2, var2
 
 
-def _at(params: LayerParams, index: Array) -> LayerParams:
-  return jax.tree_util.tree_map(lambda a: a[index], params)
+def _at(stacks: Any, index: Array) -> Any:
+  """Entry `index` of every array of a tree stacked on a leading [L] axis
+  (LayerParams, Masks)."""
+  return jax.tree_util.tree_map(lambda a: a[index], stacks)
+
+
+def _set_at(stacks: Any, index: Array, values: Any) -> Any:
+  """`stacks` with entry `index` of each array set to the tree `values`."""
+  return jax.tree_util.tree_map(lambda a, v: a.at[index].set(v), stacks,
+                                values)
 
 
 def _forward(spec: BlockSpec, params: tuple[LayerParams, ...], x0: Array,
@@ -274,9 +282,7 @@ def _forward(spec: BlockSpec, params: tuple[LayerParams, ...], x0: Array,
       new_mean, new_var = layers.moments(new, spec.axis_name)
       start = c0 + index * k
       if keep_masks:
-        kept = jax.tree_util.tree_map(
-            lambda stack, mask: stack.at[index - first].set(mask), kept,
-            masks)
+        kept = _set_at(kept, index - first, masks)
       return ((lax.dynamic_update_slice_in_dim(buffer, new, start, axis=3),
                lax.dynamic_update_slice_in_dim(mean, new_mean, start, axis=0),
                lax.dynamic_update_slice_in_dim(var, new_var, start, axis=0),
@@ -359,8 +365,7 @@ def _dense_block_bwd(spec, residuals, cotangents):
           var[:width])
       d_p, d_b, d_m, d_v = layer_vjp((d_new.astype(buffer.dtype),
                                       d_mean2[index], d_var2[index]))
-      d_segment = jax.tree_util.tree_map(
-          lambda acc, g: acc.at[index - first].set(g), d_segment, d_p)
+      d_segment = _set_at(d_segment, index - first, d_p)
       return (add_front(d_buffer, d_b), add_front(d_mean, d_m),
               add_front(d_var, d_v), d_segment)
 
