@@ -59,7 +59,7 @@ class DenseLayer(nn.Module):
       self.conv1 = self.conv(self.bn_size * self.growth_rate, (1, 1))
       self.norm2 = self.norm()
       self.conv2 = self.conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))
-    self.dropout = nn.Dropout(self.drop_rate)
+    self.dropout = layers.Dropout(self.drop_rate)
 
   def __call__(self, features: Sequence[Array], train: bool,
                moments: Sequence[tuple[Array, Array]] | None = None) -> Array:
@@ -160,7 +160,7 @@ class Transition(nn.Module):
                                piece_moments=moments)
     x = self.conv(self.out_features, (1, 1), name='conv')(x)
     if self.drop_rate > 0:
-      x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
+      x = layers.Dropout(self.drop_rate)(x, deterministic=not train)
     return layers.avg_pool_2x2(x)
 
 

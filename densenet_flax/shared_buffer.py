@@ -134,8 +134,8 @@ def _keep_mask(spec: BlockSpec, key: Array | None, index: Array,
   """The keep mask of the block's `index`-th dropout (None: no dropout)."""
   if spec.drop_rate == 0:
     return None
-  return jax.random.bernoulli(jax.random.fold_in(key, index),
-                              1.0 - spec.drop_rate, shape)
+  return layers.bernoulli(jax.random.fold_in(key, index),
+                          1.0 - spec.drop_rate, shape)
 
 
 def _dropout(spec: BlockSpec, x: Array, keep: Array | None) -> Array:

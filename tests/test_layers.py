@@ -163,3 +163,61 @@ def test_pools_equal_reduce_window_pools(shape, relu):
     # The gradient goes to the first maximum of each window, as
     # reduce_window's select-and-scatter sends it.
     np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize('impl', ['threefry2x32', 'rbg'])
+@pytest.mark.parametrize('shape', [(), (1,), (3, 5, 7), (2, 6, 6, 48)])
+def test_bernoulli_equals_jax_random_bernoulli(impl, shape):
+  """Dropout's keep masks are jax.random.bernoulli's, bit for bit, eagerly
+  and jitted, from typed keys, folded keys and raw uint32 keys."""
+  for seed in range(3):
+    key = jax.random.fold_in(jax.random.key(seed, impl=impl), 7 * seed)
+    for p in (0.8, 0.5, 0.123):
+      want = jax.random.bernoulli(key, p, shape)
+      np.testing.assert_array_equal(layers.bernoulli(key, p, shape), want)
+      np.testing.assert_array_equal(
+          jax.jit(lambda k, p=p: layers.bernoulli(k, p, shape))(key), want)
+  raw = jax.random.PRNGKey(5)
+  np.testing.assert_array_equal(layers.bernoulli(raw, 0.7, shape),
+                                jax.random.bernoulli(raw, 0.7, shape))
+
+
+def test_bernoulli_hashes_in_straight_line_code_on_cpu():
+  """On CPU a threefry key's mask is drawn by the written-out hash, with no
+  random_bits op (JAX's rolled loop); rbg keys keep JAX's one op."""
+  assert jax.default_backend() == 'cpu'
+  assert layers._threefry_bernoulli_is_jax()
+  draw = lambda k: layers.bernoulli(k, 0.8, (4, 6))  # noqa: E731
+  threefry = str(jax.make_jaxpr(draw)(jax.random.key(0)))
+  assert 'random_bits' not in threefry and 'shift_right_logical' in threefry
+  rbg = str(jax.make_jaxpr(draw)(jax.random.key(0, impl='rbg')))
+  assert 'random_bits' in rbg
+
+
+def test_dropout_equals_flax_dropout():
+  """layers.Dropout makes nn.Dropout's masks: same keys by module path
+  (auto-named 'Dropout_0', 'Dropout_1' and an explicit name), same scaling,
+  and the same gradient."""
+  def net(dropout):
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        x = dropout(0.3)(x, deterministic=False)
+        x = dropout(0.6)(x * 2, deterministic=False)
+        named = dropout(0.2, name='dropout')
+        return named(named(x, deterministic=False), deterministic=False)
+    return Net()
+
+  x = normal(0, (4, 5, 5, 8))
+  rngs = {'dropout': jax.random.key(11)}
+  ours = lambda x: net(layers.Dropout).apply({}, x, rngs=rngs)  # noqa: E731
+  flax_ = lambda x: net(nn.Dropout).apply({}, x, rngs=rngs)  # noqa: E731
+  np.testing.assert_array_equal(ours(x), flax_(x))
+  assert 0 < float(jnp.mean(ours(x) == 0)) < 1
+  np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ours(x) ** 2))(x),
+                                jax.grad(lambda x: jnp.sum(flax_(x) ** 2))(x))
+  np.testing.assert_array_equal(
+      layers.Dropout(0.5).apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(
+      layers.Dropout(1.0).apply({}, x, deterministic=False),
+      jnp.zeros_like(x))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from densenet_flax import layers
 from densenet_flax import models
 
 # ../shared/REFERENCE.md: trainable parameters (BN moving statistics excluded).
@@ -227,6 +228,22 @@ def test_dropout_requires_and_uses_a_dropout_rng():
   # Eval mode needs no rng and is deterministic.
   np.testing.assert_array_equal(apply(model, variables, x),
                                 apply(tiny(drop_rate=0.0), variables, x))
+
+
+@pytest.mark.parametrize('memory_efficient', [False, True])
+def test_dropout_draws_jax_random_bernoulli_masks(memory_efficient,
+                                                  monkeypatch):
+  """Both blocks' dropout masks (layers.Dropout, shared_buffer's) are
+  jax.random.bernoulli's: runs keep the random streams they had when the
+  masks were drawn by it (nn.Dropout), though CPU now hashes them inline."""
+  model = tiny(drop_rate=0.3, memory_efficient=memory_efficient)
+  x = images()
+  variables = init(model, x)
+  run = lambda: model.apply(variables, x, train=True, mutable=['batch_stats'],  # noqa: E731
+                            rngs={'dropout': jax.random.key(4)})[0]
+  ours = jax.jit(run)()
+  monkeypatch.setattr(layers, 'bernoulli', jax.random.bernoulli)
+  np.testing.assert_array_equal(ours, jax.jit(run)())
 
 
 @pytest.mark.parametrize('bn_size,block_sizes', [
