@@ -106,10 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   c.seed = 0
   # The keys' PRNG: 'threefry2x32' (JAX's default) or 'rbg' / 'unsafe_rbg',
-  # XLA's RngBitGenerator: other random streams, but dropout's random bits
-  # are one op instead of a threefry loop each, compiled faster (fer_densenet
-  # memory-efficient step on 2 CPU cores: compile 24.2 s -> 14.8 s,
-  # benchmarks/compile_time.py).
+  # XLA's RngBitGenerator: other random streams. On 2 CPU cores rbg compiles
+  # the plain fer_densenet step sooner (46.6 s against 55-57 s) but steps
+  # slower (774 against 621 ms; benchmarks/compile_time.py, README).
   c.rng_impl = 'threefry2x32'
   c.log_every_steps = 50
   c.eval_every_epochs = 1
