@@ -2,10 +2,11 @@
 
 Each has the parameters, statistics and numbers of its Flax counterpart
 (nn.Conv without bias, nn.BatchNorm followed by ReLU, nn.max_pool,
-nn.avg_pool), so checkpoints and imported weights are interchangeable; what
-differs is how XLA is asked to compute them. DenseNets spend much of a step in
-memory-bound work (BN, ReLU, pooling on wide concatenations), which XLA:CPU
-otherwise does in more passes than needed. Measurements: docs/benchmarks.md.
+nn.avg_pool, nn.Dropout and its masks), so checkpoints, imported weights and
+random streams are interchangeable; what differs is how XLA is asked to
+compute them. DenseNets spend much of a step in memory-bound work (BN, ReLU,
+pooling on wide concatenations), which XLA:CPU otherwise does in more passes
+than needed. Measurements: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -422,7 +423,7 @@ def bernoulli(key: Array, p: float, shape: Sequence[int]) -> Array:
   bits. Written out round by round, the hash fuses with the mask's use: the
   plain `fer_densenet` train step (dropout 0.2) takes a quarter less time
   and a third less XLA temp memory, and the memory-efficient one compiles
-  in 15 s instead of 23-29 s (docs/benchmarks.md). Same bits, so runs keep
+  in 15-16 s instead of 23-29 s (docs/benchmarks.md). Same bits, so runs keep
   their random streams; elsewhere (other backends, rbg keys, 64-bit floats,
   jax_threefry_partitionable off, or a jax whose bits differ) this is
   jax.random.bernoulli.
