@@ -405,11 +405,13 @@ def _threefry_bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
 @functools.cache
 def _threefry_bernoulli_is_jax() -> bool:
   """Whether `_threefry_bernoulli` draws jax.random.bernoulli's bits with this
-  jax: checked once per process, on a small odd shape (under a second)."""
+  jax: checked once per process, on a small odd shape (under a second),
+  wherever it is first needed: inside a trace, or under a transfer guard
+  (train.py's loop disallows implicit transfers; this one is deliberate)."""
   def both(key):
     return (_threefry_bernoulli(key, 0.8, (3, 5, 7)),
             jax.random.bernoulli(key, 0.8, (3, 5, 7)))
-  with jax.ensure_compile_time_eval():
+  with jax.ensure_compile_time_eval(), jax.transfer_guard('allow'):
     ours, theirs = jax.jit(both)(jax.random.key(20161608,
                                                 impl='threefry2x32'))
     return bool(np.array_equal(ours, theirs))

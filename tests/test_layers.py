@@ -194,6 +194,17 @@ def test_bernoulli_hashes_in_straight_line_code_on_cpu():
   assert 'random_bits' in rbg
 
 
+def test_bernoulli_checks_itself_inside_a_guarded_step():
+  """The once-per-process check against JAX also runs when first needed
+  inside a jitted step under train.py's transfer guard."""
+  layers._threefry_bernoulli_is_jax.cache_clear()
+  key = jax.random.key(2)
+  with jax.transfer_guard('disallow'):
+    mask = jax.jit(lambda k: layers.bernoulli(k, 0.8, (3, 4)))(key)
+  assert layers._threefry_bernoulli_is_jax.cache_info().currsize == 1
+  np.testing.assert_array_equal(mask, jax.random.bernoulli(key, 0.8, (3, 4)))
+
+
 def test_dropout_equals_flax_dropout():
   """layers.Dropout makes nn.Dropout's masks: same keys by module path
   (auto-named 'Dropout_0', 'Dropout_1' and an explicit name), same scaling,
