@@ -13,10 +13,10 @@ compile it, its StableHLO op count, and the operations of the optimised
 program's entry computation, the kernels XLA:CPU generates code for one by
 one (fusions, dots, convolutions, copies). The compile time mostly
 follows the kernel count. The model keeps its preset's dropout, as
-train.py compiles it; --rng_impl is config.rng_impl, the PRNG of its keys (rbg: one random-bits op
-per dropout instead of a threefry loop). With --steps, the compiled step
-also runs that many times on random images: the median ms of the steps
-after the first two. --compiler_options go to XLA with the compile (e.g.
+train.py compiles it; --rng_impl is config.rng_impl, the PRNG of its keys
+(rbg: XLA's random-bits op; threefry, the default: on CPU, the hash of
+layers.bernoulli). With --steps, the compiled step also runs that many
+times on random images: the median ms of the steps after the first two. --compiler_options go to XLA with the compile (e.g.
 '{"xla_backend_optimization_level": 1}').
 Imports no TensorFlow.
 """
