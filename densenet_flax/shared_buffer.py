@@ -134,15 +134,17 @@ def _keep_mask(spec: BlockSpec, key: Array | None, index: Array,
   """The keep mask of the block's `index`-th dropout (None: no dropout)."""
   if spec.drop_rate == 0:
     return None
-  return layers.bernoulli(jax.random.fold_in(key, index),
-                          1.0 - spec.drop_rate, shape)
+  with jax.named_scope('dropout'):
+    return layers.bernoulli(jax.random.fold_in(key, index),
+                            1.0 - spec.drop_rate, shape)
 
 
 def _dropout(spec: BlockSpec, x: Array, keep: Array | None) -> Array:
   if keep is None:
     return x
   keep_prob = 1.0 - spec.drop_rate
-  return jnp.where(keep, x / keep_prob, jnp.zeros_like(x)).astype(x.dtype)
+  with jax.named_scope('dropout'):
+    return jnp.where(keep, x / keep_prob, jnp.zeros_like(x)).astype(x.dtype)
 
 
 def _conv3x3_forward(x: Array, kernel: Array) -> Array:
@@ -226,21 +228,28 @@ def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
 
   Returns (new map [N, H, W, k], mean2, var2): the bottleneck's statistics.
   """
+  # The scopes name the parts as models.DenseLayer's modules are named, in
+  # the compiled program's metadata (benchmarks/step_profile.py reads it).
   dtype = spec.dtype
-  x = layers.normalize_relu((buffer,), mean, var, p.scale1, p.bias1,
-                            spec.epsilon, dtype)
+  with jax.named_scope('norm1'):
+    x = layers.normalize_relu((buffer,), mean, var, p.scale1, p.bias1,
+                              spec.epsilon, dtype)
   conv3x3 = _conv3x3 if jax.default_backend() == 'cpu' else _conv3x3_forward
   if not spec.bottleneck:
-    x = conv3x3(x, p.kernel1.astype(dtype))
+    with jax.named_scope('conv1'):
+      x = conv3x3(x, p.kernel1.astype(dtype))
     empty = jnp.zeros((0,), jnp.float32)
     return _dropout(spec, x, masks.keep1), empty, empty
-  x = lax.dot_general(x, p.kernel1.astype(dtype),
-                      (((x.ndim - 1,), (0,)), ((), ())))
+  with jax.named_scope('conv1'):
+    x = lax.dot_general(x, p.kernel1.astype(dtype),
+                        (((x.ndim - 1,), (0,)), ((), ())))
   x = _dropout(spec, x, masks.keep1)
-  mean2, var2 = layers.moments(x, spec.axis_name)
-  x = layers.normalize_relu((x,), mean2, var2, p.scale2, p.bias2,
-                            spec.epsilon, dtype)
-  x = conv3x3(x, p.kernel2.astype(dtype))
+  with jax.named_scope('norm2'):
+    mean2, var2 = layers.moments(x, spec.axis_name)
+    x = layers.normalize_relu((x,), mean2, var2, p.scale2, p.bias2,
+                              spec.epsilon, dtype)
+  with jax.named_scope('conv2'):
+    x = conv3x3(x, p.kernel2.astype(dtype))
   return _dropout(spec, x, masks.keep2), mean2, var2
 
 
