@@ -41,9 +41,9 @@ GROUPS = (
     ('buffer and gradient updates (dynamic-update-slice)',
      lambda kind, op: 'dynamic-update-slice' in kind
      or op.endswith('dynamic_update_slice')),
-    ('3x3 conv, backward',
+    ('3x3 and stem convs, backward',
      lambda kind, op: 'conv_general_dilated' in op and 'transpose(' in op),
-    ('3x3 conv and stem, forward',
+    ('3x3 and stem convs, forward',
      lambda kind, op: 'conv_general_dilated' in op),
     ('dropout (with what XLA fused into it)',
      lambda kind, op: re.search(r'[Dd]ropout', op)),
