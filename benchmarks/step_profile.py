@@ -1,4 +1,4 @@
-"""Where a train step's time goes: its kernels' traced time, by what they compute.
+"""Where a train step's time goes: its kernels' traced time, by what they do.
 
   python -m benchmarks.step_profile [--case fer_densenet@48x1:64]
                                     [--modes plain memory_efficient]

@@ -1,4 +1,4 @@
-"""benchmarks/step_profile.py: its reading of a trace and of the program's names."""
+"""benchmarks/step_profile.py: how it reads a trace and the program's names."""
 
 import jax
 import jax.numpy as jnp
