@@ -1,12 +1,28 @@
 """Test session set-up: quiet TensorFlow logs, CPU only, shared prepared data."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent XLA compilation cache for the session and the processes it
+# starts: the many tests that train the same tiny models compile each program
+# once (tests/test_training.py: 108 s without, 71 s with). A fresh directory,
+# removed at the end: no test reads an entry another session left, and the
+# tests leave no files behind. Runs whose config names a cache directory
+# (test_multiprocess.py) use theirs.
+_XLA_CACHE = tempfile.mkdtemp(prefix='densenet_flax_tests_xla_')
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
+if 'jax' in sys.modules:  # imported before this file (by a plugin)
+  sys.modules['jax'].config.update('jax_compilation_cache_dir', _XLA_CACHE)
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 # Test helpers (fakedata.py) live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
