@@ -1,4 +1,5 @@
-"""Test session set-up: quiet TensorFlow logs, CPU only, shared prepared data."""
+"""Test session set-up: quiet TensorFlow logs, CPU only, one compilation cache,
+shared prepared data."""
 
 import os
 import shutil
