@@ -36,11 +36,9 @@ DEFAULT_CASES = ('fer_densenet@48x1:64', 'densenet121@224x3:8')
 MODES = ('plain', 'memory_efficient')
 
 
-def measure(case: dict, mode: str, rng_impl: str = 'threefry2x32',
-            steps: int = 0, compiler_options: dict | None = None) -> dict:
-  """Lower and compile one train step cold; the figures of `main`'s table."""
-  import jax
-  import numpy as np
+def case_step(case: dict, mode: str):
+  """(the jitted train step of a case in `mode`, a fresh state, the model),
+  the preset's dropout kept, SGD with Nesterov momentum."""
   import optax
 
   from benchmarks import memory
@@ -48,10 +46,31 @@ def measure(case: dict, mode: str, rng_impl: str = 'threefry2x32',
 
   model = models.create_model(case['model'], num_classes=case['num_classes'],
                               memory_efficient=mode == 'memory_efficient')
-  shape = (case['size'], case['size'], case['channels'])
   step, state = memory.jitted_step(
-      model, shape, case['num_classes'],
-      optax.sgd(0.01, momentum=0.9, nesterov=True))
+      model, (case['size'], case['size'], case['channels']),
+      case['num_classes'], optax.sgd(0.01, momentum=0.9, nesterov=True))
+  return step, state, model
+
+
+def random_batch(case: dict) -> dict:
+  """A batch of random images and labels of the case's shapes (numpy)."""
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  shape = (case['batch'], case['size'], case['size'], case['channels'])
+  return {'image': rng.random(shape, np.float32),
+          'label': rng.integers(0, case['num_classes'], case['batch'],
+                                dtype=np.int32)}
+
+
+def measure(case: dict, mode: str, rng_impl: str = 'threefry2x32',
+            steps: int = 0, compiler_options: dict | None = None) -> dict:
+  """Lower and compile one train step cold; the figures of `main`'s table."""
+  import jax
+  import numpy as np
+
+  step, state, model = case_step(case, mode)
+  shape = (case['size'], case['size'], case['channels'])
   batch = {'image': jax.ShapeDtypeStruct((case['batch'], *shape), 'float32'),
            'label': jax.ShapeDtypeStruct((case['batch'],), 'int32')}
   start = time.perf_counter()
@@ -62,10 +81,7 @@ def measure(case: dict, mode: str, rng_impl: str = 'threefry2x32',
   compile_s = time.perf_counter() - start
   step_ms = None
   if steps:
-    rng = np.random.default_rng(0)
-    data = {'image': rng.random((case['batch'], *shape), np.float32),
-            'label': rng.integers(0, case['num_classes'], case['batch'],
-                                  dtype=np.int32)}
+    data = random_batch(case)
     times = []
     for i in range(steps):
       start = time.perf_counter()

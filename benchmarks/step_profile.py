@@ -34,7 +34,9 @@ import re
 import tempfile
 import time
 
-MODES = ('plain', 'memory_efficient')
+from benchmarks import compile_time
+
+MODES = compile_time.MODES
 
 # (group, test on the kernel kind and op_name), first match wins.
 GROUPS = (
@@ -94,21 +96,9 @@ def kernel_times(trace_dir: str, names: dict[str, str]) -> collections.Counter:
 def profile(case: dict, mode: str, steps: int, warmup: int = 3) -> dict:
   import jax
   import numpy as np
-  import optax
 
-  from benchmarks import memory
-  from densenet_flax import models
-
-  model = models.create_model(case['model'], num_classes=case['num_classes'],
-                              memory_efficient=mode == 'memory_efficient')
-  shape = (case['size'], case['size'], case['channels'])
-  step, state = memory.jitted_step(
-      model, shape, case['num_classes'],
-      optax.sgd(0.01, momentum=0.9, nesterov=True))
-  rng = np.random.default_rng(0)
-  data = {'image': rng.random((case['batch'], *shape), np.float32),
-          'label': rng.integers(0, case['num_classes'], case['batch'],
-                                dtype=np.int32)}
+  step, state, _ = compile_time.case_step(case, mode)
+  data = compile_time.random_batch(case)
   compiled = step.lower(state, data, jax.random.key(0)).compile()
   wall = []
   for i in range(warmup + steps):
