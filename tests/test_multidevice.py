@@ -53,8 +53,8 @@ def test_pmapped_step_equals_single_device_step(tmp_path, mode):
   1-device reference is the plain list path.
   """
   path = tmp_path / 'step.npz'
-  run_side_by_side(
-      (('step', str(path), *([mode] if mode != 'plain' else [])), 8))
+  wait_check(start_check('step', str(path),
+                         *([mode] if mode != 'plain' else [])))
   diffs = np.load(path)
   for name in ('params', 'batch_stats', 'loss'):
     assert diffs[name] < 1e-5, (name, float(diffs[name]))
