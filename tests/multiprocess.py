@@ -42,17 +42,20 @@ def distributed_train_flags(port: int, n: int, i: int,
 
 
 class Processes:
-  """N processes of `command(i)`, output to logs/<name>-<i>.log."""
+  """N processes of `command(i)`, output to logs/<name>-<i>.log.
 
-  def __init__(self, command, n: int, logs, name: str):
+  env(i): process i's environment; by default `cpu_env()`.
+  """
+
+  def __init__(self, command, n: int, logs, name: str, env=None):
     os.makedirs(logs, exist_ok=True)
     self.paths = [os.path.join(logs, f'{name}-{i}.log') for i in range(n)]
     self.procs = []
     for i in range(n):
       with open(self.paths[i], 'w') as log:
         self.procs.append(subprocess.Popen(
-            command(i), stdout=log, stderr=subprocess.STDOUT, env=cpu_env(),
-            cwd=trainutil.REPO))
+            command(i), stdout=log, stderr=subprocess.STDOUT,
+            env=env(i) if env else cpu_env(), cwd=trainutil.REPO))
 
   def output(self, i: int) -> str:
     with open(self.paths[i]) as f:

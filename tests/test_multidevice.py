@@ -4,44 +4,32 @@ XLA_FLAGS must be set before jax is imported, so these run in subprocesses.
 """
 
 import os
-import subprocess
 import sys
 
+import multiprocess
 import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def start_check(*args, devices=8):
-  """multidevice_check.py with `devices` fake CPU devices, started."""
+def fake_devices_env(devices: int) -> dict:
   env = dict(os.environ)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                       f' --xla_force_host_platform_device_count={devices}')
-  return subprocess.Popen(
-      [sys.executable, os.path.join(HERE, 'multidevice_check.py'), *args],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return env
 
 
-def wait_check(process):
-  try:
-    _, stderr = process.communicate(timeout=600)
-  finally:
-    process.kill()
-  assert process.returncode == 0, stderr[-4000:]
-
-
-def run_side_by_side(*checks):
-  """Each check's (args, devices) in its own process, all at once: much of
-  a run is single-threaded (imports, compiles), so on 2 cores the two
-  training runs below take 36 s side by side, 56 s one after the other."""
-  processes = [start_check(*args, devices=devices) for args, devices in checks]
-  try:
-    for process in processes:
-      wait_check(process)
-  finally:
-    for process in processes:
-      process.kill()
+def run_checks(logs, name, *checks):
+  """multidevice_check.py once per (args, devices) of `checks`, each in its
+  own process with that many fake CPU devices, all at once: much of a run is
+  single-threaded (imports, compiles), so on 2 cores the two training runs
+  below take 36 s side by side, 56 s one after the other."""
+  multiprocess.Processes(
+      lambda i: [sys.executable, os.path.join(HERE, 'multidevice_check.py'),
+                 *checks[i][0]],
+      len(checks), logs, name,
+      env=lambda i: fake_devices_env(checks[i][1])).check(timeout=600)
 
 
 @pytest.mark.parametrize('mode', ['plain', 'memory_efficient'])
@@ -53,15 +41,15 @@ def test_pmapped_step_equals_single_device_step(tmp_path, mode):
   1-device reference is the plain list path.
   """
   path = tmp_path / 'step.npz'
-  wait_check(start_check('step', str(path),
-                         *([mode] if mode != 'plain' else [])))
+  run_checks(tmp_path / 'logs', 'step',
+             (('step', str(path), *([mode] if mode != 'plain' else [])), 8))
   diffs = np.load(path)
   for name in ('params', 'batch_stats', 'loss'):
     assert diffs[name] < 1e-5, (name, float(diffs[name]))
 
 
 def test_training_on_8_devices_matches_1_device(digits_dir, tmp_path):
-  run_side_by_side(*[
+  run_checks(tmp_path / 'logs', 'train', *[
       (('train', digits_dir, str(tmp_path / f'run{devices}'),
         str(tmp_path / f'train{devices}.npz')), devices)
       for devices in (1, 8)])
