@@ -105,6 +105,7 @@ class DenseBlock(nn.Module):
   conv: ModuleDef
   norm: ModuleDef
   bn_axis_name: str | None = None
+  segment_size: int = 8
 
   @nn.compact
   def __call__(self, x: Array, train: bool):
@@ -131,7 +132,7 @@ class DenseBlock(nn.Module):
         num_layers=self.num_layers, growth_rate=self.growth_rate,
         bottleneck=self.bn_size is not None, drop_rate=self.drop_rate,
         epsilon=norm1.epsilon, dtype=norm1.dtype or x.dtype,
-        axis_name=self.bn_axis_name)
+        axis_name=self.bn_axis_name, segment_size=self.segment_size)
     params = shared_buffer.stack_params(
         spec, [layer.variables['params'] for layer in dense_layers],
         x.shape[-1])
@@ -240,6 +241,10 @@ class DenseNet(nn.Module):
     memory_efficient: train each dense block over one shared buffer whose
       backward pass recomputes the layers (shared_buffer): memory linear in
       depth; same outputs, gradients and statistics up to rounding.
+    segment_size: memory-efficient training only: dense layers per compiled
+      loop (shared_buffer.BlockSpec). Shorter loops pad fewer channels, and
+      each is one more loop body to compile; 1 unrolls the block, which
+      compiles nearly as slowly as the plain mode (docs/benchmarks.md).
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and BN statistics
       stay in `param_dtype`, logits are returned as float32.
     param_dtype: dtype of parameters and BN statistics.
@@ -261,6 +266,7 @@ class DenseNet(nn.Module):
   stem: str = 'imagenet'
   num_classes: int = 1000
   memory_efficient: bool = False
+  segment_size: int = 8
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9
@@ -300,6 +306,9 @@ class DenseNet(nn.Module):
     if self.frozen_bn_through and self.frozen_bn_through not in stages:
       raise ValueError(f'frozen_bn_through={self.frozen_bn_through!r}: expected '
                        f'one of {", ".join(stages[:-1])}')
+    if self.segment_size < 1:
+      raise ValueError(f'segment_size={self.segment_size}: expected at least '
+                       f'1 dense layer per loop')
     frozen = stages_through(len(self.block_sizes), self.frozen_bn_through)
     trains = lambda stage: train and stage not in frozen  # noqa: E731
 
@@ -314,6 +323,7 @@ class DenseNet(nn.Module):
           bn_size=self.bn_size,
           drop_rate=self.drop_rate,
           memory_efficient=self.memory_efficient,
+          segment_size=self.segment_size,
           conv=conv,
           norm=norm,
           bn_axis_name=self.bn_axis_name,

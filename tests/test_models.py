@@ -123,6 +123,8 @@ def test_unknown_preset_and_field_are_named():
     models.create_model('densenet122', num_classes=10)
   with pytest.raises(ValueError, match="growthrate"):
     models.create_model('densenet121', num_classes=10, growthrate=12)
+  with pytest.raises(ValueError, match='segment_size=0: expected at least 1'):
+    jax.eval_shape(tiny(segment_size=0).init, jax.random.key(0), images())
   with pytest.raises(ValueError, match='stem must be one of'):
     models.create_model('densenet121', num_classes=10, stem='vgg')
 
@@ -260,15 +262,17 @@ def test_dropout_draws_jax_random_bernoulli_masks(memory_efficient,
   np.testing.assert_array_equal(ours, forward())
 
 
-@pytest.mark.parametrize('bn_size,block_sizes', [
-    (4, (3, 3)), (None, (3, 3)),
+@pytest.mark.parametrize('bn_size,block_sizes,segment_size', [
+    (4, (3, 3), 8), (None, (3, 3), 8),
+    # Loops of 2 + 1 layers per block.
+    (4, (3, 3), 2),
     # Two loops (8 + 1 layers) against the list path; 21 s: second tier.
-    pytest.param(4, (9,), marks=pytest.mark.slow)])
-def test_memory_efficient_gives_identical_outputs_and_gradients(bn_size,
-                                                                block_sizes):
+    pytest.param(4, (9,), 8, marks=pytest.mark.slow)])
+def test_memory_efficient_gives_identical_outputs_and_gradients(
+    bn_size, block_sizes, segment_size):
   plain = tiny(bn_size=bn_size, block_sizes=block_sizes)
   efficient = tiny(bn_size=bn_size, block_sizes=block_sizes,
-                   memory_efficient=True)
+                   memory_efficient=True, segment_size=segment_size)
   x = images()
   labels = jnp.arange(4) % 5
   variables = init(plain, x)
@@ -286,6 +290,10 @@ def test_memory_efficient_gives_identical_outputs_and_gradients(bn_size,
 
   grad_fn = jax.jit(jax.grad(loss_fn, argnums=1, has_aux=True),
                     static_argnums=0)
+  # The block runs in loops of segment_size layers, forward and backward.
+  loops = 2 * sum(math.ceil(n / segment_size) for n in block_sizes)
+  assert grad_fn.lower(efficient, variables['params']).as_text().count(
+      'stablehlo.while') == loops
   results = [grad_fn(m, variables['params']) for m in (plain, efficient)]
   (g_plain, (out_plain, upd_plain)), (g_eff, (out_eff, upd_eff)) = results
   np.testing.assert_allclose(out_plain, out_eff, atol=1e-5, rtol=0)
