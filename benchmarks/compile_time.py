@@ -4,6 +4,7 @@
                                     [--modes plain memory_efficient]
                                     [--rng_impl rbg] [--steps 8]
                                     [--compiler_options '{"k": v}']
+                                    [--overrides '{"drop_rate": 0}']
                                     [--json out.json]
 
 For each case (benchmarks.train_step's model@SIZExCHANNELS:BATCH) and mode,
@@ -16,8 +17,11 @@ follows the kernel count. The model keeps its preset's dropout, as
 train.py compiles it; --rng_impl is config.rng_impl, the PRNG of its keys
 (rbg: XLA's random-bits op; threefry, the default: on CPU, the hash of
 layers.bernoulli). With --steps, the compiled step also runs that many
-times on random images: the median ms of the steps after the first two. --compiler_options go to XLA with the compile (e.g.
-'{"xla_backend_optimization_level": 1}').
+times on random images: the median ms of the steps after the first two.
+--compiler_options go to XLA with the compile (e.g.
+'{"xla_backend_optimization_level": 1}'); --overrides are DenseNet fields
+(e.g. '{"drop_rate": 0}', or '{"segment_size": 1}' to unroll the
+memory-efficient blocks). XLA_FLAGS reach the subprocesses.
 Imports no TensorFlow.
 """
 
@@ -36,16 +40,18 @@ DEFAULT_CASES = ('fer_densenet@48x1:64', 'densenet121@224x3:8')
 MODES = ('plain', 'memory_efficient')
 
 
-def case_step(case: dict, mode: str):
+def case_step(case: dict, mode: str, overrides: dict | None = None):
   """(the jitted train step of a case in `mode`, a fresh state, the model),
-  the preset's dropout kept, SGD with Nesterov momentum."""
+  the preset's dropout kept unless `overrides` (DenseNet fields) change it,
+  SGD with Nesterov momentum."""
   import optax
 
   from benchmarks import memory
   from densenet_flax import models
 
   model = models.create_model(case['model'], num_classes=case['num_classes'],
-                              memory_efficient=mode == 'memory_efficient')
+                              memory_efficient=mode == 'memory_efficient',
+                              **(overrides or {}))
   step, state = memory.jitted_step(
       model, (case['size'], case['size'], case['channels']),
       case['num_classes'], optax.sgd(0.01, momentum=0.9, nesterov=True))
@@ -64,12 +70,13 @@ def random_batch(case: dict) -> dict:
 
 
 def measure(case: dict, mode: str, rng_impl: str = 'threefry2x32',
-            steps: int = 0, compiler_options: dict | None = None) -> dict:
+            steps: int = 0, compiler_options: dict | None = None,
+            overrides: dict | None = None) -> dict:
   """Lower and compile one train step cold; the figures of `main`'s table."""
   import jax
   import numpy as np
 
-  step, state, model = case_step(case, mode)
+  step, state, model = case_step(case, mode, overrides)
   shape = (case['size'], case['size'], case['channels'])
   batch = {'image': jax.ShapeDtypeStruct((case['batch'], *shape), 'float32'),
            'label': jax.ShapeDtypeStruct((case['batch'],), 'int32')}
@@ -98,6 +105,8 @@ def measure(case: dict, mode: str, rng_impl: str = 'threefry2x32',
   analysis = compiled.memory_analysis()
   return {**case, 'mode': mode, 'drop_rate': model.drop_rate,
           'rng_impl': rng_impl, 'compiler_options': compiler_options or {},
+          'overrides': overrides or {},
+          'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'step_ms': step_ms,
           'lower_s': lower_s, 'compile_s': compile_s,
           'stablehlo_ops': len(re.findall(r'= "?stablehlo\.',
@@ -110,11 +119,13 @@ def measure(case: dict, mode: str, rng_impl: str = 'threefry2x32',
 
 def measure_in_subprocess(case_text: str, mode: str,
                           rng_impl: str = 'threefry2x32', steps: int = 0,
-                          compiler_options: str = '') -> dict:
+                          compiler_options: str = '',
+                          overrides: str = '') -> dict:
   out = subprocess.run(
       [sys.executable, '-m', 'benchmarks.compile_time', '--one', case_text,
        mode, '--rng_impl', rng_impl, '--steps', str(steps),
-       '--compiler_options', compiler_options], capture_output=True,
+       '--compiler_options', compiler_options, '--overrides', overrides],
+      capture_output=True,
       text=True, check=True,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -123,6 +134,7 @@ def measure_in_subprocess(case_text: str, mode: str,
 def main(argv=None):
   from benchmarks import train_step
   from densenet_flax import config
+  from densenet_flax import models
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--cases', nargs='*', default=list(DEFAULT_CASES))
@@ -131,27 +143,39 @@ def main(argv=None):
                       default='threefry2x32')
   parser.add_argument('--steps', type=int, default=0)
   parser.add_argument('--compiler_options', default='')
+  parser.add_argument('--overrides', default='')
   parser.add_argument('--json')
   parser.add_argument('--one', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.one:
     print(json.dumps(measure(
         train_step.parse_case(args.one[0]), args.one[1], args.rng_impl,
-        args.steps, json.loads(args.compiler_options or '{}'))))
+        args.steps, json.loads(args.compiler_options or '{}'),
+        json.loads(args.overrides or '{}'))))
     return
   for text in args.cases:
     train_step.parse_case(text)  # fail early on a bad case
   rows = []
   json.loads(args.compiler_options or '{}')  # fail early on bad JSON
+  overrides = set(json.loads(args.overrides or '{}'))
+  unknown = sorted(overrides - set(models.MODEL_FIELDS))
+  if unknown:
+    raise SystemExit(f'--overrides: {", ".join(unknown)}: not DenseNet '
+                     f'fields ({", ".join(models.MODEL_FIELDS)})')
+  if overrides & {'memory_efficient', 'num_classes'}:
+    raise SystemExit('--overrides: memory_efficient comes from --modes and '
+                     'num_classes from the case')
   print(f'keys: {args.rng_impl}; compiler options: '
-        f'{args.compiler_options or "none"}')
+        f'{args.compiler_options or "none"}; model overrides: '
+        f'{args.overrides or "none"}; XLA_FLAGS: '
+        f'{os.environ.get("XLA_FLAGS") or "none"}')
   print(f'{"case":<28} {"mode":<17} {"lower s":>8} {"compile s":>10} '
         f'{"StableHLO ops":>14} {"kernels":>8} {"fusions":>8} '
         f'{"XLA temp MB":>12} {"step ms":>8}')
   for text in args.cases:
     for mode in args.modes:
       row = measure_in_subprocess(text, mode, args.rng_impl, args.steps,
-                                  args.compiler_options)
+                                  args.compiler_options, args.overrides)
       rows.append(row)
       temp, step_ms = row['xla_temp_bytes'], row['step_ms']
       print(f'{text:<28} {mode:<17} {row["lower_s"]:>8.1f} '
