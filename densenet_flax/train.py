@@ -85,17 +85,28 @@ class _StopRequest:
 
 
 class _MetricBuffer:
-  """Per-step metrics kept on device until a log point fetches them at once."""
+  """Per-step metrics kept on device until a log point fetches them at once.
+
+  The clock runs from the last flush, or from `restart_clock`: the loop
+  restarts it after the run's first step, which compiles (or loads) the train
+  step, so that the first window's images/second counts only the steps after.
+  """
 
   def __init__(self):
     self.first_step = None
     self.items = []
+    self.untimed = 0
     self.start_time = time.perf_counter()
 
   def add(self, step: int, metrics) -> None:
     if self.first_step is None:
       self.first_step = step
     self.items.append(metrics)
+
+  def restart_clock(self) -> None:
+    """Time from now on, leaving the steps added so far out of `seconds`."""
+    self.untimed = len(self.items)
+    self.start_time = time.perf_counter()
 
   def flush(self, first_replica) -> dict[str, np.ndarray] | None:
     """Stacked host metrics since the last flush.
@@ -119,7 +130,8 @@ class _MetricBuffer:
           f'{what} at step {self.first_step + i + 1}; training stopped and '
           f'that state was not saved')
     stacked['seconds'] = time.perf_counter() - self.start_time
-    self.first_step, self.items = None, []
+    stacked['timed_steps'] = len(self.items) - self.untimed
+    self.first_step, self.items, self.untimed = None, [], 0
     self.start_time = time.perf_counter()
     return stacked
 
@@ -369,10 +381,12 @@ def _train(run: _Run, state, start_step: int):
       return
     scalars = {'train/loss': float(stacked['loss'].mean()),
                'train/accuracy': float(stacked['accuracy'].mean()),
-               'train/learning_rate': float(run.schedule(step - 1)),
-               'train/images_per_second':
-                   len(stacked['loss']) * config.batch_size /
-                   stacked['seconds']}
+               'train/learning_rate': float(run.schedule(step - 1))}
+    if stacked['timed_steps']:
+      scalars['train/images_per_second'] = (
+          stacked['timed_steps'] * config.batch_size / stacked['seconds'])
+    if first_step_seconds:
+      scalars['train/first_step_seconds'] = first_step_seconds.pop()
     run.writer.write(step, scalars)
     if run.progress is not None:
       run.progress.set_postfix(
@@ -385,14 +399,24 @@ def _train(run: _Run, state, start_step: int):
   # runs while the next step does).
   signalled = lambda: False  # noqa: E731
   stop = None
+  first_step_seconds = []  # written with the first log point
   with _StopRequest().installed() as signals:
     for step in range(start_step, run.total_steps):
       with jax.transfer_guard('disallow'):
-        state, metrics = run.train_step(state, next(batches), step_rng)
-      if sync_each_step:
+        batch = next(batches)
+        started = time.perf_counter()
+        state, metrics = run.train_step(state, batch, step_rng)
+      if sync_each_step or step == start_step:
         jax.block_until_ready(metrics)
       done = step + 1
       buffer.add(step, metrics)
+      if step == start_step:
+        first_step_seconds.append(time.perf_counter() - started)
+        buffer.restart_clock()
+        log.info('First step done in %.1f s, compiling the train step or '
+                 'loading it from the compilation cache (%s)',
+                 first_step_seconds[0],
+                 config.get('compilation_cache_dir') or 'off')
       if run.progress is not None:
         run.progress.update(1)
       if signalled():

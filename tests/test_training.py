@@ -45,10 +45,27 @@ def test_a_run_produces_checkpoints_logs_and_reports(uninterrupted):
   history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   steps = [r['step'] for r in history if 'train/loss' in r]
   assert steps == [4, 5, 8, 10, 12, 15, 16]  # log, checkpoint and epoch points
-  assert {'train/learning_rate', 'train/images_per_second'} <= set(history[0])
+  assert {'train/learning_rate', 'train/images_per_second',
+          'train/first_step_seconds'} <= set(history[0])
+  assert history[0]['train/first_step_seconds'] > 0
+  assert not any('train/first_step_seconds' in r for r in history[1:])
   evals = [r for r in history if 'eval/accuracy' in r]
   assert [r['step'] for r in evals] == [8, 16]
   assert summary['test']['num_examples'] == 359
+
+
+def test_images_per_second_leaves_out_the_compiling_first_step():
+  buffer = train_lib._MetricBuffer()
+  metrics = {'loss': np.float32(1.0), 'accuracy': np.float32(0.5),
+             'finite': np.float32(1.0)}
+  buffer.add(0, metrics)
+  buffer.restart_clock()  # as the loop does after the run's first step
+  buffer.add(1, metrics)
+  buffer.add(2, metrics)
+  stacked = buffer.flush(lambda m: m)
+  assert len(stacked['loss']) == 3 and stacked['timed_steps'] == 2
+  buffer.add(3, metrics)
+  assert buffer.flush(lambda m: m)['timed_steps'] == 1
 
 
 def test_resumed_run_ends_with_identical_parameters(uninterrupted, digits_dir,
