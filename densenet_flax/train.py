@@ -89,13 +89,15 @@ class _MetricBuffer:
 
   The clock runs from the last flush, or from `restart_clock`: the loop
   restarts it after the run's first step, which compiles (or loads) the train
-  step, so that the first window's images/second counts only the steps after.
+  step, so that the first window's images/second counts only the steps after,
+  and the first step's seconds are reported apart.
   """
 
   def __init__(self):
     self.first_step = None
     self.items = []
     self.untimed = 0
+    self.untimed_seconds = None
     self.start_time = time.perf_counter()
 
   def add(self, step: int, metrics) -> None:
@@ -103,9 +105,11 @@ class _MetricBuffer:
       self.first_step = step
     self.items.append(metrics)
 
-  def restart_clock(self) -> None:
-    """Time from now on, leaving the steps added so far out of `seconds`."""
+  def restart_clock(self, untimed_seconds: float) -> None:
+    """Time from now on, leaving the steps added so far out of `seconds`;
+    the next flush reports the `untimed_seconds` they took."""
     self.untimed = len(self.items)
+    self.untimed_seconds = untimed_seconds
     self.start_time = time.perf_counter()
 
   def flush(self, first_replica) -> dict[str, np.ndarray] | None:
@@ -131,7 +135,10 @@ class _MetricBuffer:
           f'that state was not saved')
     stacked['seconds'] = time.perf_counter() - self.start_time
     stacked['timed_steps'] = len(self.items) - self.untimed
+    if self.untimed_seconds is not None:
+      stacked['untimed_seconds'] = self.untimed_seconds
     self.first_step, self.items, self.untimed = None, [], 0
+    self.untimed_seconds = None
     self.start_time = time.perf_counter()
     return stacked
 
@@ -385,8 +392,8 @@ def _train(run: _Run, state, start_step: int):
     if stacked['timed_steps']:
       scalars['train/images_per_second'] = (
           stacked['timed_steps'] * config.batch_size / stacked['seconds'])
-    if first_step_seconds:
-      scalars['train/first_step_seconds'] = first_step_seconds.pop()
+    if 'untimed_seconds' in stacked:  # the run's first step
+      scalars['train/first_step_seconds'] = stacked['untimed_seconds']
     run.writer.write(step, scalars)
     if run.progress is not None:
       run.progress.set_postfix(
@@ -399,7 +406,6 @@ def _train(run: _Run, state, start_step: int):
   # runs while the next step does).
   signalled = lambda: False  # noqa: E731
   stop = None
-  first_step_seconds = []  # written with the first log point
   with _StopRequest().installed() as signals:
     for step in range(start_step, run.total_steps):
       with jax.transfer_guard('disallow'):
@@ -411,11 +417,10 @@ def _train(run: _Run, state, start_step: int):
       done = step + 1
       buffer.add(step, metrics)
       if step == start_step:
-        first_step_seconds.append(time.perf_counter() - started)
-        buffer.restart_clock()
+        seconds = time.perf_counter() - started
+        buffer.restart_clock(seconds)
         log.info('First step done in %.1f s, compiling the train step or '
-                 'loading it from the compilation cache (%s)',
-                 first_step_seconds[0],
+                 'loading it from the compilation cache (%s)', seconds,
                  config.get('compilation_cache_dir') or 'off')
       if run.progress is not None:
         run.progress.update(1)

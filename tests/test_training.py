@@ -59,13 +59,15 @@ def test_images_per_second_leaves_out_the_compiling_first_step():
   metrics = {'loss': np.float32(1.0), 'accuracy': np.float32(0.5),
              'finite': np.float32(1.0)}
   buffer.add(0, metrics)
-  buffer.restart_clock()  # as the loop does after the run's first step
+  buffer.restart_clock(12.5)  # as the loop does after the run's first step
   buffer.add(1, metrics)
   buffer.add(2, metrics)
   stacked = buffer.flush(lambda m: m)
   assert len(stacked['loss']) == 3 and stacked['timed_steps'] == 2
+  assert stacked['untimed_seconds'] == 12.5
   buffer.add(3, metrics)
-  assert buffer.flush(lambda m: m)['timed_steps'] == 1
+  stacked = buffer.flush(lambda m: m)
+  assert stacked['timed_steps'] == 1 and 'untimed_seconds' not in stacked
 
 
 def test_resumed_run_ends_with_identical_parameters(uninterrupted, digits_dir,
