@@ -14,8 +14,14 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # removed at the end: no test reads an entry another session left, and the
 # tests leave no files behind. Runs whose config names a cache directory
 # (test_multiprocess.py) use theirs.
-_XLA_CACHE = tempfile.mkdtemp(prefix='densenet_flax_tests_xla_')
-os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
+# pytest-xdist's workers inherit the controller's directory, and only the
+# controller removes it.
+_WORKER = 'PYTEST_XDIST_WORKER' in os.environ
+if _WORKER and os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  _XLA_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
+else:
+  _XLA_CACHE = tempfile.mkdtemp(prefix='densenet_flax_tests_xla_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
 if 'jax' in sys.modules:  # imported before this file (by a plugin)
   sys.modules['jax'].config.update('jax_compilation_cache_dir', _XLA_CACHE)
 
@@ -35,7 +41,8 @@ import pytest  # noqa: E402
 
 
 def pytest_unconfigure(config):
-  shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+  if not _WORKER:
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 # Test helpers (fakedata.py) live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
@@ -81,3 +88,13 @@ def digits_run(digits_dir, tmp_path_factory):
   train.train_and_evaluate(trainutil.tiny_config(
       digits_dir, image_size=16, **{'augment.resize': 16}), workdir)
   return workdir
+
+
+@pytest.fixture(params=['cpu', 'generic'])
+def kernel_set(request):
+  """Each test that takes it runs with both kernel sets: the CPU-tuned
+  pieces and the generic ones that GPUs and TPUs run (layers.use_kernels)."""
+  from densenet_flax import layers
+
+  with layers.use_kernels(request.param):
+    yield request.param
