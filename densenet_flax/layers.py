@@ -11,10 +11,13 @@ than needed. Measurements: docs/benchmarks.md.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -30,14 +33,67 @@ Dtype = Any
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
 
+# --- which kernels a step is traced with -----------------------------------------
+
+KERNELS_ENV = 'DENSENET_FLAX_KERNELS'
+# 'auto': by backend; 'generic': what GPUs and TPUs run, on any backend;
+# 'cpu': the pieces tuned for XLA:CPU (conv_cpu, the inline dropout hash,
+# shared_buffer's chunked 3x3 gradient), on any backend.
+KERNEL_CHOICES = ('auto', 'generic', 'cpu')
+_kernels_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    'densenet_flax_kernels', default=None)
+
+
+def _checked(given: str, where: str) -> str:
+  choice = given.strip().lower() or 'auto'
+  if choice not in KERNEL_CHOICES:
+    raise ValueError(f'{where}={given!r}: expected one of '
+                     f'{", ".join(KERNEL_CHOICES)}')
+  return choice
+
+
+def kernel_choice() -> str:
+  """'auto', 'generic' or 'cpu': `use_kernels`' if inside one, else
+  $DENSENET_FLAX_KERNELS (default 'auto')."""
+  override = _kernels_override.get()
+  if override is not None:
+    return override
+  return _checked(os.environ.get(KERNELS_ENV, ''), KERNELS_ENV)
+
+
+def kernel_set() -> str:
+  """The kernels a step traced now takes: 'cpu' or 'generic'.
+
+  Read at trace time: a function jit has already traced keeps the kernels
+  of its trace. Exporting for another platform (jax.export) runs on the
+  CPU backend, so it needs 'generic' to trace what that platform runs.
+  """
+  choice = kernel_choice()
+  if choice == 'auto':
+    return 'cpu' if jax.default_backend() == 'cpu' else 'generic'
+  return choice
+
+
+@contextlib.contextmanager
+def use_kernels(choice: str) -> Iterator[None]:
+  """Traces with `choice`'s kernels ('auto', 'generic', 'cpu') inside the
+  block, whatever $DENSENET_FLAX_KERNELS says."""
+  token = _kernels_override.set(_checked(choice, 'use_kernels'))
+  try:
+    yield
+  finally:
+    _kernels_override.reset(token)
+
+
 class Conv(nn.Module):
   """A bias-free 2-D convolution, NHWC x HWIO, with the parameters of nn.Conv.
 
   1x1 stride-1 convolutions (the bottlenecks and transitions, about half of a
   DenseNet's FLOPs) are computed as matrix products: XLA:CPU runs them 2-3x
   faster that way than as convolutions, forward and backward; on GPU/TPU the
-  two lower to the same kernels. On CPU the others (3x3, the stems) compute
-  their kernel gradient in batch chunks (`conv_cpu`).
+  two lower to the same kernels. With the CPU kernels (`kernel_set`) the
+  others (3x3, the stems) compute their kernel gradient in batch chunks
+  (`conv_cpu`).
   """
   features: int
   kernel_size: tuple[int, int]
@@ -59,7 +115,7 @@ class Conv(nn.Module):
                              (((x.ndim - 1,), (0,)), ((), ())))
     strides = tuple(self.strides)
     padding = tuple(tuple(p) for p in self.padding)
-    if jax.default_backend() == 'cpu':
+    if kernel_set() == 'cpu':
       return conv_cpu(x, kernel, strides, padding)
     return conv(x, kernel, strides, padding)
 
@@ -104,7 +160,7 @@ def conv_cpu(x: Array, kernel: Array, strides: tuple[int, int],
   """`conv`, whose kernel gradient is summed over `kernel_grad_chunks`.
 
   The input gradient is autodiff's. Equal to `conv`'s gradients up to float
-  rounding (tests/test_layers.py); used on CPU, where it is faster.
+  rounding (tests/test_layers.py); one of the CPU kernels, faster there.
   """
   return conv(x, kernel, strides, padding)
 
@@ -426,14 +482,14 @@ def bernoulli(key: Array, p: float, shape: Sequence[int]) -> Array:
   plain `fer_densenet` train step (dropout 0.2) takes a quarter less time
   and a third less XLA temp memory, and the memory-efficient one compiles
   in 15-16 s instead of 23-29 s (docs/benchmarks.md). Same bits, so runs keep
-  their random streams; elsewhere (other backends, rbg keys, 64-bit floats,
-  jax_threefry_partitionable off, or a jax whose bits differ) this is
-  jax.random.bernoulli.
+  their random streams. Outside the CPU kernels (`kernel_set`), and for rbg
+  keys, 64-bit floats, jax_threefry_partitionable off or a jax whose bits
+  differ, this is jax.random.bernoulli.
   """
   shape = tuple(shape)
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)
-  if (jax.default_backend() == 'cpu'
+  if (kernel_set() == 'cpu'
       and str(jax.random.key_impl(key)) == 'threefry2x32'
       and getattr(jax.config, 'jax_threefry_partitionable', True)
       and not jax.config.jax_enable_x64

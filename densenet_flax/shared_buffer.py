@@ -164,9 +164,9 @@ def _conv3x3(x: Array, kernel: Array) -> Array:
   batch), which run as fast inside a loop as outside. Over DenseNet-121's
   third block (24 layers, batch 8 at 14x14; benchmarks/conv_grad_in_loop.py):
   input gradient 982 ms autodiff, 27 ms here; kernel gradient 1,274 ms
-  autodiff, 30 ms here (59 ms as the nine matmuls this used before). Used
-  on CPU only; other backends keep autodiff's gradient (not measured there:
-  no GPU was lent).
+  autodiff, 30 ms here (59 ms as the nine matmuls this used before). One of
+  the CPU kernels (layers.kernel_set); the generic kernels keep autodiff's
+  gradient.
   """
   return _conv3x3_forward(x, kernel)
 
@@ -234,7 +234,7 @@ def _layer(spec: BlockSpec, p: LayerParams, buffer: Array, mean: Array,
   with jax.named_scope('norm1'):
     x = layers.normalize_relu((buffer,), mean, var, p.scale1, p.bias1,
                               spec.epsilon, dtype)
-  conv3x3 = _conv3x3 if jax.default_backend() == 'cpu' else _conv3x3_forward
+  conv3x3 = _conv3x3 if layers.kernel_set() == 'cpu' else _conv3x3_forward
   if not spec.bottleneck:
     with jax.named_scope('conv1'):
       x = conv3x3(x, p.kernel1.astype(dtype))

@@ -20,11 +20,14 @@ def normal(seed, shape, scale=1.0, offset=0.0):
     ((3, 3), (1, 1), ((1, 1), (1, 1))),
     ((7, 7), (2, 2), ((3, 3), (3, 3))),
 ])
-@pytest.mark.parametrize('positions', [layers.KERNEL_GRAD_POSITIONS, 100])
-def test_conv_equals_nn_conv(kernel, strides, padding, positions,
+@pytest.mark.parametrize('kernels,positions', [
+    ('cpu', layers.KERNEL_GRAD_POSITIONS), ('cpu', 100),
+    ('generic', layers.KERNEL_GRAD_POSITIONS)])
+def test_conv_equals_nn_conv(kernel, strides, padding, kernels, positions,
                              monkeypatch):
-  # positions=100 splits the kernel gradients into batch chunks (on CPU).
+  # positions=100 splits the CPU kernels' kernel gradients into batch chunks.
   monkeypatch.setattr(layers, 'KERNEL_GRAD_POSITIONS', positions)
+  monkeypatch.setenv(layers.KERNELS_ENV, kernels)
   x = normal(0, (6, 9, 9, 5))
   ours = layers.Conv(4, kernel, strides=strides, padding=padding)
   ref = nn.Conv(4, kernel, strides=strides, padding=padding, use_bias=False)
@@ -33,7 +36,7 @@ def test_conv_equals_nn_conv(kernel, strides, padding, positions,
       jnp.shape, ref.init(jax.random.key(1), x))
   y = ours.apply(params, x)
   np.testing.assert_allclose(y, ref.apply(params, x), atol=1e-5, rtol=1e-5)
-  if positions == 100 and kernel != (1, 1):
+  if positions == 100 and kernel != (1, 1):  # chunks were taken
     assert layers.kernel_grad_chunks(*y.shape[:3]) > 1
   grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2),
                             argnums=(0, 1))(params, x)
@@ -185,13 +188,73 @@ def test_bernoulli_equals_jax_random_bernoulli(impl, shape):
 def test_bernoulli_hashes_in_straight_line_code_on_cpu():
   """On CPU a threefry key's mask is drawn by the written-out hash, with no
   random_bits op (JAX's rolled loop); rbg keys keep JAX's one op."""
-  assert jax.default_backend() == 'cpu'
+  assert jax.default_backend() == 'cpu' and layers.kernel_set() == 'cpu'
   assert layers._threefry_bernoulli_is_jax()
   draw = lambda k: layers.bernoulli(k, 0.8, (4, 6))  # noqa: E731
   threefry = str(jax.make_jaxpr(draw)(jax.random.key(0)))
   assert 'random_bits' not in threefry and 'shift_right_logical' in threefry
   rbg = str(jax.make_jaxpr(draw)(jax.random.key(0, impl='rbg')))
   assert 'random_bits' in rbg
+
+
+def test_kernel_choice_comes_from_the_environment_or_a_context(monkeypatch):
+  monkeypatch.delenv(layers.KERNELS_ENV, raising=False)
+  assert layers.kernel_choice() == 'auto'
+  assert layers.kernel_set() == 'cpu'  # auto, on this CPU backend
+  monkeypatch.setenv(layers.KERNELS_ENV, ' Generic ')
+  assert layers.kernel_choice() == 'generic' == layers.kernel_set()
+  with layers.use_kernels('cpu'):  # the context wins over the environment
+    assert layers.kernel_set() == 'cpu'
+    with layers.use_kernels('auto'):
+      assert layers.kernel_choice() == 'auto'
+  assert layers.kernel_set() == 'generic'
+  monkeypatch.setenv(layers.KERNELS_ENV, 'gpu')
+  with pytest.raises(ValueError, match=r"DENSENET_FLAX_KERNELS='gpu': "
+                                       r'expected one of auto, generic, cpu'):
+    layers.kernel_set()
+  with pytest.raises(ValueError, match="use_kernels='tpu'"):
+    with layers.use_kernels('tpu'):
+      pass
+
+
+def test_each_kernel_set_traces_its_own_pieces():
+  """The switch reaches every piece that has a CPU variant: the 3x3 conv's
+  chunked kernel gradient (a custom VJP), dropout's inline hash, and the
+  memory-efficient block's 3x3 conv; 'generic' traces lax's conv and
+  jax.random's draw, as on a GPU or TPU. Each trace is of a new function:
+  JAX reuses the trace of a function it has seen (read at trace time)."""
+  x = jnp.zeros((2, 6, 6, 3))
+  conv = layers.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
+  params = conv.init(jax.random.key(0), x)
+  from densenet_flax import shared_buffer
+  spec = shared_buffer.BlockSpec(num_layers=1, growth_rate=2,
+                                 bottleneck=False, drop_rate=0.0,
+                                 epsilon=1e-5, dtype=jnp.float32)
+  block_params = shared_buffer.stack_params(spec, [{
+      'norm1': {'scale': jnp.ones(3), 'bias': jnp.zeros(3)},
+      'conv1': {'kernel': jnp.ones((3, 3, 3, 2))}}], 3)
+  traced = {}
+  for kernels in ('cpu', 'generic'):
+    with layers.use_kernels(kernels):
+      traced[kernels] = (
+          str(jax.make_jaxpr(lambda p: conv.apply(p, x))(params)),
+          str(jax.make_jaxpr(lambda k: layers.bernoulli(k, 0.8, (4, 6)))(
+              jax.random.key(0))),
+          str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(
+              shared_buffer.dense_block(spec, p, x, None).buffer)))(
+                  block_params)))
+  (conv_cpu, draw_cpu, block_cpu) = traced['cpu']
+  (conv_generic, draw_generic, block_generic) = traced['generic']
+  assert 'custom_vjp_call' in conv_cpu and 'custom_vjp' not in conv_generic
+  assert 'random_bits' not in draw_cpu and 'random_bits' in draw_generic
+  # The CPU 3x3 conv writes both gradients as convolutions in the forward
+  # pass's layout; autodiff's (generic) transposes into other layouts.
+  forward_layout = 'lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1)'
+  for jaxpr in (block_cpu, block_generic):
+    # The forward pass, its recomputation in the backward, two gradients.
+    assert jaxpr.count('conv_general_dilated[') == 4
+  assert block_cpu.count(forward_layout) == 4
+  assert block_generic.count(forward_layout) == 2
 
 
 def test_bernoulli_checks_itself_inside_a_guarded_step():
@@ -205,7 +268,7 @@ def test_bernoulli_checks_itself_inside_a_guarded_step():
   np.testing.assert_array_equal(mask, jax.random.bernoulli(key, 0.8, (3, 4)))
 
 
-def test_dropout_equals_flax_dropout():
+def test_dropout_equals_flax_dropout(kernel_set):
   """layers.Dropout makes nn.Dropout's masks: same keys by module path
   (auto-named 'Dropout_0', 'Dropout_1' and an explicit name), same scaling,
   and the same gradient."""

@@ -269,7 +269,7 @@ def test_dropout_draws_jax_random_bernoulli_masks(memory_efficient,
     # Two loops (8 + 1 layers) against the list path; 21 s: second tier.
     pytest.param(4, (9,), 8, marks=pytest.mark.slow)])
 def test_memory_efficient_gives_identical_outputs_and_gradients(
-    bn_size, block_sizes, segment_size):
+    bn_size, block_sizes, segment_size, kernel_set):
   plain = tiny(bn_size=bn_size, block_sizes=block_sizes)
   efficient = tiny(bn_size=bn_size, block_sizes=block_sizes,
                    memory_efficient=True, segment_size=segment_size)

@@ -20,29 +20,34 @@ def fake_devices_env(devices: int) -> dict:
   return env
 
 
-def run_checks(logs, name, *checks):
+def run_checks(logs, name, *checks, kernels='auto'):
   """multidevice_check.py once per (args, devices) of `checks`, each in its
-  own process with that many fake CPU devices, all at once: much of a run is
-  single-threaded (imports, compiles), so on 2 cores the two training runs
-  below take 36 s side by side, 56 s one after the other."""
+  own process with that many fake CPU devices and the kernel set `kernels`,
+  all at once: much of a run is single-threaded (imports, compiles), so on 2
+  cores the two training runs below take 36 s side by side, 56 s one after
+  the other."""
+  def env(i):
+    return dict(fake_devices_env(checks[i][1]), DENSENET_FLAX_KERNELS=kernels)
   multiprocess.Processes(
       lambda i: [sys.executable, os.path.join(HERE, 'multidevice_check.py'),
                  *checks[i][0]],
-      len(checks), logs, name,
-      env=lambda i: fake_devices_env(checks[i][1])).check(timeout=600)
+      len(checks), logs, name, env=env).check(timeout=600)
 
 
+@pytest.mark.parametrize('kernels', ['cpu', 'generic'])
 @pytest.mark.parametrize('mode', ['plain', 'memory_efficient'])
-def test_pmapped_step_equals_single_device_step(tmp_path, mode):
+def test_pmapped_step_equals_single_device_step(tmp_path, mode, kernels):
   """Gradients, loss and BN statistics are averaged across devices.
 
   memory_efficient: the 8 devices run the shared-buffer block, whose
   backward pass differentiates the cross-device BN statistics by hand; the
-  1-device reference is the plain list path.
+  1-device reference is the plain list path. 'generic': the kernels GPUs
+  and TPUs run.
   """
   path = tmp_path / 'step.npz'
   run_checks(tmp_path / 'logs', 'step',
-             (('step', str(path), *([mode] if mode != 'plain' else [])), 8))
+             (('step', str(path), *([mode] if mode != 'plain' else [])), 8),
+             kernels=kernels)
   diffs = np.load(path)
   for name in ('params', 'batch_stats', 'loss'):
     assert diffs[name] < 1e-5, (name, float(diffs[name]))

@@ -74,12 +74,18 @@ def assert_trees_close(a, b, atol, rtol=0.0):
                                np.asarray(y, np.float32), atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize('bottleneck,drop_rate,segment_size', [
-    (True, 0.0, 2), (True, 0.5, 2), (True, 0.0, 8), (False, 0.5, 2)])
+@pytest.mark.parametrize('bottleneck,drop_rate,segment_size,kernels', [
+    (True, 0.0, 2, 'cpu'), (True, 0.5, 2, 'cpu'), (True, 0.0, 8, 'cpu'),
+    (False, 0.5, 2, 'cpu'), (True, 0.5, 2, 'generic'),
+    (False, 0.5, 2, 'generic')])
 def test_custom_vjp_equals_autodiff_of_the_forward(bottleneck, drop_rate,
-                                                   segment_size):
+                                                   segment_size, kernels,
+                                                   monkeypatch):
   """Every output's cotangent (maps, their statistics, the bottlenecks') flows
-  back as autodiff would, dropout masks included, in one loop or several."""
+  back as autodiff would, dropout masks included, in one loop or several,
+  with either kernel set (the generic one: lax's 3x3 conv gradients and
+  jax.random's masks, as on a GPU or TPU)."""
+  monkeypatch.setenv(layers.KERNELS_ENV, kernels)
   s = spec(bottleneck, drop_rate, segment_size=segment_size)
   per_layer, x0 = block_inputs(bottleneck)
   key = jax.random.key(7) if drop_rate else None
