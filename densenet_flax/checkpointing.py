@@ -230,7 +230,7 @@ class Checkpoints:
     """(state, meta) of `step`, restored into the structure of `abstract_state`.
 
     A saved state of another layout (the optimizer, the fine-tuning split of
-    the params or the EMA changed) raises CheckpointMismatchError naming the
+    the params, the EMA or the loss scaling changed) raises CheckpointMismatchError naming the
     differing leaves: it is not damage, and must not be set aside.
     """
     self.check_compatible(step, abstract_state, expected or {})
@@ -240,8 +240,8 @@ class Checkpoints:
       only_stored, only_wanted = sorted(stored - wanted), sorted(wanted - stored)
       raise CheckpointMismatchError(
           f'Checkpoint {step} in {self.directory} holds a training state of '
-          f'another layout, written with other optimizer, fine-tuning or EMA '
-          f'settings ({len(only_stored)} saved leaves this run does not have, '
+          f'another layout, written with other optimizer, fine-tuning, EMA or '
+          f'loss-scaling settings ({len(only_stored)} saved leaves this run does not have, '
           f'e.g. {only_stored[:2]}; {len(only_wanted)} it lacks, e.g. '
           f'{only_wanted[:2]}). Resume with the settings it was written with, '
           f'or start a new --workdir (init_from=workdir:... keeps its weights).')

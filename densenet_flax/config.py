@@ -20,6 +20,9 @@ WEIGHT_DECAY_MODES = ('l2', 'decoupled')
 CLASS_WEIGHTINGS = ('none', 'balanced')
 CROPS = ('none', 'pad', 'random', 'resized')
 HALF_DTYPES = ('bfloat16', 'float16')
+# 'auto': dynamic loss scaling for float16 on GPU; 'dynamic': on any backend
+# and dtype; 'none': never.
+LOSS_SCALINGS = ('auto', 'dynamic', 'none')
 TTAS = ('', 'ten_crop')
 # jax.random implementations of the run's keys (dropout, mixup, init).
 RNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
@@ -39,7 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_overrides = ml_collections.ConfigDict()
   c.memory_efficient = False
   c.half_precision = False          # compute in half precision, params float32
-  c.half_precision_dtype = 'bfloat16'  # or 'float16' (dynamic loss scaling)
+  c.half_precision_dtype = 'bfloat16'  # or 'float16'
+  c.loss_scaling = 'auto'           # auto (dynamic for float16 on GPU) |
+                                    # dynamic (any backend, any dtype) | none
   # First weights of a fresh run (densenet_flax/pretrained.py): '' (random),
   # 'keras:DenseNet121' (downloads) or 'keras:/path/weights.h5',
   # 'torchvision:/path/densenet121.pth', 'workdir:/path/run[:best|latest|STEP]'.
@@ -189,6 +194,7 @@ def validate(config: ml_collections.ConfigDict,
                        'class_weighting': CLASS_WEIGHTINGS,
                        'augment.crop': CROPS,
                        'half_precision_dtype': HALF_DTYPES,
+                       'loss_scaling': LOSS_SCALINGS,
                        'test_tta': TTAS, 'rng_impl': RNG_IMPLS}.items():
     _one_of(config, key, choices)
   for key in ('learning_rate', 'num_epochs', 'batch_size', 'eval_batch_size',

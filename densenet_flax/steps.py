@@ -32,8 +32,10 @@ Array = Any
 class TrainState(train_state.TrainState):
   """Params, optimizer state and step (from Flax), plus BN statistics.
 
-  `dynamic_scale` is set only for float16 training (on GPU), where a dynamic
-  loss scale keeps small gradients from underflowing.
+  `dynamic_scale` is set when the run scales its loss dynamically
+  (config.loss_scaling; by default for float16 on GPU, where it keeps small
+  gradients from underflowing). Its scale and count of finite steps are
+  part of the state, and so of every checkpoint.
   """
   batch_stats: Any
   dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
@@ -83,12 +85,21 @@ def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
   kwargs = dict(
       apply_fn=model.apply, params=fresh['params'], tx=tx,
       batch_stats=batch_stats,
-      dynamic_scale=dynamic_scale_lib.DynamicScale() if use_dynamic_scale
-      else None)
+      dynamic_scale=new_dynamic_scale() if use_dynamic_scale else None)
   if ema:
     return EMATrainState.create(
         ema={'params': fresh['params'], 'batch_stats': batch_stats}, **kwargs)
   return TrainState.create(**kwargs)
+
+
+def new_dynamic_scale(**kwargs) -> dynamic_scale_lib.DynamicScale:
+  """Flax's DynamicScale (initial scale 2**16, x2 after 2000 finite steps,
+  /2 after an overflow), its state as arrays so that it checkpoints and
+  replicates like the rest of the state. kwargs: DynamicScale's fields."""
+  fields = {'fin_steps': 0, 'scale': 65536.0, **kwargs}
+  return dynamic_scale_lib.DynamicScale(**dict(
+      fields, fin_steps=jnp.asarray(fields['fin_steps'], jnp.int32),
+      scale=jnp.asarray(fields['scale'], jnp.float32)))
 
 
 def merge_variables(fresh: dict, loaded: dict) -> dict:
@@ -173,6 +184,9 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
   in the step number (and the device index), so it is the same key every
   step. Returns the new state and metrics: loss and accuracy (device means),
   and finite (1.0 when the new params and BN statistics are all finite).
+  With a dynamic loss scale (state.dynamic_scale), a step whose gradients
+  overflow changes nothing but the scale (halved) and the step count, and
+  the metrics add grads_finite (0.0 for such a step) and loss_scale.
   `frozen`: stages (models.stage_names) whose params get no gradient, which
   also spares computing it. `ema_decay`: the state's EMA (if any) moves by
   1 - ema_decay towards the new weights.
@@ -224,36 +238,42 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
     else:
       per_example = multi_target_loss(logits, accepted)
     loss = jnp.mean(weights * per_example) / weight_norm
-    return loss, (logits, updates['batch_stats'])
+    # The loss rides along unscaled: a dynamic scale multiplies the first.
+    return loss, (loss, logits, updates['batch_stats'])
 
   if state.dynamic_scale is not None:
     grad_fn = state.dynamic_scale.value_and_grad(
         loss_fn, has_aux=True, axis_name=axis_name)
-    dynamic_scale, is_finite, (loss, (logits, batch_stats)), grads = grad_fn(
-        state.params)
+    dynamic_scale, grads_finite, (_, (loss, logits, batch_stats)), grads = (
+        grad_fn(state.params))
   else:
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     grads = _mean(grads, axis_name)
 
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  if state.dynamic_scale is not None:
-    # Skip the update where the scaled gradients overflowed.
-    keep = functools.partial(jnp.where, is_finite)
-    new_state = new_state.replace(
-        params=jax.tree_util.tree_map(keep, new_state.params, state.params),
-        opt_state=jax.tree_util.tree_map(keep, new_state.opt_state,
-                                         state.opt_state),
-        dynamic_scale=dynamic_scale)
   if isinstance(state, EMATrainState):
     new_state = new_state.replace(ema=jax.tree_util.tree_map(
         lambda avg, new: ema_decay * avg + (1 - ema_decay) * new, state.ema,
         {'params': new_state.params, 'batch_stats': new_state.batch_stats}))
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   metrics = {'loss': _mean(loss, axis_name),
-             'accuracy': _mean(accuracy, axis_name),
-             'finite': all_finite(new_state.params, new_state.batch_stats)}
+             'accuracy': _mean(accuracy, axis_name)}
+  if state.dynamic_scale is not None:
+    # The scaled gradients overflowed: skip the step, keeping everything the
+    # update would have changed (an EMA and BN statistics too).
+    new_state = _unless(grads_finite, new_state, state).replace(
+        step=new_state.step, dynamic_scale=dynamic_scale)
+    metrics['grads_finite'] = grads_finite.astype(jnp.float32)
+    metrics['loss_scale'] = state.dynamic_scale.scale  # this step's
+  metrics['finite'] = all_finite(new_state.params, new_state.batch_stats)
   return new_state, metrics
+
+
+def _unless(condition: Array, new: TrainState, old: TrainState) -> TrainState:
+  """`new` where `condition`, else `old`, leaf by leaf."""
+  return jax.tree_util.tree_map(functools.partial(jnp.where, condition), new,
+                                old)
 
 
 def _stop_gradient(params: dict, frozen: tuple[str, ...]) -> dict:

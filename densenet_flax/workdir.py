@@ -87,7 +87,7 @@ def _fill_missing(config, defaults) -> None:
 # data and its order, the loss, the optimizer and its schedule.
 RESULT_KEYS = (
     'model', 'model_overrides', 'memory_efficient', 'half_precision',
-    'half_precision_dtype', 'init_from', 'init_from_keras', 'freeze',
+    'half_precision_dtype', 'loss_scaling', 'init_from', 'init_from_keras', 'freeze',
     'freeze_batch_stats', 'head_lr_multiplier', 'layer_lr_decay', 'ema_decay',
     'label_mode', 'dataset', 'train_split',
     'eval_split', 'test_split', 'test_tta', 'image_size', 'channels',
@@ -158,6 +158,15 @@ def compute_dtype(config):
   if not config.half_precision:
     return jnp.float32
   return jnp.float16 if config.half_precision_dtype == 'float16' else jnp.bfloat16
+
+
+def dynamic_loss_scaling(config, backend: str | None = None) -> bool:
+  """Whether the run scales its loss dynamically (config.loss_scaling):
+  'auto' does for float16 compute on a GPU (default: JAX's backend)."""
+  if config.get('loss_scaling', 'auto') != 'auto':
+    return config.loss_scaling == 'dynamic'
+  backend = backend or jax.default_backend()
+  return compute_dtype(config) == jnp.float16 and backend == 'gpu'
 
 
 def num_classes(config) -> int:

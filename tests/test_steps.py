@@ -303,3 +303,64 @@ def test_label_modes_with_smoothing_class_weights_and_mixup():
         mixup_alpha=0.4))
   with pytest.raises(ValueError, match="label_mode='soft'"):
     _fixed_logits_loss({'label': np.array([0, 0])}, label_mode='soft')
+
+
+# --- dynamic loss scaling -------------------------------------------------------
+
+def scaled_state(scale, growth_interval=2000, ema=False):
+  """A float16 state whose loss is scaled by `scale` (2**40 overflows the
+  float16 backward pass of this model; 2**8 does not)."""
+  model = models.create_model('densenet_bc_100_12', num_classes=4,
+                              block_sizes=(2,), growth_rate=4,
+                              dtype=jnp.float16)
+  state = steps.create_train_state(jax.random.key(0), model,
+                                   optax.sgd(0.1, 0.9), (8, 8, 1),
+                                   use_dynamic_scale=True, ema=ema)
+  return state.replace(dynamic_scale=steps.new_dynamic_scale(
+      scale=scale, growth_interval=growth_interval))
+
+
+SCALED_BATCH = {'image': np.random.default_rng(1).normal(
+    size=(4, 8, 8, 1)).astype(np.float32), 'label': np.arange(4)}
+
+
+def test_an_overflowing_step_is_skipped_and_halves_the_scale():
+  step = jax.jit(functools.partial(steps.train_step, num_classes=4,
+                                   ema_decay=0.9))
+  state = scaled_state(2.0**40, ema=True)
+  new, metrics = step(state, SCALED_BATCH, jax.random.key(2))
+  assert float(metrics['grads_finite']) == 0.0
+  assert np.isfinite(float(metrics['loss']))  # the loss itself was fine
+  assert float(metrics['finite']) == 1.0 and float(metrics['loss_scale']) == (
+      2.0**40)
+  assert float(new.dynamic_scale.scale) == 2.0**39
+  assert int(new.dynamic_scale.fin_steps) == 0 and int(new.step) == 1
+  kept = ('params', 'batch_stats', 'opt_state', 'ema')
+  for name in kept:  # nothing the update touches has moved
+    for a, b in zip(jax.tree_util.tree_leaves(getattr(state, name)),
+                    jax.tree_util.tree_leaves(getattr(new, name))):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+  # The same step at a scale the float16 backward holds changes them all.
+  new, metrics = step(scaled_state(2.0**8, ema=True), SCALED_BATCH,
+                      jax.random.key(2))
+  assert float(metrics['grads_finite']) == 1.0
+  assert float(new.dynamic_scale.scale) == 2.0**8
+  for name in kept:
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves(getattr(state, name)),
+        jax.tree_util.tree_leaves(getattr(new, name)))), name
+
+
+def test_the_scale_grows_after_its_period_of_finite_steps():
+  """Flax's rule: after `growth_interval` finite steps in a row, the next
+  finite step doubles the scale and starts counting again."""
+  step = jax.jit(functools.partial(steps.train_step, num_classes=4))
+  state = scaled_state(2.0**8, growth_interval=2)
+  scales, fin_steps = [], []
+  for i in range(6):
+    state, metrics = step(state, SCALED_BATCH, jax.random.key(i))
+    assert float(metrics['grads_finite']) == 1.0
+    scales.append(float(state.dynamic_scale.scale))
+    fin_steps.append(int(state.dynamic_scale.fin_steps))
+  assert fin_steps == [1, 2, 0, 1, 2, 0]
+  assert scales == [2.0**8, 2.0**8, 2.0**9, 2.0**9, 2.0**9, 2.0**10]

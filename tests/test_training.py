@@ -1,5 +1,6 @@
 """The training loop end to end on tiny models: resume, SIGTERM, evaluate."""
 
+import functools
 import json
 import os
 import re
@@ -279,16 +280,20 @@ def test_resuming_with_a_result_changing_config_is_refused(
   assert changes == [{'step': 16, 'config_change': {'num_epochs': [2, 3]}}]
 
 
+@pytest.mark.parametrize('loss_scaling', ['none', 'dynamic'])
 @pytest.mark.parametrize('learning_rate,what', [
     (1e30, 'Loss is nan'),
-    # The issue's case: the loss stays finite for steps after the running BN
-    # statistics overflow (training mode normalises with batch statistics).
+    # The loss stays finite for steps after the running BN statistics
+    # overflow (training mode normalises with batch statistics).
     (1e6, 'Parameters or BN statistics are not finite'),
 ])
 def test_divergence_stops_naming_the_step_and_saves_nothing_bad(
-    digits_dir, tmp_path, learning_rate, what):
+    digits_dir, tmp_path, learning_rate, what, loss_scaling):
+  """With a dynamic loss scale too: it skips the steps whose gradients are
+  not finite, but a loss or state that is not finite still stops the run."""
   config = trainutil.tiny_config(digits_dir, learning_rate=learning_rate,
-                                 checkpoint_every_steps=1, log_every_steps=8)
+                                 checkpoint_every_steps=1, log_every_steps=8,
+                                 loss_scaling=loss_scaling)
   with pytest.raises(FloatingPointError, match=r'at step (\d+)') as info:
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert str(info.value).startswith(what), str(info.value)
@@ -413,3 +418,74 @@ def test_rbg_keys_train_other_streams_and_resume_exactly(digits_dir, tmp_path):
   assert not all(np.allclose(a, b) for a, b in zip(
       jax.tree_util.tree_leaves(whole_vars),
       jax.tree_util.tree_leaves(threefry)))
+
+
+FLOAT16_DYNAMIC = dict(half_precision=True, half_precision_dtype='float16',
+                       loss_scaling='dynamic')
+
+
+def test_dynamic_loss_scaling_skips_overflowing_steps_and_trains_on(
+    digits_dir, tmp_path, monkeypatch):
+  """float16 with a dynamic loss scale on CPU: a scale far too large
+  overflows the first steps' gradients; each of them is skipped and halves
+  the scale, the run goes on and the scale is logged and checkpointed."""
+  from densenet_flax import steps
+  monkeypatch.setattr(steps, 'new_dynamic_scale', functools.partial(
+      steps.new_dynamic_scale, scale=2.0**24))
+  summary = train_lib.train_and_evaluate(
+      trainutil.tiny_config(digits_dir, log_every_steps=1, test_split='',
+                            **FLOAT16_DYNAMIC), str(tmp_path))
+  assert summary['step'] == 16 and summary['interrupted'] is None
+  history = reporting.read_history(str(tmp_path / 'metrics.jsonl'))
+  rows = [r for r in history if 'train/loss' in r]
+  assert [r['step'] for r in rows] == list(range(1, 17))
+  skipped = [r['step'] for r in rows if r['train/skipped_steps']]
+  scales = [r['train/loss_scale'] for r in rows]
+  assert skipped[0] == 1 and len(skipped) >= 3, skipped
+  for step in skipped:  # each skip halves the scale of the next step
+    if step < 16:
+      assert scales[step] == scales[step - 1] / 2
+  assert all(np.isfinite(r['train/loss']) for r in rows)
+  ckpts = checkpointing.Checkpoints(str(tmp_path / 'checkpoints'))
+  stored = jax.device_get(ckpts.read(16))['dynamic_scale']
+  ckpts.close()
+  # The scale after step 16: halved if that step was skipped.
+  assert float(stored['scale']) == scales[-1] / (2 if 16 in skipped else 1)
+
+
+def test_float16_dynamic_run_stopped_by_sigterm_resumes_bit_identical(
+    digits_dir, tmp_path, monkeypatch):
+  """SIGTERM to the process mid-epoch (sent as the loop draws a batch), then
+  the same command: params, BN statistics, optimizer state and the loss
+  scale end as in an uninterrupted run."""
+  from densenet_flax.data import pipeline
+  config = lambda: trainutil.tiny_config(  # noqa: E731
+      digits_dir, test_split='', **FLOAT16_DYNAMIC)
+  train_lib.train_and_evaluate(config(), str(tmp_path / 'whole'))
+
+  batches = pipeline.InputPipeline.train_batches
+
+  def signalled_at_the_sixth(self, start_step=0):
+    for i, batch in enumerate(batches(self, start_step)):
+      if i == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+  with monkeypatch.context() as patch:
+    patch.setattr(pipeline.InputPipeline, 'train_batches',
+                  signalled_at_the_sixth)
+    first = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  assert first['interrupted'] == 'SIGTERM' and 0 < first['step'] < 8
+  second = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  assert second['step'] == 16 and second['interrupted'] is None
+  ckpts = [checkpointing.Checkpoints(str(tmp_path / name / 'checkpoints'))
+           for name in ('whole', 'resumed')]
+  want, got = (jax.device_get(c.read(16)) for c in ckpts)
+  for c in ckpts:
+    c.close()
+  assert set(want) == set(got) and 'dynamic_scale' in want
+  for key in ('params', 'batch_stats', 'opt_state', 'dynamic_scale'):
+    leaves_want = jax.tree_util.tree_leaves(want[key])
+    leaves_got = jax.tree_util.tree_leaves(got[key])
+    assert len(leaves_want) == len(leaves_got) > 0
+    for x, y in zip(leaves_want, leaves_got):
+      np.testing.assert_array_equal(x, y, err_msg=key)
