@@ -38,6 +38,7 @@ def main(argv=None):
                        'Seconds to wait for a dead peer before failing.')
 
   def run(args):
+    from densenet_flax import accelerators
     from densenet_flax import cli
     from densenet_flax import parallel
 
@@ -49,6 +50,7 @@ def main(argv=None):
     elif f.coordinator_address or f.num_processes or f.process_id != -1:
       raise app.UsageError('--coordinator_address, --num_processes and '
                            '--process_id need --distributed')
+    accelerators.log_backend()
     from densenet_flax import evaluation
     from densenet_flax import metrics as metrics_lib
 

@@ -91,10 +91,12 @@ def main(argv=None):
   flags.DEFINE_integer('batch', 1, 'TFLite: the fixed batch size.')
 
   def command(args):
+    from densenet_flax import accelerators
     from densenet_flax import cli
     from densenet_flax.inference import Classifier
 
     cli.start_command(args)
+    accelerators.log_backend()
     f = flags.FLAGS
     classifier = Classifier.from_workdir(f.workdir, f.checkpoint)
     output = f.output or os.path.join(

@@ -227,11 +227,15 @@ def main(argv=None):
   flags.DEFINE_enum('tta', None, ['ten_crop'], 'Test-time augmentation.')
 
   def command(args):
+    from densenet_flax import accelerators
+    from densenet_flax import cli
     from densenet_flax.inference import Classifier
 
     f = flags.FLAGS
     if len(args) < 2:
       raise app.UsageError('Name at least one image, folder or video.')
+    cli.set_log_levels()
+    accelerators.log_backend()
     try:
       classifier = Classifier.from_workdir(f.workdir, f.checkpoint)
       rows, skipped = run(classifier, args[1:], faces=f.faces, every=f.every,

@@ -28,10 +28,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from densenet_flax import accelerators
 from densenet_flax import checkpointing
 from densenet_flax import cli
 from densenet_flax import config as config_lib
 from densenet_flax import evaluation
+from densenet_flax import layers
 from densenet_flax import optim
 from densenet_flax import parallel
 from densenet_flax import pretrained
@@ -117,7 +119,9 @@ class _MetricBuffer:
 
     Raises FloatingPointError naming the first step whose loss, params or BN
     statistics are not finite. The loop flushes before every save, so such a
-    state is never saved.
+    state is never saved. A step that a dynamic loss scale skipped because
+    its scaled gradients overflowed has a finite loss and unchanged weights,
+    so it passes; a loss that is not finite is divergence at any scale.
     """
     if not self.items:
       return None
@@ -213,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     parallel.initialize(config.coordinator_address, config.num_processes,
                         config.process_id, config.distributed_timeout_s)
   dp = parallel.DataParallel()
+  accelerators.log_backend()
   config_lib.validate_devices(config, dp.num_devices)
   config_lib.enable_compilation_cache(config)
   run = _build_run(config, os.path.abspath(workdir), dp)
@@ -279,12 +284,10 @@ def _restore_or_init(run: _Run):
   (config.allow_config_change lets it through, recorded in metrics.jsonl).
   """
   config, dp = run.config, run.dp
-  use_dynamic_scale = (config.half_precision and
-                       config.half_precision_dtype == 'float16' and
-                       jax.default_backend() == 'gpu')
   make_state = functools.partial(
       steps.create_train_state, _rngs(config)[0], run.model, run.tx,
-      workdir_lib.input_shape(config), use_dynamic_scale=use_dynamic_scale,
+      workdir_lib.input_shape(config),
+      use_dynamic_scale=workdir_lib.dynamic_loss_scaling(config),
       ema=workdir_lib.uses_ema(config))
   abstract = dp.abstract_global(jax.eval_shape(make_state))
 
@@ -381,6 +384,10 @@ def _train(run: _Run, state, start_step: int):
            'process(es), batch %d; workdir %s', config.model, config.dataset,
            run.total_steps, config.num_epochs, run.steps_per_epoch,
            dp.num_devices, dp.num_processes, config.batch_size, run.workdir)
+  log.info('Kernels: %s (%s=%s); compute dtype %s; loss scaling %s',
+           layers.kernel_set(), layers.KERNELS_ENV, layers.kernel_choice(),
+           workdir_lib.compute_dtype(config).dtype.name,
+           'dynamic' if state.dynamic_scale is not None else 'none')
 
   def log_train(step):
     stacked = buffer.flush(dp.first_replica)
@@ -394,6 +401,10 @@ def _train(run: _Run, state, start_step: int):
           stacked['timed_steps'] * config.batch_size / stacked['seconds'])
     if 'untimed_seconds' in stacked:  # the run's first step
       scalars['train/first_step_seconds'] = stacked['untimed_seconds']
+    if 'loss_scale' in stacked:  # dynamic loss scaling
+      scalars['train/loss_scale'] = float(stacked['loss_scale'][-1])
+      scalars['train/skipped_steps'] = float(np.sum(
+          stacked['grads_finite'] == 0))
     run.writer.write(step, scalars)
     if run.progress is not None:
       run.progress.set_postfix(
