@@ -142,14 +142,17 @@ def main(argv=None):
   if args.one:  # one row, for measure_in_subprocess
     print(json.dumps(measure(*json.loads(args.one))))
     return
-  run = (measure_in_subprocess if jax.default_backend() == 'gpu'
-         else measure)
+  # On a GPU each row runs in its own process, and this one must not start
+  # JAX there: it would hold memory the rows need.
+  from benchmarks.train_step import backend_in_subprocess
+  platform, device = backend_in_subprocess()
+  run = measure_in_subprocess if platform == 'gpu' else measure
 
   rows = []
   mb = lambda r, key: (f'{r[key] / 2**20:,.0f}' if r.get(key) is not None  # noqa: E731
                        else '-')
   print(f'DenseNet-BC train step, batch {args.batch} at 32x32x3, on '
-        f'{jax.devices()[0].device_kind}: XLA compiled memory, MB')
+        f'{device}: XLA compiled memory, MB')
   print(f'{"L":>4} {"k":>3} {"params":>10} {"temp plain":>11} '
         f'{"temp eff.":>10} {"eff/plain":>9} {"arguments":>10} '
         f'{"compile s plain/eff.":>21} {"GPU peak plain/eff.":>20}')
@@ -166,7 +169,7 @@ def main(argv=None):
             f'{plain["compile_s"]:>10.1f}/{efficient["compile_s"]:<10.1f} '
             f'{mb(plain, "peak_bytes_in_use"):>9}/'
             f'{mb(efficient, "peak_bytes_in_use"):<10}', flush=True)
-  report = {'device': str(jax.devices()[0].device_kind),
+  report = {'device': device,
             'batch': args.batch, 'rows': rows, 'growth': {}}
   for k in args.growth_rates:
     for mode in (False, True):

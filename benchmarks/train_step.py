@@ -162,6 +162,18 @@ def machine() -> dict:
   return info
 
 
+def backend_in_subprocess() -> tuple[str, str]:
+  """(JAX's backend, its first device's kind), asked of a child process: a
+  coordinator that started JAX itself would hold device memory (75% of a
+  GPU's, by default) that its workers need."""
+  out = subprocess.run(
+      [sys.executable, '-c', 'import jax; print(jax.default_backend()); '
+       'print(jax.devices()[0].device_kind)'],
+      capture_output=True, text=True, check=True)
+  platform, device = out.stdout.strip().splitlines()[-2:]
+  return platform, device
+
+
 def _mb(n):
   return f'{n / 2**20:,.0f}' if n else '-'
 
@@ -234,15 +246,14 @@ def main(argv=None):
                       help='also write the tables as Markdown to this file')
   args = parser.parse_args(argv)
 
-  import jax  # the coordinator only asks which platform this is
-  gpu = jax.default_backend() == 'gpu'
+  platform, device = backend_in_subprocess()
+  gpu = platform == 'gpu'
   cases = [parse_case(c) for c in (args.cases or (GPU_CASES if gpu
                                                   else CPU_CASES))]
   variants = list(args.variants or (GPU_VARIANTS if gpu else CPU_VARIANTS))
   if args.baseline and 'baseline' not in variants:
     variants.append('baseline')
-  report = {'machine': machine(), 'platform': jax.default_backend(),
-            'device': str(jax.devices()[0].device_kind),
+  report = {'machine': machine(), 'platform': platform, 'device': device,
             'rounds': args.rounds, 'steps_per_round': args.steps, 'cases': []}
   with tempfile.NamedTemporaryFile('w', prefix='step_workers_',
                                    suffix='.log', delete=False) as log:

@@ -71,3 +71,36 @@ def test_memory_efficient_layer_names_its_parts_in_the_program():
     assert any(f'/{part}/' in op and 'transpose(' not in op
                for op in names), part
     assert any(f'transpose(jvp({part}))' in op for op in names), part
+
+
+def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
+  """benchmarks.accelerator_check on this CPU, as on a GPU: each variant in
+  its own process, the loss falls, the two modes' gradients agree."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  from benchmarks import accelerator_check
+
+  report_path = tmp_path / 'check.json'
+  out = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.accelerator_check',
+       '--case', 'densenet_bc_100_12@16x1:16', '--dtypes', 'bfloat16',
+       '--overrides', '{"block_sizes": [2, 2], "growth_rate": 4}',
+       '--steps', '12', '--json', str(report_path)],
+      capture_output=True, text=True, timeout=600,
+      cwd=accelerator_check.REPO, env=dict(os.environ))
+  assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+  assert 'all checks passed' in out.stdout
+  report = json.loads(report_path.read_text())
+  assert [(r['mode'], r['dtype']) for r in report['rows']] == [
+      ('plain', 'bfloat16'), ('memory_efficient', 'bfloat16')]
+  for row in report['rows']:
+    assert row['backend'] == 'cpu' and row['loss_falls']
+    assert len(row['losses']) == 12 and row['images_per_s'] > 0
+    assert row['compiled_bytes_proxy'] > 0 and 'peak_bytes' not in row
+    assert row['losses'][-1] < accelerator_check.LOSS_DROP * row['losses'][0]
+  gradients = report['gradients']
+  assert gradients['agree'] and 0 < gradients['largest_gradient']
+  assert gradients['relative'] <= accelerator_check.GRADIENT_TOLERANCE
