@@ -17,6 +17,7 @@ import os
 import jax
 import numpy as np
 
+from densenet_flax import atomic
 from densenet_flax import config as config_lib
 from densenet_flax import metrics as metrics_lib
 from densenet_flax import parallel
@@ -74,7 +75,7 @@ def write_report(report: dict, workdir: str, split: str, step: int,
   os.makedirs(directory, exist_ok=True)
   stem = os.path.join(directory, '-'.join(
       [split, str(step)] + [part for part in (tta, suffix) if part]))
-  workdir_lib.write_atomically(stem + '.json', json.dumps(
+  atomic.write_text(stem + '.json', json.dumps(
       dict(report, step=int(step)), indent=2))
   reporting.plot_confusion_matrix(
       report['confusion_matrix'], report['class_names'], stem + '.png',

@@ -1,12 +1,25 @@
-"""What a run writes for people: TensorBoard scalars, a JSONL history, plots."""
+"""What a run writes for people: TensorBoard scalars, a JSONL history, plots.
+
+The history, metrics.jsonl, only grows: rows that a resume from an earlier
+step or a deliberate fresh start supersedes move to a side file beside it,
+metrics.superseded-<UTC time>.jsonl, and the live file keeps the rows of
+the run as it stands (what the curves and reports read). Rewritten files
+are replaced whole (atomic.py).
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from densenet_flax import atomic
+
+log = logging.getLogger(__name__)
 
 
 class MetricWriter:
@@ -18,39 +31,63 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     self.history_path = os.path.join(workdir, 'metrics.jsonl')
-    self._summary = None
-    if enabled:
-      import tensorflow as tf  # the loop already loads TF for tf.data
+    self._tensorboard_dir = os.path.join(workdir, 'tensorboard')
+    self._summary = None  # opened at the first row: a run that stops
+                          # before it leaves no empty event file
 
-      self._tf = tf
-      self._summary = tf.summary.create_file_writer(
-          os.path.join(workdir, 'tensorboard'))
-
-  def truncate_after(self, step: int) -> None:
-    """Drops history past `step` (a resumed run redoes those steps)."""
+  def supersede_after(self, step: int) -> str | None:
+    """Moves the rows past `step` (a resumed run redoes those steps; 0 for a
+    fresh start) to a dated side file, and returns its path (None if no row
+    moved). The side file is complete on disk before metrics.jsonl is
+    replaced, so a crash between the two duplicates rows, never loses one.
+    An incomplete last line (a write cut short) moves too, as text."""
     if not self.enabled or not os.path.exists(self.history_path):
-      return
-    kept = [r for r in read_history(self.history_path) if r['step'] <= step]
-    with open(self.history_path, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
+      return None
+    rows, tail = _read_rows(self.history_path)
+    kept = [r for r in rows if r['step'] <= step]
+    moved = [r for r in rows if r['step'] > step]
+    if tail is not None:
+      moved.append({'incomplete_line': tail})
+    if not moved:
+      return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+        '%Y%m%dT%H%M%S.%fZ')
+    side = os.path.join(os.path.dirname(self.history_path),
+                        f'metrics.superseded-{stamp}.jsonl')
+    atomic.write_text(side, ''.join(json.dumps(r) + '\n' for r in moved))
+    atomic.write_text(self.history_path,
+                      ''.join(json.dumps(r) + '\n' for r in kept))
+    log.info('%d row(s) of metrics.jsonl past step %d moved to %s',
+             len(moved), step, side)
+    return side
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
+    import tensorflow as tf  # the loop already loads TF for tf.data
+
+    if self._summary is None:
+      self._summary = tf.summary.create_file_writer(self._tensorboard_dir)
     with self._summary.as_default(step=step):
       for name, value in scalars.items():
-        self._tf.summary.scalar(name, value)
+        tf.summary.scalar(name, value)
     self._summary.flush()
-    with open(self.history_path, 'a') as f:
-      f.write(json.dumps({'step': int(step), **{
-          k: float(v) for k, v in scalars.items()}}) + '\n')
+    self._append({'step': int(step), **{k: float(v)
+                                        for k, v in scalars.items()}})
 
   def record(self, step: int, **fields) -> None:
     """A non-scalar event in metrics.jsonl (e.g. a config change on resume)."""
     if not self.enabled:
       return
-    with open(self.history_path, 'a') as f:
-      f.write(json.dumps({'step': int(step), **fields}) + '\n')
+    self._append({'step': int(step), **fields})
+
+  def _append(self, row: dict) -> None:
+    try:
+      with open(self.history_path, 'a') as f:
+        f.write(json.dumps(row) + '\n')
+    except OSError as e:
+      raise OSError(e.errno, f'{self.history_path}: could not append the row '
+                             f'of step {row["step"]}: {e.strerror}') from e
 
   def close(self) -> None:
     if self._summary is not None:
@@ -58,8 +95,33 @@ class MetricWriter:
 
 
 def read_history(path: str) -> list[dict]:
+  """The rows of metrics.jsonl. An incomplete last line (a write cut short
+  by a crash or a full disk) is left out with a warning; a broken line
+  elsewhere is an error naming it."""
+  rows, tail = _read_rows(path)
+  if tail is not None:
+    log.warning('%s: its last line is incomplete (a write was cut short) and '
+                'is left out: %.80r', path, tail)
+  return rows
+
+
+def _read_rows(path: str) -> tuple[list[dict], str | None]:
+  """(complete rows, the text of an incomplete last line or None)."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split('\n')
+  rows, tail = [], None
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines):  # no newline after it: cut short
+        tail = line
+        continue
+      raise ValueError(f'{path}, line {number}: not a JSON row ({e.msg}): '
+                       f'{line[:80]!r}') from None
+  return rows, tail
 
 
 def _pyplot():
@@ -84,7 +146,8 @@ def plot_training_curves(history: Sequence[dict], path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with atomic.replacing(path) as temporary:
+    fig.savefig(temporary, dpi=100, format='png')
   plt.close(fig)
   return path
 
@@ -111,6 +174,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
                 fontsize=8)
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with atomic.replacing(path) as temporary:
+    fig.savefig(temporary, dpi=100, format='png')
   plt.close(fig)
   return path
