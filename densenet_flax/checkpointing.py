@@ -5,14 +5,25 @@ JSON record: the model and dataset it belongs to, and the eval metrics when it
 was taken at an evaluation. Under many processes every process takes part in
 each save and restore (Orbax writes a replicated array once, from process 0,
 and synchronises the processes); arrays are restored with the sharding of the
-target, so a checkpoint written by N processes restores on 1 and vice versa. The manager keeps the last `keep` checkpoints plus the
-best by the selection metric; saves are asynchronous, and `wait()` blocks until
-the last one has committed (Orbax writes to a temporary directory and renames
-it, so an interrupted save leaves no half-written checkpoint behind).
+target, so a checkpoint written by N processes restores on 1 and vice
+versa. The manager keeps the last `keep` checkpoints plus the best by the
+selection metric; saves are asynchronous, and `wait()` blocks until the last
+one has committed (Orbax writes to a temporary directory and renames it, so
+an interrupted save leaves no half-written checkpoint behind).
+
+What goes wrong is told apart: a damaged checkpoint (missing, truncated or
+garbled files) is skipped for an older one; an error that does not show
+damage (storage that fails to read, memory, a bug) stops with
+CheckpointReadError and touches nothing; a write that fails (a full disk)
+stops with CheckpointSaveError naming the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -28,6 +39,50 @@ log = logging.getLogger(__name__)
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint was written for another model or another class count."""
+
+
+class CheckpointReadError(RuntimeError):
+  """A checkpoint could not be read, and the error does not show damage to it
+  (storage that fails to read, memory, a bug): nothing is set aside."""
+
+
+class NoRestorableCheckpointError(RuntimeError):
+  """Every checkpoint of a directory is damaged."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (a full disk, a failing store)."""
+
+
+# TensorStore reports a failed read as ValueError('<STATUS>: ...'). These
+# statuses are what missing, truncated or garbled files give (measured on
+# Orbax 0.12 / TensorStore 0.1: OUT_OF_RANGE for a truncated chunk,
+# FAILED_PRECONDITION for a broken compressed stream or JSON, DATA_LOSS for a
+# garbled manifest, NOT_FOUND for a deleted one); an operating-system error
+# comes as UNAVAILABLE, UNKNOWN, PERMISSION_DENIED or RESOURCE_EXHAUSTED.
+DAMAGE_STATUSES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION',
+                   'NOT_FOUND')
+
+
+def damage_shown_by(error: BaseException) -> str | None:
+  """Why `error` shows that the checkpoint itself is damaged, or None.
+
+  Damage: a missing file, undecodable bytes or JSON, or a TensorStore status
+  of DAMAGE_STATUSES, anywhere in the chain of causes (Orbax wraps
+  TensorStore's errors). Anything else (other OS errors, memory, a
+  TypeError of our own) is not damage.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (FileNotFoundError, NotADirectoryError,
+                          UnicodeDecodeError, json.JSONDecodeError)):
+      return _reason(error)
+    if type(error) is ValueError and str(error).split(':', 1)[0] in (
+        DAMAGE_STATUSES):
+      return _reason(error)
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _key_name(key) -> str:
@@ -69,6 +124,8 @@ class Checkpoints:
     so it is safe beside a training run on the same directory."""
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    self._in_flight = None    # the step of the save being written
+    self._save_failed = False
     self.select_metric = select_metric
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
@@ -100,8 +157,12 @@ class Checkpoints:
     for step in self.all_steps():
       try:
         metrics = self.meta(step).get('eval_metrics') or {}
-      except Exception as e:  # an unreadable record is never the best
-        log.warning('Checkpoint %d in %s: its record cannot be read (%s)',
+      except Exception as e:  # noqa: BLE001 - a damaged record is never best
+        if damage_shown_by(e) is None:
+          raise CheckpointReadError(
+              f'The record of checkpoint {step} in {self.directory} could not '
+              f'be read: {_reason(e)}') from e
+        log.warning('Checkpoint %d in %s: its record is damaged (%s)',
                     step, self.directory, _reason(e))
         continue
       if self.select_metric in metrics:
@@ -130,42 +191,97 @@ class Checkpoints:
 
   def newest_restorable(self, restore: Callable[[int], Any], *,
                         set_aside: bool) -> tuple[int, Any] | None:
-    """(step, restore(step)) for the newest step that restores, or None.
+    """(step, restore(step)) for the newest step that restores; None when
+    there is no checkpoint.
 
-    A checkpoint that fails to restore (unreadable, truncated, a broken
-    record) is skipped with a warning naming the step and the reason; with
-    `set_aside`, it is also moved to <workdir>/checkpoints_set_aside/ (never
-    deleted) so the next start does not trip on it. A checkpoint of another
-    model (CheckpointMismatchError) is not damage: that error is raised.
-    Under many processes every process calls this, and they agree on each
-    step's outcome.
+    A damaged checkpoint (`find_damage`, or an error that `damage_shown_by`
+    recognises) is skipped with a warning naming the step and the reason;
+    once an older one restores, `set_aside` moves the damaged newer ones to
+    <workdir>/checkpoints_set_aside/ (never deleted) so the next start does
+    not trip on them. When every checkpoint is damaged, nothing is moved and
+    NoRestorableCheckpointError lists them. Any other error is not damage:
+    CheckpointReadError, with nothing moved. A checkpoint of another model
+    (CheckpointMismatchError) is raised as it is. Under many processes every
+    process calls this, and all reach the same decision for each step (the
+    worst outcome of any process).
     """
     if set_aside and self.read_only:
       raise ValueError('A read-only Checkpoints sets nothing aside')
+    damaged = []
     for step in sorted(self.all_steps(), reverse=True):
+      error, damage = None, None
       try:
-        result, error = restore(step), None
+        damage = self.find_damage(step)
+        result = None if damage else restore(step)
       except CheckpointMismatchError:
         raise
-      except Exception as e:  # noqa: BLE001 - any damage means "try older"
-        result, error = None, e
-      if not _any_process(error is not None):
+      except Exception as e:  # noqa: BLE001 - classified just below
+        error, damage = e, damage_shown_by(e)
+      outcome = _worst_over_processes(
+          _FAILED if error is not None and damage is None else
+          _DAMAGED if damage else _RESTORED)
+      if outcome == _FAILED:
+        reason = _reason(error) if error else 'it failed on another process'
+        raise CheckpointReadError(
+            f'Checkpoint {step} in {self.directory} could not be read: '
+            f'{reason}. That does not show damage to the checkpoint (storage '
+            f'that fails to read, memory, or a bug), so nothing was moved or '
+            f'rewritten; fix the cause and run the same command again.'
+        ) from error
+      if outcome == _RESTORED:
+        for bad, _ in damaged if set_aside else ():
+          log.warning('Checkpoint %d moved to %s', bad, self._set_aside(bad))
         return step, result
-      reason = _reason(error) if error else 'it failed on another process'
-      if set_aside:
-        moved = self._set_aside(step)
-        log.warning('Checkpoint %d in %s cannot be restored (%s); moved to '
-                    '%s, falling back to the previous one', step,
-                    self.directory, reason, moved)
-      else:
-        log.warning('Checkpoint %d in %s cannot be restored (%s); falling '
-                    'back to the previous one', step, self.directory, reason)
+      damage = damage or 'it is damaged on another process'
+      damaged.append((step, damage))
+      log.warning('Checkpoint %d in %s cannot be restored (%s); %s', step,
+                  self.directory, damage,
+                  'trying the previous one')
+    if damaged:
+      raise NoRestorableCheckpointError(
+          f'No checkpoint in {self.directory} can be restored: ' + '; '.join(
+              f'step {step}: {reason}' for step, reason in damaged) +
+          '. Nothing was moved.')
     return None
 
-  def _set_aside(self, step: int) -> str:
-    """Moves a step's directory out of the manager's sight; returns where."""
-    root = os.path.join(os.path.dirname(self.directory),
+  def find_damage(self, step: int) -> str | None:
+    """What is missing or unreadable in `step`'s directory, before Orbax
+    reads it (an empty or half-deleted step directory otherwise fails
+    inside Orbax as a KeyError or TypeError, which would look like a bug).
+    OS errors other than a missing file propagate: they are not damage."""
+    step_dir = os.path.join(self.directory, str(step))
+    for item in ('state/_METADATA', 'meta/metadata'):
+      path = os.path.join(step_dir, item)
+      try:
+        with open(path, 'rb') as f:
+          json.loads(f.read().decode('utf-8'))
+      except (FileNotFoundError, NotADirectoryError):
+        return f'{item} is missing'
+      except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f'{item} is not JSON ({type(e).__name__})'
+    return None
+
+  def set_all_aside(self, reason: str) -> str | None:
+    """Moves every checkpoint to checkpoints_set_aside/<reason>-<UTC time>/
+    (a deliberate fresh start); returns that folder, or None if there were
+    none. Every process calls this together."""
+    steps = self.all_steps()
+    if not steps:
+      return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+        '%Y%m%dT%H%M%SZ')
+    folder = f'{reason}-{stamp}'
+    for step in steps:
+      self._set_aside(step, folder)
+    return os.path.join(self._set_aside_root(), folder)
+
+  def _set_aside_root(self) -> str:
+    return os.path.join(os.path.dirname(self.directory),
                         'checkpoints_set_aside')
+
+  def _set_aside(self, step: int, folder: str = '') -> str:
+    """Moves a step's directory out of the manager's sight; returns where."""
+    root = os.path.join(self._set_aside_root(), folder)
     target = os.path.join(root, str(step))
     suffix = 1
     while os.path.exists(target):
@@ -185,14 +301,52 @@ class Checkpoints:
   def save(self, step: int, state, meta: Meta,
            eval_metrics: dict[str, float] | None = None,
            force: bool = False) -> bool:
+    """Starts writing `step` in the background. A failed write surfaces as
+    CheckpointSaveError here (the previous save's), or at `wait`/`close`."""
     meta = dict(meta, step=step, eval_metrics=eval_metrics)
-    saved = self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(meta)),
-        metrics=eval_metrics, force=force)
+    saved = False
+    with self._save_errors(step):
+      saved = self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(meta)),
+          metrics=eval_metrics, force=force)
     if saved:
+      self._in_flight = step
       log.info('Saving checkpoint %d to %s', step, self.directory)
     return saved
+
+  @contextlib.contextmanager
+  def _save_errors(self, step: int | None = None):
+    """Turns a failed background write into CheckpointSaveError naming the
+    step that was not saved and the last complete checkpoint."""
+    try:
+      yield
+    except Exception as e:
+      if self._save_failed:  # already reported; the run is stopping
+        log.warning('Checkpoints in %s: %s', self.directory, _reason(e))
+        return
+      self._save_failed = True
+      unsaved = self._in_flight
+      if unsaved is None or self._complete(unsaved):
+        unsaved = step
+      complete = [s for s in self._complete_steps() if s != unsaved]
+      full = _disk_full(e)
+      raise CheckpointSaveError(
+          f'Checkpoint {unsaved} could not be written to {self.directory}: '
+          + ('the disk is full (No space left on device)' if full else
+             f'a write failed ({_reason(e)})') + '. ' +
+          (f'The last complete checkpoint is step {max(complete)}. '
+           if complete else 'There is no complete checkpoint yet. ') +
+          ('Free some space' if full else 'Fix the storage') +
+          ' and run the same command to resume from it.') from e
+
+  def _complete_steps(self) -> list[int]:
+    return sorted(int(name) for name in os.listdir(self.directory)
+                  if name.isdigit() and self._complete(int(name)))
+
+  def _complete(self, step: int) -> bool:
+    """Whether Orbax finished `step` (its temporary directory was renamed)."""
+    return os.path.isdir(os.path.join(self.directory, str(step)))
 
   def meta(self, step: int) -> Meta:
     restored = self._manager.restore(
@@ -291,11 +445,26 @@ class Checkpoints:
             'batch_stats': restored['batch_stats']}
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._save_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with self._save_errors():
+      self._manager.wait_until_finished()
+    with self._save_errors():
+      self._manager.close()
+
+
+def _disk_full(error: BaseException) -> bool:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if (isinstance(error, OSError) and error.errno in (errno.ENOSPC,
+                                                       errno.EDQUOT)) or (
+        'RESOURCE_EXHAUSTED' in str(error) and 'No space' in str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _reason(error: Exception) -> str:
@@ -303,10 +472,13 @@ def _reason(error: Exception) -> str:
   return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
 
 
-def _any_process(flag: bool) -> bool:
-  """`flag` OR-ed over all processes (itself in one process)."""
+_RESTORED, _DAMAGED, _FAILED = 0, 1, 2  # worse outcomes are larger
+
+
+def _worst_over_processes(outcome: int) -> int:
+  """The largest `outcome` of all processes (its own in one process)."""
   if jax.process_count() == 1:
-    return flag
+    return outcome
   from jax.experimental import multihost_utils
-  return bool(np.asarray(multihost_utils.process_allgather(
-      np.array(flag, np.int32))).any())
+  return int(np.asarray(multihost_utils.process_allgather(
+      np.array(outcome, np.int32))).max())

@@ -131,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed_timeout_s = 100     # how long to wait for a dead peer
   c.allow_config_change = False     # resume although keys that change the
                                     # result differ (recorded in metrics.jsonl)
+  c.restart = False                 # start from step 0 even where the workdir
+                                    # has checkpoints (they and the history
+                                    # move aside, kept); for one invocation
   c.stop_after_steps = 0            # >0: save and stop after this many steps
                                     # of this invocation (time-boxed jobs)
   # XLA's compiled steps, kept across runs: a resumed or repeated run skips

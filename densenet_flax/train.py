@@ -282,6 +282,9 @@ def _restore_or_init(run: _Run):
   """(replicated state, first step): the newest checkpoint that restores, or a
   fresh start. A resume with a config that changes the result is refused
   (config.allow_config_change lets it through, recorded in metrics.jsonl).
+  A workdir whose checkpoints are all damaged stops the run, unless
+  config.restart asks for step 0. History past the first step moves to a
+  side file (reporting.MetricWriter.supersede_after), never deleted.
   """
   config, dp = run.config, run.dp
   make_state = functools.partial(
@@ -297,7 +300,21 @@ def _restore_or_init(run: _Run):
     changes = _config_changes(run, run.ckpts.meta(step), step)
     state, _ = run.ckpts.restore(step, abstract, run.identity)
     return state, changes
-  found = run.ckpts.newest_restorable(restore, set_aside=True)
+  if config.restart:
+    found = None
+    moved = run.ckpts.set_all_aside('restart')
+    if moved:
+      log.warning('config.restart: starting from step 0; the checkpoints '
+                  'there were moved to %s', moved)
+  else:
+    try:
+      found = run.ckpts.newest_restorable(restore, set_aside=True)
+    except checkpointing.NoRestorableCheckpointError as e:
+      raise checkpointing.NoRestorableCheckpointError(
+          f'{e} Training does not start again over them: pass '
+          f'--config.restart=True to start from step 0 (they move to '
+          f'checkpoints_set_aside/, as the history does to a side file).'
+      ) from None
   if found is None:
     state, start_step, changes = _fresh_state(run, make_state), 0, {}
   else:
@@ -308,7 +325,7 @@ def _restore_or_init(run: _Run):
     run.last_saved = start_step
   if run.is_writer:
     workdir_lib.save_config(config, run.workdir)
-  run.writer.truncate_after(start_step)
+  run.writer.supersede_after(start_step)
   if changes:
     run.writer.record(start_step, config_change={
         key: [old, new] for key, (old, new) in changes.items()})

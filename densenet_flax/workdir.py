@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from densenet_flax import atomic
 from densenet_flax import checkpointing
 from densenet_flax import config as config_lib
 from densenet_flax import models
@@ -31,15 +32,8 @@ CONFIG_FILE = 'config.json'
 NORMALIZATION_FILE = 'normalization.json'
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Writes `text` to a temporary file and renames it: never a half-written file."""
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
+  atomic.write_text(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -54,7 +48,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def save_normalization(workdir: str, mean, std) -> None:
-  write_atomically(os.path.join(workdir, NORMALIZATION_FILE), json.dumps(
+  atomic.write_text(os.path.join(workdir, NORMALIZATION_FILE), json.dumps(
       {'mean': [float(m) for m in mean], 'std': [float(s) for s in std]},
       indent=2))
 
@@ -84,7 +78,8 @@ def _fill_missing(config, defaults) -> None:
 
 
 # The keys whose change alters what a resumed run computes: the model, the
-# data and its order, the loss, the optimizer and its schedule.
+# data and its order (shuffle_buffer: ImageNet's), the loss, the optimizer
+# and its schedule. Checked on resume.
 RESULT_KEYS = (
     'model', 'model_overrides', 'memory_efficient', 'half_precision',
     'half_precision_dtype', 'loss_scaling', 'init_from', 'init_from_keras', 'freeze',
@@ -95,7 +90,17 @@ RESULT_KEYS = (
     'lr_batch_reference', 'schedule', 'lr_boundaries', 'lr_decay',
     'warmup_epochs', 'momentum', 'nesterov', 'weight_decay',
     'weight_decay_mode', 'label_smoothing', 'mixup_alpha', 'class_weighting',
-    'grad_clip_norm', 'seed', 'rng_impl')
+    'grad_clip_norm', 'seed', 'rng_impl', 'shuffle_buffer')
+# The keys that may change between invocations of one run: where things are,
+# how often to log, evaluate and save, how to start processes. Every key of
+# config.base_config() is in exactly one of the two (tested).
+BOOKKEEPING_KEYS = (
+    'data_dir', 'manual_dir', 'eval_batch_size', 'log_every_steps',
+    'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
+    'select_metric', 'progress_bar', 'distributed', 'coordinator_address',
+    'num_processes', 'process_id', 'distributed_timeout_s',
+    'allow_config_change', 'stop_after_steps', 'compilation_cache_dir',
+    'restart')
 
 
 class ConfigChangeError(checkpointing.CheckpointMismatchError):
@@ -229,8 +234,9 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
 
   Returns (model, {'params', 'batch_stats'}, step). A run with an EMA of its
   weights (config.ema_decay > 0) gives the EMA, unless `ema=False`. For
-  'latest', a newest checkpoint that cannot be restored is skipped with a
-  warning (and left in place) for the one before it. `config` defaults to the
+  'latest', a damaged newest checkpoint is skipped with a warning (and left
+  in place) for the one before it; an error that is not damage raises
+  checkpointing.CheckpointReadError. `config` defaults to the
   workdir's config.json; `sharding` places the arrays (default: the first
   device; under many processes, pass a replicated global sharding). Every
   process of a run must call this together.
@@ -256,12 +262,7 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
       return model, restore(step), step
     ckpts.resolve('latest')  # raises when there is none
     # A damaged newest checkpoint: the previous one, left in place.
-    found = ckpts.newest_restorable(restore, set_aside=False)
-    if found is None:
-      raise FileNotFoundError(
-          f'No checkpoint in {ckpts.directory} can be restored (steps '
-          f'{ckpts.all_steps()}; see the warnings above)')
-    step, variables = found
+    step, variables = ckpts.newest_restorable(restore, set_aside=False)
     return model, variables, step
   finally:
     ckpts.close()
