@@ -28,7 +28,7 @@ What happens to each face, stated here rather than hidden:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -107,16 +107,55 @@ class FaceEmotionDetector:
     return np.stack([self._crop(gray, box) for box in boxes]) if boxes else \
         np.zeros((0, self.face_size, self.face_size), np.uint8)
 
-  def detect(self, image: np.ndarray, tta: str | None = None) -> list[dict]:
-    """One dict per face: box, emotions (probabilities), label, score."""
+  def detect(self, image: np.ndarray, tta: str | None = None,
+             boxes: Sequence[Box] | None = None) -> list[dict]:
+    """One dict per face: box, emotions (probabilities), label, score.
+
+    Args:
+      image: [H, W, 3] RGB or [H, W] gray, uint8.
+      tta: None or 'ten_crop' (see inference.Classifier.predict).
+      boxes: faces found elsewhere, (x, y, w, h) in this image's pixels:
+        detection is skipped and each box goes through the same alignment,
+        margin and crop. A box is clipped to the image; one with no pixels
+        inside it is an error.
+    Returns:
+      One dict per box, left to right (in the given order for `boxes`).
+    """
     gray = to_gray(image)
-    boxes = self.find_faces(gray)
+    boxes = (self.find_faces(gray) if boxes is None else
+             [_checked_box(box, gray.shape) for box in boxes])
     if not boxes:
       return []
     probabilities = self.classifier.predict(self.face_crops(gray, boxes),
                                             tta=tta)
     return [result(box, p, self.classifier.class_names)
             for box, p in zip(boxes, probabilities)]
+
+  def track(self, frames: Iterable, fps: float | None = None, *,
+            tta: str | None = None, min_iou: float = 0.3,
+            max_missed: int = 2) -> Iterator[list[dict]]:
+    """Faces followed across video frames; yields one list per frame.
+
+    Args:
+      frames: images, or (frame index, image) pairs (e.g. every Nth frame).
+      fps: the video's frame rate; gives each answer its `time_s`.
+      min_iou, max_missed: see video.FaceTracker (what ends a track).
+    Yields:
+      detect()'s dicts for one frame, each with `frame`, `time_s` (None
+      without fps) and `track`, an id that stays with a face from frame to
+      frame.
+    """
+    from densenet_flax import video
+
+    tracker = video.FaceTracker(min_iou=min_iou, max_missed=max_missed)
+    for position, item in enumerate(frames):
+      frame, image = item if isinstance(item, tuple) else (position, item)
+      answers = self.detect(image, tta=tta)
+      ids = tracker.update([answer['box'] for answer in answers])
+      for answer, track_id in zip(answers, ids):
+        answer.update(frame=frame, track=track_id,
+                      time_s=None if fps is None else frame / fps)
+      yield answers
 
   def _crop(self, gray: np.ndarray, box: Box) -> np.ndarray:
     cv2 = _cv2()
@@ -148,6 +187,21 @@ class FaceEmotionDetector:
                                 for ex, ey, ew, eh in eyes)
     angle = math.degrees(math.atan2(ry - ly, rx - lx))
     return angle if abs(angle) <= 30 else 0.0  # a steeper pair is a miss
+
+
+def _checked_box(box, shape: tuple[int, int]) -> Box:
+  """A given (x, y, w, h) as ints, clipped to the image [H, W]."""
+  try:
+    x, y, w, h = (int(round(float(v))) for v in box)
+  except (TypeError, ValueError):
+    raise ValueError(f'box {box!r}: expected (x, y, w, h) numbers') from None
+  height, width = shape
+  left, top = max(x, 0), max(y, 0)
+  right, bottom = min(x + w, width), min(y + h, height)
+  if w <= 0 or h <= 0 or right <= left or bottom <= top:
+    raise ValueError(f'box {tuple(box)}: expected a positive width and height '
+                     f'inside the {width}x{height} image')
+  return left, top, right - left, bottom - top
 
 
 def result(box: Box | None, probabilities: np.ndarray,

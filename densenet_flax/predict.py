@@ -1,16 +1,25 @@
 """The predict command line: images, folders and videos -> probabilities.
 
   python predict.py --workdir runs/fer2013 photo.jpg photos/ clip.mp4 \
-      [--faces] [--every 10] [--output out.jsonl|out.csv] [--annotate DIR] \
+      [--faces] [--every 10 | --fps 5] [--output out.jsonl|out.csv] \
+      [--annotate DIR] [--summary S.json] [--timeline T.png] \
       [--checkpoint best|latest|STEP] [--tta ten_crop]
+  python predict.py --workdir runs/fer2013 --boxes boxes.csv
 
-Folders are searched recursively for images and videos; a video is read
-every `--every` frames. Progress bars (stderr) follow the files of a folder
-and the frames of a video. Without --faces each image (frame) is classified
-whole, as a dataset image would be; with --faces each face found is (FER
-models). Writes one row per image or face: path, frame, box, probabilities,
-label, score. A file that cannot be read is reported with its path and
-skipped; the skipped files are listed at the end and the exit status is 1.
+Folders are searched recursively for images and videos. Images are read as
+a viewer shows them (EXIF orientation applied), so boxes are in the upright
+image's coordinates. A video is read every `--every` frames, or `--fps`
+frames per second. Without --faces each image (frame) is classified whole,
+as a dataset image would be; with --faces each face found is (FER models);
+with --boxes the faces given in a CSV (path,x,y,w,h) are, without detection.
+Writes one row per image or face: path, frame, time_s, track, box,
+probabilities, label, score. In a video, `track` follows a face across the
+sampled frames (video.py says what ends a track), and a summary per video
+(per track: first and last time, frames, mean probabilities, dominant
+emotion) goes to --summary, by default beside --output. Progress bars
+(stderr) follow the files of a folder and the frames of a video. A file that
+cannot be read is reported with its path and skipped; the skipped files are
+listed at the end and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -55,8 +64,39 @@ def expand(paths: list[str]) -> list[str]:
   return files
 
 
+# EXIF Orientation (tag 0x0112) -> the numpy view that shows the image as a
+# viewer does, one per value of the standard (1 is upright).
+_ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],                    # mirrored left-right
+    3: lambda a: a[::-1, ::-1],                 # upside down
+    4: lambda a: a[::-1],                       # mirrored top-bottom
+    5: lambda a: a.swapaxes(0, 1),              # transposed
+    6: lambda a: np.rot90(a, -1),               # stored rotated 90 deg left
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # transversed
+    8: lambda a: np.rot90(a, 1),                # stored rotated 90 deg right
+}
+
+
+def exif_orientation(path: str) -> int:
+  """The EXIF Orientation value (1-8) of an image file; 1 without one.
+
+  OpenCV's IMREAD_UNCHANGED, which keeps 16-bit and alpha images as stored,
+  ignores the tag, so Pillow reads it (the header only, not the pixels).
+  """
+  from PIL import Image
+
+  try:
+    with Image.open(path) as image:
+      value = image.getexif().get(0x0112, 1)
+  except (OSError, SyntaxError, ValueError):
+    return 1  # a file only OpenCV decodes carries no tag Pillow can read
+  return value if value in _ORIENTATIONS else 1
+
+
 def read_image(path: str) -> np.ndarray:
-  """[H, W] gray or [H, W, 3] RGB uint8, or UnreadableFile."""
+  """[H, W] gray or [H, W, 3] RGB uint8, upright as a viewer shows it (the
+  EXIF orientation applied), or UnreadableFile."""
   import cv2
 
   image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -69,21 +109,32 @@ def read_image(path: str) -> np.ndarray:
     image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
   elif image.ndim == 3:
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-  return image
+  return np.ascontiguousarray(_ORIENTATIONS[exif_orientation(path)](image))
 
 
-def frames(path: str, every: int, progress: bool = False
-           ) -> Iterator[tuple[int | None, np.ndarray]]:
-  """(frame index or None, image) of an image file or of every Nth frame."""
+def frames(path: str, every: int = 1, progress: bool = False,
+           fps: float | None = None
+           ) -> Iterator[tuple[int | None, float | None, np.ndarray]]:
+  """(frame index, time in seconds, image) of a video's sampled frames (every
+  Nth, or `fps` per second); (None, None, image) for an image file."""
   if not path.lower().endswith(VIDEO_SUFFIXES):
-    yield None, read_image(path)
+    yield None, None, read_image(path)
     return
   import cv2
   from tqdm import tqdm
 
+  from densenet_flax import video as video_lib
+
   video = cv2.VideoCapture(path)
   if not video.isOpened():
     raise UnreadableFile(f'{path}: not a video OpenCV can decode')
+  video_fps = video.get(cv2.CAP_PROP_FPS)
+  if not video_fps > 0:
+    if fps is not None:
+      video.release()
+      raise UnreadableFile(f'{path}: the video does not say its frame rate, '
+                           f'so --fps cannot sample it (use --every)')
+    video_fps = None
   index = read = 0
   bar = tqdm(total=int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None,
              unit='frame', desc=os.path.basename(path), leave=False,
@@ -94,18 +145,55 @@ def frames(path: str, every: int, progress: bool = False
       if not ok:
         break
       bar.update(1)
-      if index % every == 0:
+      if video_lib.sampled(index, video_fps, every, fps):
         ok, frame = video.retrieve()
         if not ok:
           raise UnreadableFile(f'{path}: frame {index} cannot be decoded')
         read += 1
-        yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        yield (index, None if video_fps is None else index / video_fps,
+               cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
       index += 1
   finally:
     bar.close()
     video.release()
   if not read:
     raise UnreadableFile(f'{path}: no frames could be read')
+
+
+def read_boxes(path: str) -> dict[str, list[tuple[int, ...]]]:
+  """boxes.csv (header path,x,y,w,h) -> {image path: [(x, y, w, h), ...]}.
+
+  A relative image path is taken from the current folder, else from the
+  CSV's folder. A row that is not a path and four numbers is an error naming
+  the row.
+  """
+  with open(path, newline='') as f:
+    rows = list(csv.reader(f))
+  if not rows or [c.strip().lower() for c in rows[0]] != ['path', 'x', 'y',
+                                                          'w', 'h']:
+    raise ValueError(f'{path}: expected the header path,x,y,w,h on line 1')
+  boxes: dict[str, list[tuple[int, ...]]] = {}
+  for line, row in enumerate(rows[1:], start=2):
+    if not row or not ''.join(row).strip():
+      continue
+    try:
+      image, *numbers = row
+      box = tuple(int(round(float(v))) for v in numbers)
+      if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise ValueError
+    except ValueError:
+      raise ValueError(f'{path}: line {line}: expected an image path and x, '
+                       f'y, w, h with a positive width and height; got '
+                       f'{",".join(row)!r}') from None
+    if not os.path.isabs(image) and not os.path.exists(image):
+      beside = os.path.join(os.path.dirname(path), image)
+      image = beside if os.path.exists(beside) else image
+    if not os.path.isfile(image):
+      raise FileNotFoundError(f'{path}: line {line}: {image}: no such file')
+    boxes.setdefault(image, []).append(box)
+  if not boxes:
+    raise ValueError(f'{path}: no boxes after the header')
+  return boxes
 
 
 def classify_whole(classifier, image: np.ndarray, tta) -> list[dict]:
@@ -127,16 +215,19 @@ class Writer:
     self._csv = None
     if path and path.endswith('.csv'):
       self._csv = csv.writer(self._file)
-      self._csv.writerow(['path', 'frame', 'x', 'y', 'w', 'h', 'label',
-                          'score'] + self.class_names)
+      self._csv.writerow(['path', 'frame', 'time_s', 'track', 'x', 'y', 'w',
+                          'h', 'label', 'score'] + self.class_names)
     elif path and not path.endswith('.jsonl'):
       raise ValueError(f'--output {path}: expected a .jsonl or .csv file')
 
   def write(self, row: dict) -> None:
     if self._csv is not None:
       box = row['box'] or ('',) * 4
-      self._csv.writerow([row['path'], '' if row['frame'] is None else
-                          row['frame'], *box, row['label'],
+      blank = lambda v: '' if v is None else v  # noqa: E731
+      self._csv.writerow([row['path'], blank(row['frame']),
+                          '' if row['time_s'] is None else
+                          f'{row["time_s"]:.3f}', blank(row['track']),
+                          *box, row['label'],
                           f'{row["score"]:.6f}'] +
                          [f'{row["probabilities"][n]:.6f}'
                           for n in self.class_names])
@@ -173,31 +264,79 @@ def annotated_name(directory: str, path: str, frame: int | None) -> str:
                                          f'-frame{frame:06d}') + '.png')
 
 
-def run(classifier, paths: list[str], *, faces: bool = False, every: int = 1,
+def run(classifier, paths: list[str] | None = None, *, faces: bool = False,
+        every: int = 1, fps: float | None = None, boxes: str | None = None,
         output: str | None = None, annotate_dir: str | None = None,
+        summary: str | None = None, timeline: str | None = None,
         tta: str | None = None, progress: bool = True) -> tuple[list, list]:
-  """Predicts over `paths`; returns (rows, skipped 'path: reason' lines)."""
+  """Predicts over `paths`; returns (rows, skipped 'path: reason' lines).
+
+  Args:
+    classifier: an inference.Classifier.
+    paths: images, videos and folders of them.
+    faces: classify each face found (FER models) instead of the whole image.
+    every, fps: read every Nth frame of a video, or `fps` frames per second.
+    boxes: a boxes.csv (path,x,y,w,h): classify these faces, no detection;
+      its images are the inputs (then `paths` must be empty).
+    output: write the rows to this .jsonl or .csv.
+    annotate_dir: write each image (frame) with its boxes drawn here.
+    summary: write each video's tracks (video.summarize) to this JSON;
+      defaults to <output>.summary.json beside --output when a video is read.
+    timeline: write each video's emotions over time to this PNG (with the
+      video's name added when there are several).
+    tta: None or 'ten_crop'.
+  """
   from tqdm import tqdm
+
+  from densenet_flax import video as video_lib
 
   if every < 1:
     raise ValueError(f'--every {every}: expected a positive frame interval')
-  files = expand(paths)
+  if fps is not None and fps <= 0:
+    raise ValueError(f'--fps {fps}: expected a positive rate')
+  if fps is not None and every != 1:
+    raise ValueError('--every and --fps both choose the frames: give one')
+  given = None
+  if boxes:
+    if paths:
+      raise ValueError(f'--boxes {boxes}: the images are the ones it names; '
+                       f'do not name others ({paths[0]}, ...)')
+    given = read_boxes(boxes)
+    files, faces = list(given), True
+  else:
+    files = expand(paths or [])
+  if timeline and not timeline.lower().endswith('.png'):
+    raise ValueError(f'--timeline {timeline}: expected a .png file')
   detector = None
   if faces:
     from densenet_flax.faces import FaceEmotionDetector
     detector = FaceEmotionDetector(classifier)
   writer = Writer(output, classifier.class_names)
-  rows, skipped = [], []
+  rows, skipped, videos = [], [], {}
   bar = tqdm(files, unit='file', disable=not progress or len(files) < 2,
              file=sys.stderr)
   try:
     for path in bar:
+      is_video = path.lower().endswith(VIDEO_SUFFIXES)
+      tracker = video_lib.FaceTracker() if is_video and detector else None
+      first, sampled = len(rows), 0
       try:
-        for frame, image in frames(path, every, progress):
-          answers = (detector.detect(image, tta=tta) if detector else
-                     classify_whole(classifier, image, tta))
-          for answer in answers:
-            row = {'path': path, 'frame': frame, 'box': answer['box'],
+        for frame, time_s, image in frames(path, every, progress, fps):
+          sampled += 1
+          if given:
+            try:
+              answers = detector.detect(image, tta=tta, boxes=given[path])
+            except ValueError as e:  # a box outside this image
+              raise UnreadableFile(f'{path}: {e} (--boxes {boxes})') from None
+          elif detector:
+            answers = detector.detect(image, tta=tta)
+          else:
+            answers = classify_whole(classifier, image, tta)
+          ids = (tracker.update([a['box'] for a in answers]) if tracker
+                 else [None] * len(answers))
+          for answer, track in zip(answers, ids):
+            row = {'path': path, 'frame': frame, 'time_s': time_s,
+                   'track': track, 'box': answer['box'],
                    'probabilities': answer['emotions'],
                    'label': answer['label'], 'score': answer['score']}
             rows.append(row)
@@ -208,9 +347,36 @@ def run(classifier, paths: list[str], *, faces: bool = False, every: int = 1,
       except UnreadableFile as e:
         skipped.append(str(e))
         bar.write(f'skipped {e}')
+        continue
+      if is_video:
+        videos[path] = {'path': path, 'frames_sampled': sampled,
+                        **video_lib.summarize(rows[first:],
+                                              classifier.class_names)}
   finally:
     writer.close()
+  if videos:
+    _write_video_reports(videos, rows, classifier.class_names, output,
+                         summary, timeline)
   return rows, skipped
+
+
+def _write_video_reports(videos: dict, rows: list, class_names, output,
+                         summary, timeline) -> None:
+  from densenet_flax import atomic
+  from densenet_flax import video as video_lib
+
+  if summary is None and output:
+    summary = os.path.splitext(output)[0] + '.summary.json'
+  if summary:
+    atomic.write_text(summary, json.dumps(list(videos.values()), indent=2))
+  if timeline:
+    for path in videos:
+      name = timeline if len(videos) == 1 else (
+          os.path.splitext(timeline)[0] + '-' +
+          os.path.splitext(os.path.basename(path))[0] + '.png')
+      video_lib.plot_timeline([r for r in rows if r['path'] == path],
+                              class_names, name,
+                              title=os.path.basename(path))
 
 
 def main(argv=None):
@@ -222,6 +388,15 @@ def main(argv=None):
   flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step.")
   flags.DEFINE_bool('faces', False, 'Find faces and classify each (FER).')
   flags.DEFINE_integer('every', 1, 'Read every Nth frame of a video.')
+  flags.DEFINE_float('fps', None, 'Read this many frames per second of a '
+                     'video (instead of --every).')
+  flags.DEFINE_string('boxes', None, 'A CSV (path,x,y,w,h) of face boxes to '
+                      'classify without detection; its images are the '
+                      'inputs.')
+  flags.DEFINE_string('summary', None, "Write each video's face tracks to "
+                      'this JSON (default: beside --output).')
+  flags.DEFINE_string('timeline', None, "Plot each video's emotions over "
+                      'time to this PNG.')
   flags.DEFINE_string('output', None, 'Write rows to this .jsonl or .csv.')
   flags.DEFINE_string('annotate', None, 'Write annotated images here.')
   flags.DEFINE_enum('tta', None, ['ten_crop'], 'Test-time augmentation.')
@@ -232,15 +407,16 @@ def main(argv=None):
     from densenet_flax.inference import Classifier
 
     f = flags.FLAGS
-    if len(args) < 2:
+    if len(args) < 2 and not f.boxes:
       raise app.UsageError('Name at least one image, folder or video.')
     cli.set_log_levels()
     accelerators.log_backend()
     try:
       classifier = Classifier.from_workdir(f.workdir, f.checkpoint)
       rows, skipped = run(classifier, args[1:], faces=f.faces, every=f.every,
-                          output=f.output, annotate_dir=f.annotate,
-                          tta=f.tta)
+                          fps=f.fps, boxes=f.boxes, output=f.output,
+                          annotate_dir=f.annotate, summary=f.summary,
+                          timeline=f.timeline, tta=f.tta)
     except (FileNotFoundError, ValueError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)

@@ -175,10 +175,25 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
       (video, 0), (video, 2), (video, 4)]
   assert len(os.listdir(tmp_path / 'annotated')) == 5 + 3
 
+  # --fps samples by time (2.5 a second of a 5 fps video: every other frame);
+  # the summary and the timeline of the video are written where asked.
+  out = run_predict(digits_run, video, '--fps', 2.5, '--summary',
+                    tmp_path / 'summary.json', '--timeline',
+                    tmp_path / 'timeline.png')
+  assert out.returncode == 0, out.stderr[-3000:]
+  timed = [json.loads(line) for line in out.stdout.splitlines()
+           if line.startswith('{')]
+  assert [(r['frame'], r['time_s'], r['track']) for r in timed] == [
+      (0, 0.0, None), (2, 0.4, None), (4, 0.8, None)]
+  (summary,) = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['frames_sampled'] == 3 and summary['tracks'][0]['frames'] == 3
+  assert (tmp_path / 'timeline.png').read_bytes()[:4] == b'\x89PNG'
+
   out = run_predict(digits_run, paths[0], '--output', tmp_path / 'rows.csv')
   assert out.returncode == 0, out.stderr[-3000:]
   lines = (tmp_path / 'rows.csv').read_text().splitlines()
-  assert lines[0].startswith('path,frame,x,y,w,h,label,score,0,1,2')
+  assert lines[0].startswith(
+      'path,frame,time_s,track,x,y,w,h,label,score,0,1,2')
   assert len(lines) == 2
 
   empty = tmp_path / 'empty'
