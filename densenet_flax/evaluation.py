@@ -19,6 +19,7 @@ import numpy as np
 
 from densenet_flax import atomic
 from densenet_flax import config as config_lib
+from densenet_flax import config_checks
 from densenet_flax import metrics as metrics_lib
 from densenet_flax import parallel
 from densenet_flax import steps
@@ -101,7 +102,7 @@ def evaluate(workdir: str, checkpoint: str | int = 'latest',
   config = workdir_lib.load_config(workdir)
   split = split or config.test_split or config.eval_split
   dp = parallel.DataParallel()
-  config_lib.validate_devices(config, dp.num_devices)
+  config_checks.validate_devices(config, dp.num_devices)
   config_lib.enable_compilation_cache(config)
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
   if split.split('[')[0] not in data.spec.splits:

@@ -32,6 +32,7 @@ from densenet_flax import accelerators
 from densenet_flax import checkpointing
 from densenet_flax import cli
 from densenet_flax import config as config_lib
+from densenet_flax import config_checks
 from densenet_flax import evaluation
 from densenet_flax import layers
 from densenet_flax import optim
@@ -210,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   Returns a summary: final step, eval metrics, test report (if a test split
   is configured), and whether the run was interrupted.
   """
-  config_lib.validate(config)  # before anything starts, on any process
+  config_checks.validate(config)  # before anything starts, on any process
   # The source's BN epsilon (a resume reads it from its own config.json).
   config = pretrained.resolve_config(config, workdir)
   if config.distributed:
@@ -218,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                         config.process_id, config.distributed_timeout_s)
   dp = parallel.DataParallel()
   accelerators.log_backend()
-  config_lib.validate_devices(config, dp.num_devices)
+  config_checks.validate_devices(config, dp.num_devices)
   config_lib.enable_compilation_cache(config)
   run = _build_run(config, os.path.abspath(workdir), dp)
   try:

@@ -15,6 +15,7 @@ import pytest
 tf = pytest.importorskip('tensorflow')
 
 from densenet_flax import config as config_lib  # noqa: E402
+from densenet_flax import config_checks  # noqa: E402
 from densenet_flax.data import fer_sources  # noqa: E402
 from densenet_flax.data import pipeline  # noqa: E402
 from densenet_flax.datasets import prepare  # noqa: E402
@@ -258,15 +259,15 @@ def test_label_mode_is_validated():
   config.dataset, config.label_mode = 'ferplus', 'soft'
   with pytest.raises(ValueError, match=r"config.label_mode='soft': expected "
                                        r"one of 'majority', 'probability'"):
-    config_lib.validate(config)
+    config_checks.validate(config)
   config.dataset, config.label_mode = 'fer2013', 'crossentropy'
   with pytest.raises(ValueError, match=r"config.label_mode='crossentropy': "
                                        r"expected 'majority' for dataset "
                                        r"'fer2013'"):
-    config_lib.validate(config)
+    config_checks.validate(config)
   for mode in MODES:
     config.dataset, config.label_mode = 'ferplus', mode
-    config_lib.validate(config)
+    config_checks.validate(config)
   with pytest.raises(ValueError, match="config.label_mode='probability'"):
     pipeline.InputPipeline(make_config(('', ''), 'probability',
                                        dataset='fer2013'), num_devices=1)

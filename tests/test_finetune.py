@@ -17,6 +17,7 @@ import pytest
 
 import trainutil
 from densenet_flax import config as config_lib
+from densenet_flax import config_checks
 from densenet_flax import convert
 from densenet_flax import evaluation
 from densenet_flax import models
@@ -78,7 +79,7 @@ def test_bad_init_from_names_the_key(text, message):
 ])
 def test_bad_fine_tuning_config_names_the_key(digits_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
-    config_lib.validate(trainutil.tiny_config(digits_dir, **overrides))
+    config_checks.validate(trainutil.tiny_config(digits_dir, **overrides))
 
 
 def test_deprecated_init_from_keras_is_mapped_with_keras_epsilon(digits_dir,
@@ -186,7 +187,7 @@ def test_a_source_with_other_classes_gets_a_new_head(digits_run, fer_dirs,
       train_split='train', eval_split='public_test', test_split='private_test',
       **{'augment.resize': 16, 'augment.crop': 'random'},
       init_from=f'workdir:{digits_run}')
-  config_lib.validate(config)
+  config_checks.validate(config)
   with caplog.at_level(logging.INFO):
     variables = pretrained.initial_variables(config)
   assert 'classifier re-initialised (10 classes in the source, 7' in caplog.text
@@ -237,7 +238,7 @@ def test_a_keras_release_file_is_recognised_and_read(tmp_path, digits_dir):
     config = trainutil.tiny_config(digits_dir, model='densenet121',
                                    image_size=32, init_from=f'keras:{weights}')
     config.model_overrides = config_lib.base_config().model_overrides
-    config_lib.validate(config)
+    config_checks.validate(config)
     resolved = pretrained.resolve_config(config)
     assert resolved.model_overrides.bn_epsilon == convert.KERAS_BN_EPSILON
     assert _leaves_equal(pretrained.initial_variables(resolved), want)
@@ -257,7 +258,7 @@ def test_a_torchvision_file_initialises_gray_fer_with_a_new_head(tmp_path,
       image_size=32, train_split='train', eval_split='public_test', test_split='private_test',
       **{'augment.crop': 'random'}, init_from=f'torchvision:{path}')
   config.model_overrides = config_lib.base_config().model_overrides
-  config_lib.validate(config)
+  config_checks.validate(config)
   variables = pretrained.initial_variables(pretrained.resolve_config(config))
   want = convert.adapt_input_channels(convert.from_torchvision(path), 1)
   want['params'].pop('classifier')  # 1000 ImageNet classes, FER has 7

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip('tensorflow')
 
 from densenet_flax import checkpointing  # noqa: E402
-from densenet_flax import config as config_lib  # noqa: E402
+from densenet_flax import config_checks  # noqa: E402
 from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
@@ -323,7 +323,7 @@ def test_bad_config_names_the_key(digits_dir, key, value, message):
   config = trainutil.tiny_config(digits_dir, eval_batch_size=64,
                                  **{key: value})
   with pytest.raises(ValueError) as info:
-    config_lib.validate(config, num_devices=8)
+    config_checks.validate(config, num_devices=8)
   assert message in str(info.value)
 
 
@@ -349,7 +349,7 @@ def test_bad_config_fails_before_anything_is_built(digits_dir, tmp_path):
 def test_bad_distributed_config_names_the_key(digits_dir, overrides, message):
   config = trainutil.tiny_config(digits_dir, **overrides)
   with pytest.raises(ValueError) as info:
-    config_lib.validate(config)  # before jax.distributed.initialize
+    config_checks.validate(config)  # before jax.distributed.initialize
   assert message in str(info.value)
 
 
