@@ -1,5 +1,5 @@
-"""The package's import graph, function-level imports included, has no
-circle: each module can be read (and imported) after the ones it uses."""
+"""Package hygiene: no import circle (function-level imports included),
+and deprecations from our code or our stack fail the tests."""
 
 import ast
 import os
@@ -82,3 +82,16 @@ def test_config_imports_nothing_from_the_package():
 def test_the_walk_finds_a_circle():
   assert cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
   assert cycle({'a': {'b'}, 'b': set()}) is None
+
+
+def test_a_deprecation_raised_from_our_code_fails_the_test():
+  """pyproject.toml's filterwarnings: a DeprecationWarning attributed to a
+  module of the package (or of JAX, Flax, Optax, Orbax) is an error."""
+  import warnings
+
+  import pytest
+
+  for module in ('densenet_flax.models', 'jax._src.api', 'orbax.checkpoint'):
+    with pytest.raises(DeprecationWarning, match='old'):
+      warnings.warn_explicit('old', DeprecationWarning, 'x.py', 1,
+                             module=module)
