@@ -75,6 +75,10 @@ def validate(config: ml_collections.ConfigDict,
               'stop_after_steps'):
     if config[key] < 0:
       _fail(key, config[key], 'a number >= 0')
+  if config.schedule == 'cosine' and config.warmup_epochs >= config.num_epochs:
+    _fail('warmup_epochs', config.warmup_epochs,
+          f'fewer than num_epochs={config.num_epochs}: the cosine decay '
+          f'follows the warmup')
   if config.select_metric not in SELECT_METRICS:
     _fail('select_metric', config.select_metric,
           f'one of {", ".join(SELECT_METRICS)} (higher is better)')

@@ -15,7 +15,11 @@ import pytest
 from densenet_flax import layers
 from densenet_flax import models
 
-# ../shared/REFERENCE.md: trainable parameters (BN moving statistics excluded).
+# Trainable parameters (BN moving statistics excluded). ImageNet models
+# (121, 169, 201, 161): torchvision's and Keras' published counts; the others
+# are derived from the architecture in Huang et al. 2017 (arXiv 1608.06993,
+# Table 1 for ImageNet, Section 3 for CIFAR) and agree with the paper's
+# rounded figures in Table 2 (1.0M, 7.0M, 27.2M, 0.8M, 15.3M, 25.6M).
 REFERENCE_PARAMS = {
     ('densenet121', 1000): 7_978_856,
     ('densenet169', 1000): 14_149_480,
@@ -79,7 +83,7 @@ def test_reference_parameter_counts(name, num_classes):
 
 @pytest.mark.parametrize('name', sorted(models.PRESETS))
 def test_independent_count_agrees_with_every_preset(name):
-  """The recipe count reproduces REFERENCE.md and covers fer_densenet (999,079
+  """The recipe count reproduces REFERENCE_PARAMS and covers fer_densenet (999,079
   params at 7 classes, 1 channel), which has no published figure."""
   f = models.PRESETS[name]
   # The classes of its REFERENCE_PARAMS row where it has one (the traced
@@ -319,7 +323,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   assert out.dtype == jnp.float32
   diff = float(jnp.abs(out - ref).max())
   scale = float(jnp.abs(ref).max())
-  # Measured on this tiny net: see README ("bf16 compute").
+  # Measured on this tiny net: see docs/models.md ("bf16 compute").
   assert diff < 0.02 * scale, (diff, scale)
   _, updates = apply(bf16, variables, x, train=True, mutable=['batch_stats'])
   for leaf in jax.tree_util.tree_leaves(updates):

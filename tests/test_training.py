@@ -318,6 +318,8 @@ def test_divergence_stops_naming_the_step_and_saves_nothing_bad(
     ('image_size', 3, 'config.image_size=3: expected at least 4'),
     ('select_metric', 'loss', "config.select_metric='loss'"),
     ('rng_impl', 'philox', "config.rng_impl='philox': expected one of"),
+    ('warmup_epochs', 99.0, 'config.warmup_epochs=99.0: expected fewer than '
+                          'num_epochs'),
 ])
 def test_bad_config_names_the_key(digits_dir, key, value, message):
   config = trainutil.tiny_config(digits_dir, eval_batch_size=64,
