@@ -37,6 +37,22 @@ Meta = dict[str, Any]
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Orbax warns 'Given directory is read only' on every read-only open,
+  which is what evaluation and inference ask for: drop that one record."""
+  from absl import logging as absl_logging
+
+  notice = lambda record: not record.getMessage().startswith(  # noqa: E731
+      'Given directory is read only')
+  logger = absl_logging.get_absl_logger()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
+
+
 class CheckpointMismatchError(ValueError):
   """The checkpoint was written for another model or another class count."""
 
@@ -133,9 +149,15 @@ class Checkpoints:
             get_metric_fn=lambda metrics: metrics[select_metric],
             reverse=False, n=1, keep_checkpoints_without_metrics=False),
     ])
-    self._manager = ocp.CheckpointManager(
+    with _without_read_only_notice():
+      self._manager = self._open_manager(policy, read_only)
+
+  def _open_manager(self, policy, read_only: bool) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             create=not read_only, read_only=read_only,
+            # Nothing is saved read-only; Orbax warns when this is not 0.
+            save_interval_steps=0 if read_only else 1,
             preservation_policy=policy, enable_async_checkpointing=True,
             # Saves cut short (a killed process) leave *.orbax-checkpoint-tmp*
             # directories; they never count as checkpoints and go at start.

@@ -1,20 +1,44 @@
-"""What the command lines do before their work starts."""
+"""What the command lines do before their work starts.
+
+By default a command prints what a person needs: our own progress and
+results, and warnings and errors from anyone. Other libraries' INFO records
+(Orbax, absl, TensorFlow's and XLA's native start-up lines) show with
+--verbose.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 
 
-def set_log_levels() -> None:
-  """Our INFO lines; other libraries' warnings and errors only."""
+def define_verbose_flag() -> None:
+  from absl import flags
+
+  flags.DEFINE_bool('verbose', False, "Also show other libraries' INFO "
+                    'records (Orbax, TensorFlow, XLA).')
+
+
+def set_log_levels(verbose: bool = False) -> None:
+  """Our INFO lines; other libraries' warnings and errors only, unless
+  `verbose`. Call before TensorFlow is imported: its native logging reads
+  TF_CPP_MIN_LOG_LEVEL once, at import (a value the user set is kept)."""
   from absl import logging as absl_logging
 
+  if verbose:
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logging.getLogger().setLevel(logging.INFO)
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # native INFO lines
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's per-save lines
+  logging.getLogger().setLevel(logging.WARNING)  # XLA's backend probing
   logging.getLogger('densenet_flax').setLevel(logging.INFO)
 
 
-def start_command(args) -> None:
-  """Rejects stray arguments, keeps TF off the accelerators, sets log levels.
+def start_command(args, verbose: bool = False) -> None:
+  """Rejects stray arguments, sets log levels, keeps TF off the accelerators.
 
   For the commands that read data with tf.data (train, evaluate, export).
   """
@@ -22,7 +46,24 @@ def start_command(args) -> None:
 
   if len(args) > 1:
     raise app.UsageError(f'Unexpected arguments: {args[1:]}')
+  set_log_levels(verbose)
+  with contextlib.nullcontext() if verbose else _native_stderr_silenced():
+    import tensorflow as tf
   # tf.data runs on the host; the accelerators belong to JAX.
-  import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
-  set_log_levels()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+  """TensorFlow's C++ prints its start-up lines (oneDNN, absl::InitializeLog)
+  straight to file descriptor 2 at import, before TF_CPP_MIN_LOG_LEVEL is
+  read; an import error still raises once the descriptor is back."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as devnull:
+      os.dup2(devnull.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)

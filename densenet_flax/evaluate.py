@@ -19,6 +19,8 @@ def main(argv=None):
   from absl import app
   from absl import flags
 
+  from densenet_flax import cli
+
   flags.DEFINE_string('workdir', None, 'A training workdir.')
   flags.mark_flag_as_required('workdir')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.")
@@ -36,14 +38,14 @@ def main(argv=None):
   flags.DEFINE_integer('process_id', -1, "This process's id (-1 = auto-detect).")
   flags.DEFINE_integer('distributed_timeout_s', 100,
                        'Seconds to wait for a dead peer before failing.')
+  cli.define_verbose_flag()
 
   def run(args):
     from densenet_flax import accelerators
-    from densenet_flax import cli
     from densenet_flax import parallel
 
     f = flags.FLAGS
-    cli.start_command(args)
+    cli.start_command(args, f.verbose)
     if f.distributed:
       parallel.initialize(f.coordinator_address, f.num_processes,
                           f.process_id, f.distributed_timeout_s)

@@ -383,6 +383,8 @@ def main(argv=None):
   from absl import app
   from absl import flags
 
+  from densenet_flax import cli
+
   flags.DEFINE_string('workdir', None, 'A training workdir.')
   flags.mark_flag_as_required('workdir')
   flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step.")
@@ -400,16 +402,16 @@ def main(argv=None):
   flags.DEFINE_string('output', None, 'Write rows to this .jsonl or .csv.')
   flags.DEFINE_string('annotate', None, 'Write annotated images here.')
   flags.DEFINE_enum('tta', None, ['ten_crop'], 'Test-time augmentation.')
+  cli.define_verbose_flag()
 
   def command(args):
     from densenet_flax import accelerators
-    from densenet_flax import cli
     from densenet_flax.inference import Classifier
 
     f = flags.FLAGS
     if len(args) < 2 and not f.boxes:
       raise app.UsageError('Name at least one image, folder or video.')
-    cli.set_log_levels()
+    cli.set_log_levels(f.verbose)
     accelerators.log_backend()
     try:
       classifier = Classifier.from_workdir(f.workdir, f.checkpoint)

@@ -563,9 +563,10 @@ def main(argv=None):
   config_flags.DEFINE_config_file(
       'config', default_config_path(),
       'Config file (configs/*.py); fields override as --config.key=value.')
+  cli.define_verbose_flag()
 
   def run(args):
-    cli.start_command(args)
+    cli.start_command(args, flags.FLAGS.verbose)
     summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     print(json.dumps({k: v for k, v in summary.items() if k != 'test'},
                      indent=2))

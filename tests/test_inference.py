@@ -202,6 +202,22 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
   assert out.returncode == 2 and f'{empty}: no images or videos' in out.stderr
 
 
+def test_predict_on_one_image_prints_its_answer_and_little_else(
+    digits_run, digits_dir, tmp_path):
+  images, _ = stored_test_split(digits_dir)
+  path = str(tmp_path / 'digit.png')
+  cv2.imwrite(path, images[0][..., 0])
+  out = run_predict(digits_run, path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  (row,) = out.stdout.splitlines()
+  assert json.loads(row)['path'] == path
+  # Ours: the backend, the checkpoint restored, the classifier, the count.
+  assert len(out.stderr.splitlines()) <= 5, out.stderr
+  verbose = run_predict(digits_run, path, '--verbose')
+  assert verbose.returncode == 0, verbose.stderr[-3000:]
+  assert len(verbose.stderr.splitlines()) > len(out.stderr.splitlines())
+
+
 def test_export_round_trip(classifier, digits_dir, tmp_path):
   import tensorflow as tf
   from densenet_flax import export
