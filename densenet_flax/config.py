@@ -110,9 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   c.seed = 0
   # The keys' PRNG: 'threefry2x32' (JAX's default) or 'rbg' / 'unsafe_rbg',
-  # XLA's RngBitGenerator: other random streams. On 2 CPU cores rbg compiles
-  # the plain fer_densenet step sooner (46.6 s against 55-57 s) but steps
-  # slower (774 against 621 ms; benchmarks/compile_time.py, README).
+  # XLA's RngBitGenerator: other random streams. rbg compiles sooner on CPU
+  # but steps slower (docs/benchmarks.md#random-keys-threefry2x32-or-rbg,
+  # python -m benchmarks.compile_time).
   c.rng_impl = 'threefry2x32'
   c.log_every_steps = 50
   c.eval_every_epochs = 1
@@ -136,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.stop_after_steps = 0            # >0: save and stop after this many steps
                                     # of this invocation (time-boxed jobs)
   # XLA's compiled steps, kept across runs: a resumed or repeated run skips
-  # the compile (DenseNet-121 step on 2 CPU cores: 21 s -> 3.5 s). '' = off.
+  # the compile (docs/benchmarks.md#compile-time). '' = off.
   c.compilation_cache_dir = '~/.cache/densenet_flax/xla'
   return c
 

@@ -89,9 +89,9 @@ class Conv(nn.Module):
   """A bias-free 2-D convolution, NHWC x HWIO, with the parameters of nn.Conv.
 
   1x1 stride-1 convolutions (the bottlenecks and transitions, about half of a
-  DenseNet's FLOPs) are computed as matrix products: XLA:CPU runs them 2-3x
-  faster that way than as convolutions, forward and backward; on GPU/TPU the
-  two lower to the same kernels. With the CPU kernels (`kernel_set`) the
+  DenseNet's FLOPs) are computed as matrix products: XLA:CPU runs them faster
+  that way than as convolutions, forward and backward; on GPU/TPU the two
+  lower to the same kernels (docs/benchmarks.md#what-the-steps-design-rests-on). With the CPU kernels (`kernel_set`) the
   others (3x3, the stems) compute their kernel gradient in batch chunks
   (`conv_cpu`).
   """
@@ -136,11 +136,10 @@ def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
   """How many equal batch chunks a conv's kernel gradient is computed in.
 
   XLA:CPU computes a kernel gradient as a convolution whose window is the
-  whole image, and runs it 2-3x slower than the forward pass once the batch
-  holds more than about 8k positions (benchmarks/conv3x3.py: 54 ms, against
-  24 ms in four chunks, for DenseNet-121's first block at 224 px, batch 8).
-  Chunks of at most KERNEL_GRAD_POSITIONS run at about the forward pass's
-  speed; this is the smallest divisor of the batch that gets there (the
+  whole image, and runs it much slower than the forward pass once the batch
+  holds many positions (python -m benchmarks.conv3x3;
+  docs/benchmarks.md#kernel-gradients-in-batch-chunks). Chunks of at most
+  KERNEL_GRAD_POSITIONS run at about the forward pass's speed; this is the smallest divisor of the batch that gets there (the
   batch itself at most).
   """
   want = -(-batch * height * width // KERNEL_GRAD_POSITIONS)
@@ -478,11 +477,10 @@ def bernoulli(key: Array, p: float, shape: Sequence[int]) -> Array:
 
   On CPU, JAX lowers the threefry hash behind a random draw as a rolled loop,
   and XLA:CPU runs it as a loop over the whole array that stores the random
-  bits. Written out round by round, the hash fuses with the mask's use: the
-  plain `fer_densenet` train step (dropout 0.2) takes a quarter less time
-  and a third less XLA temp memory, and the memory-efficient one compiles
-  in 15-16 s instead of 23-29 s (docs/benchmarks.md). Same bits, so runs keep
-  their random streams. Outside the CPU kernels (`kernel_set`), and for rbg
+  bits. Written out round by round, the hash fuses with the mask's use, so
+  the train step takes less time, temp memory and compile time
+  (docs/benchmarks.md#dropouts-masks-hashed-in-straight-line-code). Same
+  bits, so runs keep their random streams. Outside the CPU kernels (`kernel_set`), and for rbg
   keys, 64-bit floats, jax_threefry_partitionable off or a jax whose bits
   differ, this is jax.random.bernoulli.
   """

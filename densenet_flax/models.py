@@ -244,7 +244,8 @@ class DenseNet(nn.Module):
     segment_size: memory-efficient training only: dense layers per compiled
       loop (shared_buffer.BlockSpec). Shorter loops pad fewer channels, and
       each is one more loop body to compile; 1 unrolls the block, which
-      then compiles 2-3x slower than in loops of 8 (docs/benchmarks.md).
+      then compiles slower than in loops of 8
+      (docs/benchmarks.md#the-unrolled-layers).
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and BN statistics
       stay in `param_dtype`, logits are returned as float32.
     param_dtype: dtype of parameters and BN statistics.

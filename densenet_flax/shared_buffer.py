@@ -157,15 +157,14 @@ def _conv3x3_forward(x: Array, kernel: Array) -> Array:
 def _conv3x3(x: Array, kernel: Array) -> Array:
   """A 3x3 stride-1 'same' conv, NHWC x HWIO, with its gradient written out.
 
-  Inside a loop body XLA:CPU runs autodiff's conv gradients about 40x
+  Inside a loop body XLA:CPU runs autodiff's conv gradients many times
   slower than in straight-line code. Both gradients are written here as
   forward convs in the layout of the forward pass (the input's: dy with the
   flipped kernel; the kernel's: over the batch axis, x's channels as its
-  batch), which run as fast inside a loop as outside. Over DenseNet-121's
-  third block (24 layers, batch 8 at 14x14; benchmarks/conv_grad_in_loop.py):
-  input gradient 982 ms autodiff, 27 ms here; kernel gradient 1,274 ms
-  autodiff, 30 ms here (59 ms as the nine matmuls this used before). One of
-  the CPU kernels (layers.kernel_set); the generic kernels keep autodiff's
+  batch), which run as fast inside a loop as outside
+  (python -m benchmarks.conv_grad_in_loop;
+  docs/benchmarks.md#inside-the-memory-efficient-block). One of the CPU
+  kernels (layers.kernel_set); the generic kernels keep autodiff's
   gradient.
   """
   return _conv3x3_forward(x, kernel)
@@ -204,8 +203,8 @@ class Masks(NamedTuple):
   keep1 follows the first conv (the bottleneck's 1x1, or a basic layer's
   3x3), keep2 the bottleneck's 3x3 (None for basic layers). The forward pass
   keeps them, stacked on a leading [L] axis per loop, so the backward pass
-  draws no random bits (drawing them again cost the memory-efficient
-  `fer_densenet` step about 15%; docs/benchmarks.md); as bools they add
+  draws no random bits (drawing them again slows the step;
+  docs/benchmarks.md#tried-and-dropped-1); as bools they add
   1 byte per element, linear in depth.
   """
   keep1: Array | None

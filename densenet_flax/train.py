@@ -391,8 +391,9 @@ def _train(run: _Run, state, start_step: int):
   step_rng = dp.put_broadcast(_rngs(config)[1])
   batches = parallel.prefetch(run.data.train_batches(start_step), dp.put_batch)
   # On CPU, tf.data and XLA share the cores: letting the next batch be made
-  # while a step runs asynchronously oversubscribed them and doubled the step
-  # time (digits demo, 2 cores: 190 ms vs 95 ms). There, wait for each step.
+  # while a step runs asynchronously oversubscribes them and slows the step
+  # (docs/benchmarks.md#what-the-steps-design-rests-on). There, wait for
+  # each step.
   sync_each_step = jax.default_backend() == 'cpu'
   buffer = _MetricBuffer()
   stop_at = (start_step + config.stop_after_steps if config.stop_after_steps

@@ -10,7 +10,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One persistent XLA compilation cache for the session and the processes it
 # starts: the many tests that train the same tiny models compile each program
-# once (tests/test_training.py: 108 s without, 71 s with). A fresh directory,
+# once (docs/benchmarks.md#test-suite). A fresh directory,
 # removed at the end: no test reads an entry another session left, and the
 # tests leave no files behind. Runs whose config names a cache directory
 # (test_multiprocess.py) use theirs.
@@ -27,9 +27,7 @@ if 'jax' in sys.modules:  # imported before this file (by a plugin)
 
 # The tests compile with LLVM's -O1 (XLA's backend optimization level; its
 # default is 2): the same optimised HLO programs, less tuned machine code, and
-# most of a test is compiling (the 28 tests of test_shared_buffer.py and
-# test_models.py that compile: 151 s at the default, 98 s at 1, 88 s at 0;
-# tier 1 in all: 9 min 52 s at the default, 8 min 8 s at 1).
+# most of a test is compiling (docs/benchmarks.md#test-suite).
 # train.py and the benchmarks keep XLA's default. Processes the tests start
 # inherit it, but for the multi-process runs, whose environment drops
 # XLA_FLAGS (tests/multiprocess.py).
