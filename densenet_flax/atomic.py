@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 
 
@@ -19,9 +19,11 @@ def replacing(path: str) -> Iterator[str]:
   removed."""
   directory, name = os.path.split(os.path.abspath(path))
   stem, suffix = os.path.splitext(name)
-  fd, temporary = tempfile.mkstemp(prefix=f'.{stem}.', suffix=f'.tmp{suffix}',
-                                   dir=directory)
-  os.close(fd)
+  temporary = os.path.join(directory,
+                           f'.{stem}.{secrets.token_hex(4)}.tmp{suffix}')
+  # Created as open() creates files (0o666 less the umask), unlike mkstemp's
+  # 0o600: the renamed file is readable as a plainly written one would be.
+  os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
   try:
     yield temporary
     with open(temporary, 'rb') as f:

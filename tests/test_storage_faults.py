@@ -378,3 +378,15 @@ def test_an_asynchronous_save_error_surfaces_at_the_wait_and_once(small_disk):
                      match='Checkpoint 1 could not be written.*disk is full'):
     ckpts.wait()
   ckpts.close()  # already reported: closing does not raise it again
+
+
+def test_files_written_whole_get_the_permissions_of_plain_writes(tmp_path):
+  from densenet_flax import atomic
+
+  plain, whole = tmp_path / 'plain.json', tmp_path / 'whole.json'
+  plain.write_text('{}')
+  atomic.write_text(str(whole), '{}')
+  assert whole.read_text() == '{}'
+  assert whole.stat().st_mode == plain.stat().st_mode
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['plain.json',
+                                                        'whole.json']
