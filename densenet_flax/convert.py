@@ -58,7 +58,22 @@ def _keras_layer_path(name: str) -> tuple[str, ...] | None:
 
 
 def keras_architecture(keras_model) -> tuple[str, int | None]:
-  """(preset name, number of classes or None without a top) of a Keras DenseNet."""
+  """(preset name, number of classes or None without a top) of a Keras DenseNet.
+
+  Recognised by its layer names and shapes, whatever its weights.
+
+  Args:
+    keras_model: a `keras.applications.DenseNet121/169/201` model, built
+      with or without top.
+
+  Returns:
+    (the `models.PRESETS` name with the model's block sizes, growth rate and
+    stem width, the width of its 'predictions' layer or None).
+
+  Raises:
+    ValueError: the model has no conv1_conv or conv2_block1_2_conv layer, or
+      no preset matches it.
+  """
   blocks: dict[int, int] = {}
   for layer in keras_model.layers:
     if m := _KERAS_BLOCK.match(layer.name):
@@ -91,7 +106,18 @@ def keras_architecture(keras_model) -> tuple[str, int | None]:
 
 
 def model_for_keras(keras_model, **overrides: Any) -> models.DenseNet:
-  """The Flax DenseNet whose variables `from_keras(keras_model)` returns."""
+  """The Flax DenseNet whose variables `from_keras(keras_model)` returns.
+
+  Args:
+    keras_model: a keras.applications DenseNet (`keras_architecture`).
+    **overrides: DenseNet fields. `bn_epsilon` defaults to Keras's
+      KERAS_BN_EPSILON; `num_classes` to the model's top, or 1000 without
+      one.
+
+  Raises:
+    ValueError: as `keras_architecture`, or an override that is not a
+      DenseNet field.
+  """
   name, num_classes = keras_architecture(keras_model)
   overrides.setdefault('bn_epsilon', KERAS_BN_EPSILON)
   num_classes = overrides.pop('num_classes', num_classes) or 1000
@@ -101,11 +127,21 @@ def model_for_keras(keras_model, **overrides: Any) -> models.DenseNet:
 def from_keras(keras_model) -> dict[str, Any]:
   """Copies a Keras DenseNet's weights into Flax variables.
 
-  Returns {'params', 'batch_stats'} for `model_for_keras(keras_model)`. A model
-  built with `include_top=False` gives variables without 'classifier' (for
-  fine-tuning with a new head). Every Keras weight is used exactly once and
-  every Flax variable is filled, with matching shapes, or a ValueError names
-  the offending layer.
+  Every Keras weight is used exactly once and every Flax variable is filled,
+  with matching shapes, or a ValueError names the offending layer.
+
+  Args:
+    keras_model: a keras.applications DenseNet121/169/201 model object, any
+      weights; the stem takes its input's channel count.
+
+  Returns:
+    {'params', 'batch_stats'} (nested dicts of float32 numpy arrays) for
+    `model_for_keras(keras_model)`. A model built with `include_top=False`
+    gives variables without 'classifier' (for fine-tuning with a new head).
+
+  Raises:
+    ValueError: as `keras_architecture`, or naming a layer whose weights do
+      not fit.
   """
   name, num_classes = keras_architecture(keras_model)
   model = model_for_keras(keras_model)
@@ -189,7 +225,20 @@ _TORCH_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
 
 def torchvision_state_dict(source) -> dict[str, np.ndarray]:
   """A state dict (or a .pth/.pt path) -> name -> float32 array, names as
-  torchvision's current ones (no 'module.' prefix, no old-style names)."""
+  torchvision's current ones (no 'module.' prefix, no old-style names).
+
+  Args:
+    source: a dict of name -> torch tensor or array, or a path (str or
+      os.PathLike) that torch.load reads with weights_only=True (needs torch:
+      pip install .[torch]); a file holding {'state_dict': dict, ...} gives
+      that dict.
+
+  Returns:
+    name -> float32 numpy array, without the num_batches_tracked entries.
+
+  Raises:
+    ValueError: `source`, or what the file holds, is not a dict.
+  """
   where = 'the state dict'
   if isinstance(source, (str, os.PathLike)):
     import torch  # only to read the file: pip install .[torch]
@@ -215,7 +264,20 @@ def torchvision_state_dict(source) -> dict[str, np.ndarray]:
 
 
 def torchvision_architecture(state: dict) -> tuple[str, int | None, int]:
-  """(preset, classes or None without a classifier, input channels)."""
+  """(preset, classes or None without a classifier, input channels).
+
+  Args:
+    state: a state dict as `torchvision_state_dict` returns it.
+
+  Returns:
+    (the `models.PRESETS` name with the weights' block sizes, growth rate and
+    stem width, the rows of classifier.weight or None, conv0's input
+    channels).
+
+  Raises:
+    ValueError: no features.conv0.weight or first dense layer's conv2, or no
+      preset matches.
+  """
   blocks: dict[int, int] = {}
   for name in state:
     if m := _TORCH_LAYER.match(name):
@@ -244,7 +306,18 @@ def torchvision_architecture(state: dict) -> tuple[str, int | None, int]:
 
 
 def model_for_torchvision(source, **overrides: Any) -> models.DenseNet:
-  """The Flax DenseNet whose variables `from_torchvision(source)` returns."""
+  """The Flax DenseNet whose variables `from_torchvision(source)` returns.
+
+  Args:
+    source: as for `torchvision_state_dict`.
+    **overrides: DenseNet fields. `bn_epsilon` defaults to
+      TORCHVISION_BN_EPSILON; `num_classes` to the classifier's, or 1000
+      without one.
+
+  Raises:
+    ValueError: as `torchvision_state_dict` and `torchvision_architecture`,
+      or an override that is not a DenseNet field.
+  """
   name, num_classes, _ = torchvision_architecture(
       torchvision_state_dict(source))
   overrides.setdefault('bn_epsilon', TORCHVISION_BN_EPSILON)
@@ -255,10 +328,21 @@ def model_for_torchvision(source, **overrides: Any) -> models.DenseNet:
 def from_torchvision(source) -> dict[str, Any]:
   """Copies a torchvision DenseNet's weights into Flax variables.
 
-  Returns {'params', 'batch_stats'} for `model_for_torchvision(source)`;
-  without a classifier in the weights, none in the variables. Every weight is
-  used once and every variable filled with the right shape, or a ValueError
-  names the weight.
+  Every weight is used once and every variable filled with the right shape,
+  or a ValueError names the weight.
+
+  Args:
+    source: as for `torchvision_state_dict`: a state dict or a .pth/.pt path.
+
+  Returns:
+    {'params', 'batch_stats'} (nested dicts of float32 numpy arrays; conv
+    kernels HWIO, the classifier's (in, out)) for
+    `model_for_torchvision(source)`; without a classifier in the weights, none
+    in the variables.
+
+  Raises:
+    ValueError: as `torchvision_state_dict` and `torchvision_architecture`,
+      or naming a weight that does not fit.
   """
   state = torchvision_state_dict(source)
   name, num_classes, channels = torchvision_architecture(state)
@@ -319,6 +403,19 @@ def adapt_input_channels(variables: dict, channels: int) -> dict:
   the logits the RGB model gives on that image in all three channels. 1 -> 3
   splits the kernel evenly, which keeps the logits of a gray image replicated
   to RGB. Only params/conv0/kernel changes; the input is not normalised here.
+
+  Args:
+    variables: a DenseNet's {'params', ...}; only params/conv0/kernel
+      [kh, kw, C, F] is read.
+    channels: the input channels the stem is to take; only 3 -> 1 and
+      1 -> 3 change anything.
+
+  Returns:
+    `variables` itself when the stem already takes `channels`; else a copy
+    sharing every other leaf, with a new float32 params/conv0/kernel.
+
+  Raises:
+    ValueError: a change other than 3 -> 1 or 1 -> 3.
   """
   kernel = np.asarray(variables['params']['conv0']['kernel'])
   have = kernel.shape[2]

@@ -45,9 +45,13 @@ class Classifier:
   """A trained DenseNet with its preprocessing and class names.
 
   Args:
-    model: the Flax module; variables: {'params', 'batch_stats'}.
+    model: the Flax module (a models.DenseNet).
+    variables: its {'params', 'batch_stats'}.
     config: the run's config (image size, channels, augment.*, dataset).
-    mean, std: the normalisation the run trained with (per stored channel).
+    mean: the normalisation the run trained with: per stored channel, on the
+      [0, 1] scale (inputs become (x / 255 - mean) / std).
+    std: likewise.
+    step: the checkpoint's step, kept as `self.step`; None if unknown.
     batch_sizes: the batch sizes the model is compiled for; a batch of N is
       padded up to the next one, larger batches are split.
   """
@@ -75,6 +79,23 @@ class Classifier:
 
     A run that kept an EMA of its weights (config.ema_decay) gives the EMA,
     the model its training evaluated.
+
+    Args:
+      workdir: a training workdir: its config.json, the normalisation it
+        recorded, and its checkpoints.
+      checkpoint: 'best' (by config.select_metric among the evaluated
+        checkpoints), 'latest' (skipping a damaged newest one for the one
+        before) or a step number.
+      batch_sizes: as for `Classifier`.
+
+    Returns:
+      A Classifier with the checkpoint's params and BN statistics, and its
+      step.
+
+    Raises:
+      FileNotFoundError: no config.json in `workdir`; no normalisation
+        recorded for a dataset without fixed statistics; no checkpoints, none
+        evaluated (for 'best'), or none at the step asked for.
     """
     config = workdir_lib.load_config(workdir)
     model, variables, step = workdir_lib.restore_variables(
@@ -99,9 +120,22 @@ class Classifier:
   def preprocess(self, images, tta: str | None = None) -> np.ndarray:
     """0-255 images -> normalised model inputs, as evaluation makes them.
 
-    images: [N, H, W] or [N, H, W, C] (C = the dataset's stored channels; a
-    grayscale model also takes RGB, converted with the ITU-R 601 weights).
-    Returns float32 [N, S, S, C'] (or [N, 10, S, S, C'] with tta='ten_crop').
+    Args:
+      images: integer or float, 0-255, [N, H, W] or [N, H, W, C] at any
+        H x W (C = the dataset's stored channels; a grayscale model also
+        takes RGB, converted with the ITU-R 601 weights).
+      tta: None for the evaluation's single crop, or 'ten_crop': the 4
+        corner and the centre crops and their mirror images (the config's
+        augment.crop must be 'random' or 'resized').
+
+    Returns:
+      float32 [N, S, S, C'] (or [N, 10, S, S, C'] with tta='ten_crop'):
+      S = config.image_size, C' = config.channels (gray is repeated for an
+      RGB model).
+
+    Raises:
+      ValueError: an unknown `tta`, 'ten_crop' with a config that does not
+        crop, or images of another rank, dtype or channel count.
     """
     return self._normalize(self.crops(images, tta))
 
@@ -109,6 +143,17 @@ class Classifier:
     """The 0-255 crops the model sees, before mean/std: [N, S, S, C].
 
     What an exported model takes (it normalises inside).
+
+    Args:
+      images: as for `preprocess`.
+      tta: as for `preprocess`.
+
+    Returns:
+      float32 [N, S, S, C] (or [N, 10, S, S, C] with tta='ten_crop'):
+      S = config.image_size, C = the dataset's stored channels.
+
+    Raises:
+      ValueError: as `preprocess`.
     """
     if tta not in TTA_MODES:
       raise ValueError(f'tta must be one of {TTA_MODES}; got {tta!r}')
@@ -175,7 +220,19 @@ class Classifier:
   # --- prediction ------------------------------------------------------------
 
   def predict(self, images, tta: str | None = None) -> np.ndarray:
-    """Class probabilities [N, num_classes] (float32) of 0-255 images."""
+    """Class probabilities [N, num_classes] (float32) of 0-255 images.
+
+    Args:
+      images: as for `preprocess`.
+      tta: None, or 'ten_crop' to average the probabilities of 10 crops per
+        image (as for `preprocess`).
+
+    Returns:
+      float32 [N, num_classes], columns in the order of `class_names`.
+
+    Raises:
+      ValueError: as `preprocess`.
+    """
     inputs = self.preprocess(images, tta)
     return self.predict_preprocessed(inputs)
 
@@ -184,6 +241,13 @@ class Classifier:
 
     Batches are padded to the compiled sizes; T test-time crops of an image
     have their probabilities averaged, as evaluation averages them.
+
+    Args:
+      inputs: as `preprocess` returns them: [N, S, S, C'] or [N, T, S, S, C'],
+        copied into float32 batches.
+
+    Returns:
+      float32 [N, num_classes], columns in the order of `class_names`.
     """
     outputs = []
     largest = self.batch_sizes[-1]

@@ -229,7 +229,8 @@ class DenseNet(nn.Module):
 
   Attributes:
     growth_rate: k, the channels each dense layer adds.
-    block_sizes: dense layers per block.
+    block_sizes: dense layers per block, one entry per block; a transition
+      joins each block to the next.
     num_init_features: channels of the stem conv.
     bn_size: bottleneck width factor (the 1x1 conv has bn_size*k channels);
       None for the basic layer without bottleneck.
@@ -294,6 +295,22 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
+    """The logits of a batch of images.
+
+    Args:
+      x: images [N, H, W, C], C as at init (which takes any C), H and W at
+        least `min_input_size`; cast to `dtype`.
+      train: normalise with, and update, the batch statistics and apply
+        dropout, except in the stages through `frozen_bn_through`.
+
+    Returns:
+      float32 logits [N, num_classes].
+
+    Raises:
+      ValueError: `x` is not 4-D or is smaller than `min_input_size`; or
+        `frozen_bn_through` is not a stage name, `segment_size` is below 1, or
+        `stem` is not one of STEMS.
+    """
     self._check_input(x)
     conv = functools.partial(layers.Conv, dtype=self.dtype,
                              param_dtype=self.param_dtype)
@@ -418,6 +435,21 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> DenseNet:
   Overrides are DenseNet fields, e.g.
   `create_model('densenet_bc_100_12', num_classes=10, block_sizes=(40, 40, 40))`
   for a deeper BC net, or `dtype=jnp.bfloat16, memory_efficient=True`.
+
+  Args:
+    name: a key of `PRESETS`, e.g. 'densenet121', 'densenet_bc_100_12' or
+      'fer_densenet'.
+    num_classes: width of the classifier; presets fix none (the preset
+      functions, e.g. `densenet121`, default it by stem, this does not).
+    **overrides: DenseNet fields that replace the preset's values; a
+      `block_sizes` list is made a tuple.
+
+  Returns:
+    An unbound DenseNet; `model.init` creates its variables.
+
+  Raises:
+    ValueError: `name` is not a preset, an override is not a DenseNet field,
+      or the resulting `stem` is not one of STEMS.
   """
   if name not in PRESETS:
     raise ValueError(

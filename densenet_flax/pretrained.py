@@ -45,7 +45,15 @@ _KEY = 'config.init_from'
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A parsed `config.init_from`."""
+  """A parsed `config.init_from`.
+
+  `str(source)` writes it back as 'kind:location[:checkpoint]'.
+
+  Attributes:
+    kind: one of KINDS.
+    location: a KERAS_NAMES name (Keras), or a path with '~' expanded.
+    checkpoint: workdir sources only: 'best', 'latest' or a step (int).
+  """
   kind: str                    # one of KINDS
   location: str                # a Keras model name or a path
   checkpoint: str | int = 'best'   # workdir sources only
@@ -56,7 +64,21 @@ class Source:
 
 
 def parse(init_from: str) -> Source:
-  """'kind:location' -> Source; a ValueError names the key and the forms."""
+  """'kind:location' -> Source; a ValueError names the key and the forms.
+
+  Args:
+    init_from: 'keras:NAME' (one of KERAS_NAMES) or 'keras:PATH' (.h5),
+      'torchvision:PATH', or 'workdir:PATH[:best|latest|STEP]'. A location
+      is a path when it has a path separator, starts with '~' or '.', or
+      ends in .h5, .pth or .pt.
+
+  Returns:
+    The Source; a workdir source's checkpoint is 'best' unless given.
+
+  Raises:
+    ValueError: no known 'kind:' prefix, no location, or a Keras location
+      that is neither one of KERAS_NAMES nor a path.
+  """
   kind, sep, location = init_from.partition(':')
   forms = ("'keras:DenseNet121' (or a path to a .h5 weights file), "
            "'torchvision:/path/weights.pth' or 'workdir:/path/run[:best|"
@@ -83,7 +105,18 @@ def _is_path(location: str) -> bool:
 
 
 def source_of(config) -> Source | None:
-  """The run's source: `init_from`, or the deprecated `init_from_keras`."""
+  """The run's source: `init_from`, or the deprecated `init_from_keras`.
+
+  Args:
+    config: a run config; `init_from` (see `parse`) wins over
+      `init_from_keras` (a KERAS_NAMES name or a .h5 path).
+
+  Returns:
+    The parsed Source, or None when neither is set.
+
+  Raises:
+    ValueError: as `parse`.
+  """
   if config.get('init_from'):
     return parse(config.init_from)
   if config.get('init_from_keras'):
@@ -100,6 +133,18 @@ def resolve_config(config: ml_collections.ConfigDict,
   Reads no weights: a workdir source's epsilon comes from its config.json,
   or, when `workdir` (this run's) already recorded it for the same source,
   from there, so a resumed run needs no access to its source.
+
+  Args:
+    config: the run's config; `model_overrides.bn_epsilon` is the only key
+      that can change.
+    workdir: this run's workdir, or None.
+
+  Returns:
+    `config` itself when it names no source; else a copy.
+
+  Raises:
+    ValueError: as `source_of`.
+    FileNotFoundError: a workdir source without a config.json.
   """
   source = source_of(config)
   if source is None:
@@ -136,6 +181,14 @@ def _recorded_epsilon(workdir: str | None, source: Source) -> float | None:
 
 
 def source_bn_epsilon(source: Source) -> float:
+  """The BN epsilon the source's model was built with; reads no weights.
+
+  Keras: KERAS_BN_EPSILON; torchvision: TORCHVISION_BN_EPSILON; a workdir:
+  its model's, from its config.json.
+
+  Raises:
+    FileNotFoundError: a workdir source without a config.json.
+  """
   if source.kind == 'keras':
     return convert.KERAS_BN_EPSILON
   if source.kind == 'torchvision':
@@ -147,7 +200,16 @@ def source_bn_epsilon(source: Source) -> float:
 
 @dataclasses.dataclass
 class Weights:
-  """A source's variables and what they were made for."""
+  """A source's variables and what they were made for.
+
+  Attributes:
+    variables: {'params', 'batch_stats'} of host (numpy) arrays, as the
+      source has them (its stem's channels and its classifier, if any).
+    architecture: the models.PRESETS name of the source's model, when known.
+    num_classes: the width of the source's classifier; None when it has none
+      (Keras ImageNet weights by name, weights saved without a top).
+    description: the source, for logs and errors.
+  """
   variables: dict              # {'params', 'batch_stats'}, host arrays
   architecture: str | None     # a models.PRESETS name, when known
   num_classes: int | None      # None: the source has no classifier
@@ -160,6 +222,22 @@ def load(source: Source, *, sharding: jax.sharding.Sharding | None = None
 
   `sharding` places a workdir checkpoint as it is read (every process of a
   run must then call this together); the result is copied to the host.
+
+  Args:
+    source: what to read. A Keras name downloads (through Keras) its
+      ImageNet weights without the top.
+    sharding: workdir sources only; None places the checkpoint on the first
+      device.
+
+  Returns:
+    The Weights, with the source's architecture and class count.
+
+  Raises:
+    FileNotFoundError: a torchvision or Keras file that does not exist, a
+      workdir without config.json, or no checkpoint there for
+      `source.checkpoint`.
+    ValueError: a file that does not hold DenseNet weights this package
+      reads (convert, `keras_file_architecture`).
   """
   if source.kind == 'torchvision':
     if not os.path.isfile(source.location):
@@ -217,6 +295,18 @@ def keras_file_architecture(path: str) -> tuple[str, int | None]:
   Reads the HDF5 layout only: the release files name layers as Keras does
   (conv2_block1_1_conv, predictions); a Keras 3 `.weights.h5` is recognised
   by its number of convolutions.
+
+  Args:
+    path: an HDF5 file: a keras.applications release weights file (with or
+      without top), a whole model saved by Keras 2, or a Keras 3
+      `.weights.h5`.
+
+  Returns:
+    (one of KERAS_NAMES, the width of its top or None without one).
+
+  Raises:
+    ValueError: `path` is not an HDF5 file, or does not hold one of the
+      KERAS_NAMES DenseNets.
   """
   import h5py  # ships with Keras
 
@@ -269,8 +359,19 @@ def _find_dataset(group, leaf: str):
 def fit_to_model(weights: Weights, config) -> dict:
   """The source's variables made to fit this run's model, each change logged.
 
-  Returns variables to merge into a fresh initialisation
-  (`steps.merge_variables`): a re-initialised classifier is left out.
+  Args:
+    weights: what `load` returned.
+    config: the run's config: its model, channels and dataset (class count).
+
+  Returns:
+    Variables to merge into a fresh initialisation
+    (`steps.merge_variables`): the stem adapted to config.channels
+    (`convert.adapt_input_channels`), and a re-initialised classifier left
+    out (when the class counts differ).
+
+  Raises:
+    ValueError: the source's architecture is not config.model, or its stem
+      cannot be adapted (only 1 <-> 3 channels).
   """
   from densenet_flax import workdir as workdir_lib
 
@@ -303,7 +404,18 @@ def fit_to_model(weights: Weights, config) -> dict:
 
 
 def initial_variables(config, *, sharding=None) -> dict | None:
-  """The fitted source variables of `config`, or None without a source."""
+  """The fitted source variables of `config`, or None without a source.
+
+  Args:
+    config: the run's config (`source_of`).
+    sharding: as for `load`.
+
+  Returns:
+    `fit_to_model`'s variables, or None when the config names no source.
+
+  Raises:
+    ValueError, FileNotFoundError: as `source_of`, `load` and `fit_to_model`.
+  """
   source = source_of(config)
   if source is None:
     return None

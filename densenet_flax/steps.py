@@ -74,8 +74,26 @@ def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
                        ema: bool = False) -> TrainState:
   """A fresh state; `variables` (e.g. imported weights) replace the init values.
 
-  image_shape: (height, width, channels) of one input. With `ema`, the EMA
-  starts at the initial weights.
+  Args:
+    rng: the PRNG key of `model.init`.
+    model: the Flax module (a models.DenseNet), initialised with train=False
+      on one float32 zero image.
+    tx: the optimizer; its state is built for the final params.
+    image_shape: (height, width, channels) of one input.
+    use_dynamic_scale: start a dynamic loss scale (`new_dynamic_scale`).
+    variables: {'params', 'batch_stats'}, possibly partial, merged over the
+      initial values by `merge_variables`: leaves it lacks (e.g. a new
+      classifier) keep their initial values; the others are cast to the
+      model's dtypes.
+    ema: keep an EMA of the weights (an EMATrainState); the EMA starts at the
+      initial weights (after the merge).
+
+  Returns:
+    A TrainState (EMATrainState with `ema`) at step 0.
+
+  Raises:
+    ValueError: a leaf of `variables` is not in the model, or has another
+      shape.
   """
   init = jax.jit(functools.partial(model.init, train=False))
   fresh = init(rng, jnp.zeros((1, *image_shape), jnp.float32))
@@ -176,20 +194,42 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
                ) -> tuple[TrainState, dict[str, Array]]:
   """One SGD step on one device's share of the batch.
 
-  batch: image [B, H, W, C], label [B], and optionally target [B, K] (FER+
-  soft label modes: the target distribution, used instead of one-hot
-  labels). label_mode 'multi_target' scores each example by its most likely
-  accepted class (`multi_target_loss`); the others by cross entropy against
-  the targets. rng: the run's key; the step folds
-  in the step number (and the device index), so it is the same key every
-  step. Returns the new state and metrics: loss and accuracy (device means),
-  and finite (1.0 when the new params and BN statistics are all finite).
-  With a dynamic loss scale (state.dynamic_scale), a step whose gradients
-  overflow changes nothing but the scale (halved) and the step count, and
-  the metrics add grads_finite (0.0 for such a step) and loss_scale.
-  `frozen`: stages (models.stage_names) whose params get no gradient, which
-  also spares computing it. `ema_decay`: the state's EMA (if any) moves by
-  1 - ema_decay towards the new weights.
+  The targets (one-hot labels, or the batch's target) are smoothed, then
+  mixed up; the loss is the weighted mean of the per-example losses over the
+  global batch (all devices).
+
+  Args:
+    state: a TrainState; an EMATrainState also moves its EMA, and a
+      `state.dynamic_scale` scales the loss dynamically.
+    batch: image [B, H, W, C], label int [B], and optionally target [B, K]
+      (FER+ soft label modes: the target distribution, used instead of
+      one-hot labels). Other keys are ignored.
+    rng: the run's key; the step folds in the step number (and the device
+      index), so it is the same key every step.
+    num_classes: K, the width of the one-hot targets.
+    axis_name: the pmap axis over which gradients, loss, accuracy and BN
+      statistics are averaged; None on one device.
+    label_smoothing: optax.smooth_labels' alpha for the targets (0 = off).
+    mixup_alpha: alpha of mixup's Beta(alpha, alpha) (`mixup`; 0 = off).
+    class_weights: [K] loss weight per class (train.class_weights), or None
+      for equal weights; an example weighs targets @ class_weights.
+    frozen: stages (models.stage_names) whose params get no gradient, which
+      also spares computing it.
+    ema_decay: the state's EMA (if any) moves by 1 - ema_decay towards the
+      new weights.
+    label_mode: one of LABEL_MODES. 'multi_target' scores each example by its
+      most likely accepted class (`multi_target_loss`); the others by cross
+      entropy against the targets.
+
+  Returns:
+    (new state, metrics). Metrics: loss and accuracy (device means), and
+    finite (1.0 when the new params and BN statistics are all finite).
+    With a dynamic loss scale (state.dynamic_scale), a step whose gradients
+    overflow changes nothing but the scale (halved) and the step count, and
+    the metrics add grads_finite (0.0 for such a step) and loss_scale.
+
+  Raises:
+    ValueError: `label_mode` is not one of LABEL_MODES (when traced).
   """
   step_rng = jax.random.fold_in(rng, state.step)
   if axis_name:
@@ -304,10 +344,17 @@ def eval_step(state: TrainState | ModelState,
               batch: dict[str, Array]) -> dict[str, Array]:
   """Per-example predictions for one device's share of an eval batch.
 
-  batch: image [B, H, W, C] (or [B, T, H, W, C] for T test-time crops, whose
-  probabilities are averaged), label [B]. Returns prediction [B] and the
-  per-example loss [B]; the caller applies the mask and sums, so padded
-  examples never count.
+  Args:
+    state: the weights to evaluate: a TrainState, or a ModelState (restored
+      weights, `EMATrainState.ema_model()`).
+    batch: image [B, H, W, C] (or [B, T, H, W, C] for T test-time crops, whose
+      probabilities are averaged), label int [B]. Other keys (the mask) are
+      ignored.
+
+  Returns:
+    {'prediction': int32 [B], the most probable class; 'loss': float32 [B],
+    -log of the label's probability (floored at 1e-12)}. The caller applies
+    the mask and sums, so padded examples never count.
   """
   images = batch['image']
   crops = images.shape[1] if images.ndim == 5 else 1

@@ -208,8 +208,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   """Trains, evaluates every `eval_every_epochs`, checkpoints, and reports.
 
   Under many processes every process calls this with the same config.
-  Returns a summary: final step, eval metrics, test report (if a test split
-  is configured), and whether the run was interrupted.
+
+  Args:
+    config: the run's config (configs/*.py); checked by
+      `config_checks.validate` before anything starts.
+    workdir: the run's directory for checkpoints, logs and reports, created
+      if missing; one with checkpoints resumes from the newest that restores
+      (unless config.restart).
+
+  Returns:
+    A summary dict: 'step' (the step reached), 'total_steps', 'eval' (the
+    last evaluation's accuracy, macro_f1 and loss in this call; {} if none
+    ran), 'interrupted' (None, or why training stopped early: a signal's
+    name, 'a stop signal to another process' or 'stop_after_steps'),
+    'workdir' (absolute), 'checkpoints' (their directory), and, when
+    config.test_split is set and the run was not interrupted, 'test' (the
+    test split's `evaluation.evaluate_split` report: on the best checkpoint
+    by config.eval_split when that is another split, else on the last state).
+
+  Raises:
+    ValueError: an invalid config, or batch sizes that do not divide over
+      the devices.
+    FloatingPointError: the loss, params or BN statistics stopped being
+      finite; that state is not saved.
+    workdir.ConfigChangeError: a resume with a config that changes the
+      result, unless config.allow_config_change.
+    checkpointing.NoRestorableCheckpointError: every checkpoint is damaged
+      (config.restart=True starts from step 0).
   """
   config_checks.validate(config)  # before anything starts, on any process
   # The source's BN epsilon (a resume reads it from its own config.json).
