@@ -37,16 +37,20 @@ def set_log_levels(verbose: bool = False) -> None:
   logging.getLogger('densenet_flax').setLevel(logging.INFO)
 
 
-def start_command(args, verbose: bool = False) -> None:
+def start_command(args, verbose: bool = False,
+                  tensorflow: bool = True) -> None:
   """Rejects stray arguments, sets log levels, keeps TF off the accelerators.
 
-  For the commands that read data with tf.data (train, evaluate, export).
+  For the commands that read data with tf.data (train, evaluate, export);
+  with `tensorflow=False` (ONNX export), TensorFlow is not imported.
   """
   from absl import app
 
   if len(args) > 1:
     raise app.UsageError(f'Unexpected arguments: {args[1:]}')
   set_log_levels(verbose)
+  if not tensorflow:
+    return
   with contextlib.nullcontext() if verbose else _native_stderr_silenced():
     import tensorflow as tf
   # tf.data runs on the host; the accelerators belong to JAX.
