@@ -1,7 +1,9 @@
-"""Inference speed: Classifier.predict against PyTorch and Keras, interleaved.
+"""Inference speed: Classifier.predict against PyTorch, Keras and ONNX
+Runtime, interleaved.
 
   python -m benchmarks.inference [--cases fer_densenet@48x1 densenet121@224x3]
       [--batches 1 64] [--rounds 5] [--json out.json]
+      [--peers ours torch keras-tf onnxruntime] [--no-faces]
 
 For each model and batch, the same architecture with random weights:
   - ours: `Classifier.predict_preprocessed` (normalised numpy in, numpy
@@ -11,21 +13,27 @@ For each model and batch, the same architecture with random weights:
   - torch: torchvision's DenseNet code (benchmarks/peers) in eval mode under
     torch.inference_mode, softmax, numpy out;
   - keras-tf: the keras.applications (or same-recipe) model's
-    `predict_on_batch` (Keras's lowest-overhead predict), softmax.
+    `predict_on_batch` (Keras's lowest-overhead predict), softmax;
+  - onnxruntime: our model and weights exported with `export.py --format
+    onnx` (0-255 float32 pixels in, normalised inside, probabilities out),
+    run by an onnxruntime InferenceSession on the CPU.
 All are set up first, then timed in turns, round after round, so a noisy
 machine slows each alike. Also: faces/second of the whole
 FaceEmotionDetector.detect path (Haar detection, alignment, crop, fer_densenet)
-on scikit-image's astronaut photograph. Peers not installed are skipped.
+on scikit-image's astronaut photograph. Peers not installed are skipped, with
+a note under the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -41,25 +49,37 @@ def parse(case: str) -> tuple[str, int, int]:
   return model, int(size), int(channels)
 
 
-def ours(model_name, size, channels, batch, num_classes):
+@functools.cache
+def random_model(model_name, size, channels, num_classes):
+  """(model, variables): one draw, shared by ours and onnxruntime."""
   import jax
   import jax.numpy as jnp
 
-  from densenet_flax import config as config_lib
   from densenet_flax import models
-  from densenet_flax.inference import Classifier
 
   model = models.create_model(model_name, num_classes=num_classes)
   variables = model.init(jax.random.key(0),
                          jnp.zeros((1, size, size, channels)), train=False)
+  return model, variables
+
+
+def classifier_for(model_name, size, channels, batch, num_classes):
+  from densenet_flax import config as config_lib
+  from densenet_flax.inference import Classifier
+
+  model, variables = random_model(model_name, size, channels, num_classes)
   config = config_lib.base_config()
   config.model = model_name
   config.dataset = 'fer2013' if channels == 1 else 'imagenet2012'
   config.image_size, config.channels = size, channels
   config.augment.crop = 'none' if channels == 1 else 'resized'
   stats = [0.5] * channels
-  classifier = Classifier(model, variables, config, stats, stats,
-                          batch_sizes=(batch,))
+  return Classifier(model, variables, config, stats, stats,
+                    batch_sizes=(batch,))
+
+
+def ours(model_name, size, channels, batch, num_classes):
+  classifier = classifier_for(model_name, size, channels, batch, num_classes)
   inputs = np.random.RandomState(0).normal(
       size=(batch, size, size, channels)).astype(np.float32)
   stored = classifier.stored_size or size
@@ -104,16 +124,36 @@ def keras_peer(model_name, size, channels, batch, num_classes):
   return {'keras-tf': run}
 
 
+def onnx_peer(model_name, size, channels, batch, num_classes):
+  import onnxruntime
+
+  from densenet_flax import export
+
+  classifier = classifier_for(model_name, size, channels, batch, num_classes)
+  # The session holds the model once created: the file can go.
+  with tempfile.TemporaryDirectory(prefix='densenet_flax_onnx_') as tmp:
+    path = export.export(classifier, os.path.join(tmp, 'model.onnx'), 'onnx')
+    session = onnxruntime.InferenceSession(
+        path, providers=['CPUExecutionProvider'])
+  pixels = np.random.RandomState(1).randint(
+      0, 256, (batch, size, size, channels)).astype(np.float32)
+  return {'onnxruntime': lambda: session.run(None, {'pixels': pixels})[0]}
+
+
 PEERS = {'ours': (ours, ('jax', 'flax')), 'torch': (torch_peer, ('torch',)),
-         'keras-tf': (keras_peer, ('keras', 'tensorflow'))}
+         'keras-tf': (keras_peer, ('keras', 'tensorflow')),
+         'onnxruntime': (onnx_peer, ('onnx', 'onnxruntime'))}
+COLUMNS = ('ours', 'ours-e2e', 'torch', 'keras-tf', 'onnxruntime')
 
 
-def time_case(case: str, batch: int, rounds: int, calls: int) -> dict:
+def time_case(case: str, batch: int, rounds: int, calls: int,
+              peers=tuple(PEERS)) -> dict:
   model_name, size, channels = parse(case)
   from densenet_flax import models
   num_classes = NUM_CLASSES[models.PRESETS[model_name]['stem']]
   runners, results = {}, {}
-  for name, (make, needs) in PEERS.items():
+  for name in peers:
+    make, needs = PEERS[name]
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
       results[name] = {'skipped': f'{", ".join(missing)} not installed'}
@@ -176,26 +216,35 @@ def main(argv=None):
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--calls', type=int, default=3)
   parser.add_argument('--json', default=None)
+  parser.add_argument('--peers', nargs='*', default=list(PEERS),
+                      choices=list(PEERS))
+  parser.add_argument('--faces', action=argparse.BooleanOptionalAction,
+                      default=True, help='Time the face path too.')
   args = parser.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
   report = {'machine': f'{platform.machine()}, {os.cpu_count()} cores',
             'cases': []}
+  peers = COLUMNS[2:]
   print('| model, batch | ' + ' | '.join(
-      ['ours', 'ours-e2e', 'torch', 'keras-tf', 'ours / torch',
-       'ours / keras-tf']) + ' |')
-  print('|---' * 7 + '|')
+      [*COLUMNS, *(f'ours / {k}' for k in peers)]) + ' |')
+  print('|---' * (1 + len(COLUMNS) + len(peers)) + '|')
+  skipped = {}
   for case in args.cases:
     for batch in args.batches:
-      row = time_case(case, batch, args.rounds, args.calls)
+      row = time_case(case, batch, args.rounds, args.calls, args.peers)
       report['cases'].append(row)
       rate = {k: v.get('images_per_s') for k, v in row['results'].items()}
-      cells = [f'{rate[k]:,.1f}' if rate.get(k) else '-' for k in
-               ('ours', 'ours-e2e', 'torch', 'keras-tf')]
+      skipped.update((k, v['skipped']) for k, v in row['results'].items()
+                     if 'skipped' in v)
+      cells = [f'{rate[k]:,.1f}' if rate.get(k) else '-' for k in COLUMNS]
       cells += [f'{rate["ours"] / rate[k]:.2f}' if rate.get(k) and
-                rate.get('ours') else '-' for k in ('torch', 'keras-tf')]
+                rate.get('ours') else '-' for k in peers]
       print(f'| {case}, {batch} | ' + ' | '.join(cells) + ' |', flush=True)
-  if importlib.util.find_spec('cv2') and importlib.util.find_spec('skimage'):
+  for name, why in skipped.items():
+    print(f'{name}: skipped ({why})')
+  if (args.faces and importlib.util.find_spec('cv2')
+      and importlib.util.find_spec('skimage')):
     report['faces'] = faces_per_second(args.rounds)
     f = report['faces']
     print(f'Faces: {f["faces_per_s"]:.1f} faces/s ({f["faces"]} face in '

@@ -104,3 +104,26 @@ def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
   gradients = report['gradients']
   assert gradients['agree'] and 0 < gradients['largest_gradient']
   assert gradients['relative'] <= accelerator_check.GRADIENT_TOLERANCE
+
+
+def test_inference_benchmark_times_onnxruntime_beside_ours(tmp_path,
+                                                           monkeypatch):
+  """The onnxruntime column on a tiny preset: exported and run at the batch."""
+  import json
+
+  pytest.importorskip('onnxruntime')
+  from benchmarks import inference
+  from densenet_flax import models
+
+  monkeypatch.setitem(models.PRESETS, 'tiny', dict(
+      growth_rate=4, block_sizes=(1, 1), num_init_features=8, bn_size=4,
+      compression=0.5, stem='cifar'))
+  report_path = tmp_path / 'report.json'
+  inference.main(['--cases', 'tiny@8x3', '--batches', '2', '--rounds', '1',
+                  '--calls', '1', '--peers', 'ours', 'onnxruntime',
+                  '--no-faces', '--json', str(report_path)])
+  report = json.loads(report_path.read_text())
+  results = report['cases'][0]['results']
+  assert set(results) == {'ours', 'ours-e2e', 'onnxruntime'}
+  assert all(r['images_per_s'] > 0 for r in results.values())
+  assert 'faces' not in report
