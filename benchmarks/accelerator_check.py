@@ -40,7 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ('plain', 'memory_efficient')
 DTYPES = ('float32', 'bfloat16')
 DEFAULT_CASE = 'fer_densenet@48x1:256'
-LOSS_DROP = 0.8           # last-3 mean loss must be under this x first-3 mean
+LOSS_DROP = 0.8  # last-3 mean loss must be under this x first-3 mean
 GRADIENT_TOLERANCE = 1e-4  # of the largest gradient
 
 
@@ -54,25 +54,36 @@ def _setup(case: dict, mode: str, dtype: str, overrides: dict, seed: int = 0):
   from densenet_flax import steps
 
   model = models.create_model(
-      case['model'], num_classes=case['num_classes'],
-      memory_efficient=mode == 'memory_efficient', dtype=jnp.dtype(dtype),
-      **overrides)
+    case['model'],
+    num_classes=case['num_classes'],
+    memory_efficient=mode == 'memory_efficient',
+    dtype=jnp.dtype(dtype),
+    **overrides,
+  )
   shape = (case['size'], case['size'], case['channels'])
   state = steps.create_train_state(
-      jax.random.key(seed), model,
-      optax.sgd(0.05, momentum=0.9, nesterov=True), shape)
+    jax.random.key(seed),
+    model,
+    optax.sgd(0.05, momentum=0.9, nesterov=True),
+    shape,
+  )
   image_key, label_key = jax.random.split(jax.random.key(seed + 1))
-  batch = {'image': jax.random.normal(image_key, (case['batch'], *shape)),
-           'label': jax.random.randint(label_key, (case['batch'],), 0,
-                                       case['num_classes'])}
-  step = jax.jit(functools.partial(steps.train_step,
-                                   num_classes=case['num_classes']),
-                 donate_argnums=0)
+  batch = {
+    'image': jax.random.normal(image_key, (case['batch'], *shape)),
+    'label': jax.random.randint(
+      label_key, (case['batch'],), 0, case['num_classes']
+    ),
+  }
+  step = jax.jit(
+    functools.partial(steps.train_step, num_classes=case['num_classes']),
+    donate_argnums=0,
+  )
   return model, state, batch, step
 
 
-def measure(case: dict, mode: str, dtype: str, num_steps: int,
-            overrides: dict) -> dict:
+def measure(
+  case: dict, mode: str, dtype: str, num_steps: int, overrides: dict
+) -> dict:
   """One variant's figures, in this process (which should be fresh)."""
   import jax
   import numpy as np
@@ -96,17 +107,25 @@ def measure(case: dict, mode: str, dtype: str, num_steps: int,
   losses = [float(x) for x in jax.device_get(losses)]
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
-  row = {'mode': mode, 'dtype': dtype, 'compile_s': compile_s,
-         'images_per_s': (num_steps - 1) * case['batch'] / seconds,
-         'losses': losses, 'backend': jax.default_backend(),
-         'device': device.device_kind, 'jax': jax.__version__}
+  row = {
+    'mode': mode,
+    'dtype': dtype,
+    'compile_s': compile_s,
+    'images_per_s': (num_steps - 1) * case['batch'] / seconds,
+    'losses': losses,
+    'backend': jax.default_backend(),
+    'device': device.device_kind,
+    'jax': jax.__version__,
+  }
   if 'peak_bytes_in_use' in stats:
     row['peak_bytes'] = int(stats['peak_bytes_in_use'])
   else:
     analysis = compiled.memory_analysis()
     row['compiled_bytes_proxy'] = int(
-        analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
-        analysis.temp_size_in_bytes)
+      analysis.argument_size_in_bytes
+      + analysis.output_size_in_bytes
+      + analysis.temp_size_in_bytes
+    )
   first, last = np.mean(losses[:3]), np.mean(losses[-3:])
   row['loss_falls'] = bool(np.isfinite(last) and last < LOSS_DROP * first)
   return row
@@ -126,24 +145,41 @@ def gradient_agreement(case: dict, overrides: dict) -> dict:
 
       def loss(params, model=model, state=state, batch=batch):
         logits, _ = model.apply(
-            {'params': params, 'batch_stats': state.batch_stats},
-            batch['image'], train=True, mutable=['batch_stats'])
-        return -jnp.mean(jnp.take_along_axis(
-            jax.nn.log_softmax(logits), batch['label'][:, None], -1))
+          {'params': params, 'batch_stats': state.batch_stats},
+          batch['image'],
+          train=True,
+          mutable=['batch_stats'],
+        )
+        return -jnp.mean(
+          jnp.take_along_axis(
+            jax.nn.log_softmax(logits), batch['label'][:, None], -1
+          )
+        )
+
       grads.append(jax.device_get(jax.jit(jax.grad(loss))(state.params)))
-  diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-      lambda a, b: float(np.max(np.abs(a - b))), *grads))
-  largest = max(float(np.max(np.abs(g)))
-                for g in jax.tree_util.tree_leaves(grads[0]))
+  diffs = jax.tree_util.tree_leaves(
+    jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), *grads)
+  )
+  largest = max(
+    float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(grads[0])
+  )
   relative = max(diffs) / largest
-  return {'max_abs_difference': max(diffs), 'largest_gradient': largest,
-          'relative': relative, 'agree': relative <= GRADIENT_TOLERANCE}
+  return {
+    'max_abs_difference': max(diffs),
+    'largest_gradient': largest,
+    'relative': relative,
+    'agree': relative <= GRADIENT_TOLERANCE,
+  }
 
 
 def _in_subprocess(*args: str) -> dict:
   out = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.accelerator_check', *args],
-      capture_output=True, text=True, cwd=REPO, check=False)
+    [sys.executable, '-m', 'benchmarks.accelerator_check', *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    check=False,
+  )
   if out.returncode != 0:
     return {'error': (out.stderr.strip().splitlines() or ['failed'])[-1]}
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -159,14 +195,16 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--case', default=DEFAULT_CASE)
   parser.add_argument('--modes', nargs='*', choices=MODES, default=list(MODES))
-  parser.add_argument('--dtypes', nargs='*', choices=DTYPES,
-                      default=list(DTYPES))
+  parser.add_argument(
+    '--dtypes', nargs='*', choices=DTYPES, default=list(DTYPES)
+  )
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--overrides', default='{}')
   parser.add_argument('--json')
   parser.add_argument('--one', nargs=2, help=argparse.SUPPRESS)
-  parser.add_argument('--gradients', action='store_true',
-                      help=argparse.SUPPRESS)
+  parser.add_argument(
+    '--gradients', action='store_true', help=argparse.SUPPRESS
+  )
   args = parser.parse_args(argv)
   case = train_step.parse_case(args.case)
   overrides = json.loads(args.overrides)
@@ -179,46 +217,71 @@ def main(argv=None) -> int:
     print(json.dumps(gradient_agreement(case, overrides)))
     return 0
 
-  common = ['--case', args.case, '--steps', str(args.steps), '--overrides',
-            args.overrides]
+  common = [
+    '--case',
+    args.case,
+    '--steps',
+    str(args.steps),
+    '--overrides',
+    args.overrides,
+  ]
   print(f'{args.case}, {args.steps} steps, overrides {args.overrides}')
-  print(f'{"mode":<17} {"dtype":<9} {"compile s":>9} {"images/s":>9} '
-        f'{"peak MB":>9} {"loss first -> last":>20}  check')
+  print(
+    f'{"mode":<17} {"dtype":<9} {"compile s":>9} {"images/s":>9} '
+    f'{"peak MB":>9} {"loss first -> last":>20}  check'
+  )
   rows, ok = [], True
   for mode in args.modes:
     for dtype in args.dtypes:
-      row = dict(_in_subprocess('--one', mode, dtype, *common), mode=mode,
-                 dtype=dtype)
+      row = dict(
+        _in_subprocess('--one', mode, dtype, *common), mode=mode, dtype=dtype
+      )
       rows.append(row)
       if 'error' in row:
         ok = False
         print(f'{mode:<17} {dtype:<9} failed: {row["error"]}')
         continue
       ok &= row['loss_falls']
-      peak = (_mb(row['peak_bytes']) if 'peak_bytes' in row
-              else _mb(row['compiled_bytes_proxy']) + '*')
-      print(f'{mode:<17} {dtype:<9} {row["compile_s"]:>9.1f} '
-            f'{row["images_per_s"]:>9,.0f} {peak:>9} '
-            f'{row["losses"][0]:>9.3f} -> {row["losses"][-1]:<7.3f}  '
-            f'{"loss falls" if row["loss_falls"] else "LOSS DOES NOT FALL"}',
-            flush=True)
-  report = {'case': case, 'steps': args.steps, 'overrides': overrides,
-            'rows': rows, 'machine': train_step.machine()}
+      peak = (
+        _mb(row['peak_bytes'])
+        if 'peak_bytes' in row
+        else _mb(row['compiled_bytes_proxy']) + '*'
+      )
+      print(
+        f'{mode:<17} {dtype:<9} {row["compile_s"]:>9.1f} '
+        f'{row["images_per_s"]:>9,.0f} {peak:>9} '
+        f'{row["losses"][0]:>9.3f} -> {row["losses"][-1]:<7.3f}  '
+        f'{"loss falls" if row["loss_falls"] else "LOSS DOES NOT FALL"}',
+        flush=True,
+      )
+  report = {
+    'case': case,
+    'steps': args.steps,
+    'overrides': overrides,
+    'rows': rows,
+    'machine': train_step.machine(),
+  }
   if set(MODES) <= set(args.modes):
     gradients = _in_subprocess('--gradients', *common)
     report['gradients'] = gradients
     agree = gradients.get('agree', False)
     ok &= agree
-    print(f'plain vs memory-efficient gradients (float32): max |difference| '
-          f'{gradients.get("max_abs_difference", float("nan")):.2e} of '
-          f'{gradients.get("largest_gradient", float("nan")):.2e}: '
-          f'{"agree" if agree else gradients.get("error", "DISAGREE")}')
+    print(
+      f'plain vs memory-efficient gradients (float32): max |difference| '
+      f'{gradients.get("max_abs_difference", float("nan")):.2e} of '
+      f'{gradients.get("largest_gradient", float("nan")):.2e}: '
+      f'{"agree" if agree else gradients.get("error", "DISAGREE")}'
+    )
   device = next((r for r in rows if 'device' in r), {})
-  print(f'device: {device.get("device", "?")} ({device.get("backend", "?")}, '
-        f'jax {device.get("jax", "?")})')
+  print(
+    f'device: {device.get("device", "?")} ({device.get("backend", "?")}, '
+    f'jax {device.get("jax", "?")})'
+  )
   if any('compiled_bytes_proxy' in r for r in rows):
-    print("* no allocator counter on this backend: XLA's compiled argument + "
-          'output + temp bytes stand in (a proxy)')
+    print(
+      "* no allocator counter on this backend: XLA's compiled argument + "
+      'output + temp bytes stand in (a proxy)'
+    )
   print('all checks passed' if ok else 'CHECKS FAILED')
   if args.json:
     with open(args.json, 'w') as f:

@@ -28,19 +28,27 @@ from jax import lax
 from densenet_flax import layers
 
 # (batch, height = width, input channels, output channels)
-SHAPES = ((8, 56, 128, 32), (8, 28, 128, 32), (64, 24, 48, 12),
-          (64, 12, 48, 12), (32, 32, 48, 12))
+SHAPES = (
+  (8, 56, 128, 32),
+  (8, 28, 128, 32),
+  (64, 24, 48, 12),
+  (64, 12, 48, 12),
+  (32, 32, 48, 12),
+)
 
 
 def xla_conv(x, w):
-  return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return lax.conv_general_dilated(
+    x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
 def _shifted(x):
   _, h, w, _ = x.shape
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return [padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+  return [
+    padded[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)
+  ]
 
 
 def im2col(x, w):
@@ -50,13 +58,16 @@ def im2col(x, w):
 
 def nine_matmuls(x, w):
   taps = w.reshape(9, *w.shape[2:])
-  return sum(jnp.einsum('nhwc,cd->nhwd', view, tap)
-             for view, tap in zip(_shifted(x), taps))
+  return sum(
+    jnp.einsum('nhwc,cd->nhwd', view, tap)
+    for view, tap in zip(_shifted(x), taps)
+  )
 
 
 def median_ms(fn, x, w, runs=10):
-  grad = jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b) ** 2),
-                                    argnums=(0, 1)))
+  grad = jax.jit(
+    jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b) ** 2), argnums=(0, 1))
+  )
   result = jax.block_until_ready(grad(x, w))
   times = []
   for _ in range(runs):
@@ -69,16 +80,20 @@ def median_ms(fn, x, w, runs=10):
 # (input shape, kernel shape, stride, padding): the 3x3 convs above, then the
 # stems of DenseNet-121 @224, fer_densenet @48 and DenseNet-BC @32.
 KERNEL_GRAD_CASES = tuple(
-    ((n, size, size, c_in), (3, 3, c_in, c_out), 1, 1)
-    for n, size, c_in, c_out in SHAPES) + (
-        ((8, 224, 224, 3), (7, 7, 3, 64), 2, 3),
-        ((64, 48, 48, 1), (3, 3, 1, 24), 1, 1),
-        ((64, 32, 32, 3), (3, 3, 3, 24), 1, 1))
+  ((n, size, size, c_in), (3, 3, c_in, c_out), 1, 1)
+  for n, size, c_in, c_out in SHAPES
+) + (
+  ((8, 224, 224, 3), (7, 7, 3, 64), 2, 3),
+  ((64, 48, 48, 1), (3, 3, 1, 24), 1, 1),
+  ((64, 32, 32, 3), (3, 3, 3, 24), 1, 1),
+)
 
 
 def kernel_grad_table(runs=7):
-  print('\nkernel gradient alone in batch chunks, median ms '
-        '(* = layers.kernel_grad_chunks)')
+  print(
+    '\nkernel gradient alone in batch chunks, median ms '
+    '(* = layers.kernel_grad_chunks)'
+  )
   for x_shape, w_shape, stride, pad in KERNEL_GRAD_CASES:
     x = jax.random.normal(jax.random.key(0), x_shape)
     w = jax.random.normal(jax.random.key(1), w_shape) * 0.05
@@ -89,9 +104,14 @@ def kernel_grad_table(runs=7):
     for chunks in (1, 2, 4, 8, 16, 32):
       if x_shape[0] % chunks:
         continue
-      fn = jax.jit(functools.partial(
-          layers.chunked_kernel_grad, strides=(stride, stride),
-          padding=((pad, pad), (pad, pad)), chunks=chunks))
+      fn = jax.jit(
+        functools.partial(
+          layers.chunked_kernel_grad,
+          strides=(stride, stride),
+          padding=((pad, pad), (pad, pad)),
+          chunks=chunks,
+        )
+      )
       jax.block_until_ready(fn(x, w, dy))
       times = []
       for _ in range(runs):
@@ -100,8 +120,11 @@ def kernel_grad_table(runs=7):
         times.append(time.perf_counter() - start)
       mark = '*' if chunks == picked else ''
       cells.append(f'{chunks}{mark}: {statistics.median(times) * 1e3:.1f}')
-    print(f'{str(x_shape):>18} k{w_shape[0]}/{stride} -> {w_shape[-1]}: '
-          + ', '.join(cells), flush=True)
+    print(
+      f'{str(x_shape):>18} k{w_shape[0]}/{stride} -> {w_shape[-1]}: '
+      + ', '.join(cells),
+      flush=True,
+    )
 
 
 def main(argv=None):
@@ -114,10 +137,14 @@ def main(argv=None):
 
 
 def three_ways():
-  print(f'3x3 conv forward + both gradients, median ms, on '
-        f'{jax.devices()[0].device_kind}')
-  print(f'{"shape (N, H, C_in, C_out)":>26} {"XLA conv":>9} {"im2col":>9} '
-        f'{"9 matmuls":>10} {"max rel diff":>13}')
+  print(
+    f'3x3 conv forward + both gradients, median ms, on '
+    f'{jax.devices()[0].device_kind}'
+  )
+  print(
+    f'{"shape (N, H, C_in, C_out)":>26} {"XLA conv":>9} {"im2col":>9} '
+    f'{"9 matmuls":>10} {"max rel diff":>13}'
+  )
   for n, size, c_in, c_out in SHAPES:
     x = jax.random.normal(jax.random.key(0), (n, size, size, c_in))
     w = jax.random.normal(jax.random.key(1), (3, 3, c_in, c_out)) * 0.05
@@ -128,11 +155,18 @@ def three_ways():
       grads = jax.tree_util.tree_leaves(result[1])
       if reference is None:
         reference = grads
-      worst = max([worst] + [float(jnp.max(jnp.abs(g - r)) /
-                                   jnp.max(jnp.abs(r)))
-                             for g, r in zip(grads, reference)])
-    print(f'{str((n, size, c_in, c_out)):>26} {times[0]:>9.1f} {times[1]:>9.1f}'
-          f' {times[2]:>10.1f} {worst:>13.0e}', flush=True)
+      worst = max(
+        [worst]
+        + [
+          float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r)))
+          for g, r in zip(grads, reference)
+        ]
+      )
+    print(
+      f'{str((n, size, c_in, c_out)):>26} {times[0]:>9.1f} {times[1]:>9.1f}'
+      f' {times[2]:>10.1f} {worst:>13.0e}',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -48,8 +48,11 @@ def dk_nine_matmuls(x, kernel, dy):
   """The kernel gradient the block used before: one matmul per tap."""
   height, width = x.shape[1:3]
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  taps = [jnp.einsum('nhwi,nhwo->io', padded[:, a:a + height, b:b + width], dy)
-          for a in range(3) for b in range(3)]
+  taps = [
+    jnp.einsum('nhwi,nhwo->io', padded[:, a : a + height, b : b + width], dy)
+    for a in range(3)
+    for b in range(3)
+  ]
   return jnp.stack(taps).reshape(kernel.shape)
 
 
@@ -59,24 +62,28 @@ def dk_ours(x, kernel, dy):
 
 
 WAYS = {
-    'dx autodiff': (dx_autodiff, 'x'),
-    'dx forward conv, flipped kernel (ours)': (dx_ours, 'x'),
-    'dk autodiff': (dk_autodiff, 'kernel'),
-    'dk nine matmuls (before)': (dk_nine_matmuls, 'kernel'),
-    'dk forward conv (ours)': (dk_ours, 'kernel'),
+  'dx autodiff': (dx_autodiff, 'x'),
+  'dx forward conv, flipped kernel (ours)': (dx_ours, 'x'),
+  'dk autodiff': (dk_autodiff, 'kernel'),
+  'dk nine matmuls (before)': (dk_nine_matmuls, 'kernel'),
+  'dk forward conv (ours)': (dk_ours, 'kernel'),
 }
 
 
 def programs(fn, num_layers, like):
   """fn over every layer, unrolled and in a fori_loop."""
+
   def unrolled(xs, kernels, dys):
     return jnp.stack([fn(xs[i], kernels[i], dys[i]) for i in range(num_layers)])
 
   def looped(xs, kernels, dys):
     def body(i, out):
       return out.at[i].set(fn(xs[i], kernels[i], dys[i]))
-    return lax.fori_loop(0, num_layers, body,
-                         jnp.zeros((num_layers, *like.shape[1:]), like.dtype))
+
+    return lax.fori_loop(
+      0, num_layers, body, jnp.zeros((num_layers, *like.shape[1:]), like.dtype)
+    )
+
   return jax.jit(unrolled), jax.jit(looped)
 
 
@@ -101,8 +108,10 @@ def main():
   kernels = jax.random.normal(keys[1], (args.layers, 3, 3, c_in, c_out))
   dys = jax.random.normal(keys[2], (args.layers, n, size, size, c_out))
   operands = (xs, kernels, dys)
-  print(f'3x3 conv gradients, {args.layers} layers of {SHAPE} (N, H, C_in, '
-        f'C_out), median ms on {jax.devices()[0].device_kind}')
+  print(
+    f'3x3 conv gradients, {args.layers} layers of {SHAPE} (N, H, C_in, '
+    f'C_out), median ms on {jax.devices()[0].device_kind}'
+  )
   print(f'{"":40} {"unrolled":>9} {"in loop":>9} {"max rel diff":>13}')
   references = {}
   for name, (fn, wrt) in WAYS.items():
@@ -110,11 +119,14 @@ def main():
     unrolled, looped = programs(fn, args.layers, like)
     result = looped(*operands)
     reference = references.setdefault(wrt, result)
-    diff = float(jnp.max(jnp.abs(result - reference)) /
-                 jnp.max(jnp.abs(reference)))
-    print(f'{name:40} {median_ms(unrolled, operands, args.runs):>9.1f} '
-          f'{median_ms(looped, operands, args.runs):>9.1f} {diff:>13.0e}',
-          flush=True)
+    diff = float(
+      jnp.max(jnp.abs(result - reference)) / jnp.max(jnp.abs(reference))
+    )
+    print(
+      f'{name:40} {median_ms(unrolled, operands, args.runs):>9.1f} '
+      f'{median_ms(looped, operands, args.runs):>9.1f} {diff:>13.0e}',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -23,8 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def final_test_report(workdir: str) -> tuple[str, dict]:
   """The newest test-split report of the run (the one train.py writes last)."""
-  paths = sorted(glob.glob(os.path.join(workdir, 'eval', 'test-*.json')),
-                 key=os.path.getmtime)
+  paths = sorted(
+    glob.glob(os.path.join(workdir, 'eval', 'test-*.json')),
+    key=os.path.getmtime,
+  )
   if not paths:
     raise FileNotFoundError(f'{workdir}/eval: no test report; train first')
   with open(paths[-1]) as f:
@@ -40,21 +42,32 @@ def main(argv=None) -> int:
   from densenet_flax import reporting
 
   if not glob.glob(os.path.join(args.workdir, 'eval', 'test-*.json')):
-    subprocess.run([sys.executable, os.path.join(REPO, 'train.py'),
-                    '--workdir', args.workdir], check=True)
+    subprocess.run(
+      [
+        sys.executable,
+        os.path.join(REPO, 'train.py'),
+        '--workdir',
+        args.workdir,
+      ],
+      check=True,
+    )
   path, report = final_test_report(args.workdir)
   os.makedirs(args.out, exist_ok=True)
-  history = reporting.read_history(os.path.join(args.workdir,
-                                                'metrics.jsonl'))
+  history = reporting.read_history(os.path.join(args.workdir, 'metrics.jsonl'))
   curves = reporting.plot_training_curves(
-      history, os.path.join(args.out, 'demo_curves.png'))
+    history, os.path.join(args.out, 'demo_curves.png')
+  )
   confusion = reporting.plot_confusion_matrix(
-      report['confusion_matrix'], report['class_names'],
-      os.path.join(args.out, 'demo_confusion.png'),
-      title=f'digits test: accuracy {report["accuracy"]:.4f}')
-  print(f'{curves}\n{confusion}\nfrom {path}: test accuracy '
-        f'{report["accuracy"]:.4f} over {sum(map(sum, report["confusion_matrix"]))} '
-        f'images')
+    report['confusion_matrix'],
+    report['class_names'],
+    os.path.join(args.out, 'demo_confusion.png'),
+    title=f'digits test: accuracy {report["accuracy"]:.4f}',
+  )
+  print(
+    f'{curves}\n{confusion}\nfrom {path}: test accuracy '
+    f'{report["accuracy"]:.4f} over {sum(map(sum, report["confusion_matrix"]))} '
+    f'images'
+  )
   return 0
 
 

@@ -58,8 +58,9 @@ def random_model(model_name, size, channels, num_classes):
   from densenet_flax import models
 
   model = models.create_model(model_name, num_classes=num_classes)
-  variables = model.init(jax.random.key(0),
-                         jnp.zeros((1, size, size, channels)), train=False)
+  variables = model.init(
+    jax.random.key(0), jnp.zeros((1, size, size, channels)), train=False
+  )
   return model, variables
 
 
@@ -74,19 +75,28 @@ def classifier_for(model_name, size, channels, batch, num_classes):
   config.image_size, config.channels = size, channels
   config.augment.crop = 'none' if channels == 1 else 'resized'
   stats = [0.5] * channels
-  return Classifier(model, variables, config, stats, stats,
-                    batch_sizes=(batch,))
+  return Classifier(
+    model, variables, config, stats, stats, batch_sizes=(batch,)
+  )
 
 
 def ours(model_name, size, channels, batch, num_classes):
   classifier = classifier_for(model_name, size, channels, batch, num_classes)
-  inputs = np.random.RandomState(0).normal(
-      size=(batch, size, size, channels)).astype(np.float32)
+  inputs = (
+    np.random.RandomState(0)
+    .normal(size=(batch, size, size, channels))
+    .astype(np.float32)
+  )
   stored = classifier.stored_size or size
-  pixels = np.random.RandomState(1).randint(
-      0, 256, (batch, stored, stored, channels)).astype(np.uint8)
-  return {'ours': lambda: classifier.predict_preprocessed(inputs),
-          'ours-e2e': lambda: classifier.predict(pixels)}
+  pixels = (
+    np.random.RandomState(1)
+    .randint(0, 256, (batch, stored, stored, channels))
+    .astype(np.uint8)
+  )
+  return {
+    'ours': lambda: classifier.predict_preprocessed(inputs),
+    'ours-e2e': lambda: classifier.predict(pixels),
+  }
 
 
 def torch_peer(model_name, size, channels, batch, num_classes):
@@ -96,13 +106,15 @@ def torch_peer(model_name, size, channels, batch, num_classes):
   from densenet_flax import models
 
   torch.manual_seed(0)
-  model = torch_densenet.from_fields(models.PRESETS[model_name], num_classes,
-                                     channels).eval()
+  model = torch_densenet.from_fields(
+    models.PRESETS[model_name], num_classes, channels
+  ).eval()
   x = torch.randn(batch, channels, size, size)
 
   def run():
     with torch.inference_mode():
       return torch.softmax(model(x), -1).numpy()
+
   return {'torch': run}
 
 
@@ -113,14 +125,20 @@ def keras_peer(model_name, size, channels, batch, num_classes):
   from benchmarks.peers import keras_densenet
   from densenet_flax import models
 
-  model = keras_densenet.from_fields(models.PRESETS[model_name], num_classes,
-                                     (size, size, channels))
-  x = np.random.RandomState(0).normal(
-      size=(batch, size, size, channels)).astype(np.float32)
+  model = keras_densenet.from_fields(
+    models.PRESETS[model_name], num_classes, (size, size, channels)
+  )
+  x = (
+    np.random.RandomState(0)
+    .normal(size=(batch, size, size, channels))
+    .astype(np.float32)
+  )
 
   def run():
     return keras.ops.convert_to_numpy(
-        keras.ops.softmax(model.predict_on_batch(x)))
+      keras.ops.softmax(model.predict_on_batch(x))
+    )
+
   return {'keras-tf': run}
 
 
@@ -134,22 +152,31 @@ def onnx_peer(model_name, size, channels, batch, num_classes):
   with tempfile.TemporaryDirectory(prefix='densenet_flax_onnx_') as tmp:
     path = export.export(classifier, os.path.join(tmp, 'model.onnx'), 'onnx')
     session = onnxruntime.InferenceSession(
-        path, providers=['CPUExecutionProvider'])
-  pixels = np.random.RandomState(1).randint(
-      0, 256, (batch, size, size, channels)).astype(np.float32)
+      path, providers=['CPUExecutionProvider']
+    )
+  pixels = (
+    np.random.RandomState(1)
+    .randint(0, 256, (batch, size, size, channels))
+    .astype(np.float32)
+  )
   return {'onnxruntime': lambda: session.run(None, {'pixels': pixels})[0]}
 
 
-PEERS = {'ours': (ours, ('jax', 'flax')), 'torch': (torch_peer, ('torch',)),
-         'keras-tf': (keras_peer, ('keras', 'tensorflow')),
-         'onnxruntime': (onnx_peer, ('onnx', 'onnxruntime'))}
+PEERS = {
+  'ours': (ours, ('jax', 'flax')),
+  'torch': (torch_peer, ('torch',)),
+  'keras-tf': (keras_peer, ('keras', 'tensorflow')),
+  'onnxruntime': (onnx_peer, ('onnx', 'onnxruntime')),
+}
 COLUMNS = ('ours', 'ours-e2e', 'torch', 'keras-tf', 'onnxruntime')
 
 
-def time_case(case: str, batch: int, rounds: int, calls: int,
-              peers=tuple(PEERS)) -> dict:
+def time_case(
+  case: str, batch: int, rounds: int, calls: int, peers=tuple(PEERS)
+) -> dict:
   model_name, size, channels = parse(case)
   from densenet_flax import models
+
   num_classes = NUM_CLASSES[models.PRESETS[model_name]['stem']]
   runners, results = {}, {}
   for name in peers:
@@ -158,16 +185,19 @@ def time_case(case: str, batch: int, rounds: int, calls: int,
     if missing:
       results[name] = {'skipped': f'{", ".join(missing)} not installed'}
       continue
-    for variant, run in make(model_name, size, channels, batch,
-                             num_classes).items():
+    for variant, run in make(
+      model_name, size, channels, batch, num_classes
+    ).items():
       start = time.perf_counter()
       run()  # compile / first call
-      results[variant] = {'first_call_s': time.perf_counter() - start,
-                          'times': []}
+      results[variant] = {
+        'first_call_s': time.perf_counter() - start,
+        'times': [],
+      }
       runners[variant] = run
   names = list(runners)
   for r in range(rounds):
-    for name in names[r % len(names):] + names[:r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       for _ in range(calls):
         start = time.perf_counter()
         runners[name]()
@@ -193,10 +223,12 @@ def faces_per_second(rounds: int) -> dict:
   config.model, config.dataset = 'fer_densenet', 'fer2013'
   config.image_size, config.channels, config.augment.crop = 44, 1, 'random'
   model = models.create_model('fer_densenet', num_classes=7)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 44, 44, 1)),
-                         train=False)
-  detector = FaceEmotionDetector(Classifier(model, variables, config, [0.5],
-                                            [0.25]))
+  variables = model.init(
+    jax.random.key(0), jnp.zeros((1, 44, 44, 1)), train=False
+  )
+  detector = FaceEmotionDetector(
+    Classifier(model, variables, config, [0.5], [0.25])
+  )
   photo = skimage_data.astronaut()
   faces = len(detector.detect(photo))  # compile
   times = []
@@ -205,8 +237,12 @@ def faces_per_second(rounds: int) -> dict:
     detector.detect(photo)
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  return {'photo': 'skimage.data.astronaut() 512x512', 'faces': faces,
-          'median_s': median, 'faces_per_s': faces / median}
+  return {
+    'photo': 'skimage.data.astronaut() 512x512',
+    'faces': faces,
+    'median_s': median,
+    'faces_per_s': faces / median,
+  }
 
 
 def main(argv=None):
@@ -216,18 +252,28 @@ def main(argv=None):
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--calls', type=int, default=3)
   parser.add_argument('--json', default=None)
-  parser.add_argument('--peers', nargs='*', default=list(PEERS),
-                      choices=list(PEERS))
-  parser.add_argument('--faces', action=argparse.BooleanOptionalAction,
-                      default=True, help='Time the face path too.')
+  parser.add_argument(
+    '--peers', nargs='*', default=list(PEERS), choices=list(PEERS)
+  )
+  parser.add_argument(
+    '--faces',
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help='Time the face path too.',
+  )
   args = parser.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-  report = {'machine': f'{platform.machine()}, {os.cpu_count()} cores',
-            'cases': []}
+  report = {
+    'machine': f'{platform.machine()}, {os.cpu_count()} cores',
+    'cases': [],
+  }
   peers = COLUMNS[2:]
-  print('| model, batch | ' + ' | '.join(
-      [*COLUMNS, *(f'ours / {k}' for k in peers)]) + ' |')
+  print(
+    '| model, batch | '
+    + ' | '.join([*COLUMNS, *(f'ours / {k}' for k in peers)])
+    + ' |'
+  )
   print('|---' * (1 + len(COLUMNS) + len(peers)) + '|')
   skipped = {}
   for case in args.cases:
@@ -235,20 +281,30 @@ def main(argv=None):
       row = time_case(case, batch, args.rounds, args.calls, args.peers)
       report['cases'].append(row)
       rate = {k: v.get('images_per_s') for k, v in row['results'].items()}
-      skipped.update((k, v['skipped']) for k, v in row['results'].items()
-                     if 'skipped' in v)
+      skipped.update(
+        (k, v['skipped']) for k, v in row['results'].items() if 'skipped' in v
+      )
       cells = [f'{rate[k]:,.1f}' if rate.get(k) else '-' for k in COLUMNS]
-      cells += [f'{rate["ours"] / rate[k]:.2f}' if rate.get(k) and
-                rate.get('ours') else '-' for k in peers]
+      cells += [
+        f'{rate["ours"] / rate[k]:.2f}'
+        if rate.get(k) and rate.get('ours')
+        else '-'
+        for k in peers
+      ]
       print(f'| {case}, {batch} | ' + ' | '.join(cells) + ' |', flush=True)
   for name, why in skipped.items():
     print(f'{name}: skipped ({why})')
-  if (args.faces and importlib.util.find_spec('cv2')
-      and importlib.util.find_spec('skimage')):
+  if (
+    args.faces
+    and importlib.util.find_spec('cv2')
+    and importlib.util.find_spec('skimage')
+  ):
     report['faces'] = faces_per_second(args.rounds)
     f = report['faces']
-    print(f'Faces: {f["faces_per_s"]:.1f} faces/s ({f["faces"]} face in '
-          f'{f["photo"]}, {f["median_s"] * 1000:.1f} ms per photo)')
+    print(
+      f'Faces: {f["faces_per_s"]:.1f} faces/s ({f["faces"]} face in '
+      f'{f["photo"]}, {f["median_s"] * 1000:.1f} ms per photo)'
+    )
   if args.json:
     with open(args.json, 'w') as out:
       json.dump(report, out, indent=2)

@@ -81,13 +81,15 @@ def _run(args, root, prepare, pipeline, config_lib):
   write_fake_fer(os.path.join(manual, 'fer2013.csv'), args.rows)
   written = time.perf_counter() - start
   start = time.perf_counter()
-  prepare.load_builder('fer2013', data_dir=os.path.join(root, 'data'),
-                       manual_dir=manual)
+  prepare.load_builder(
+    'fer2013', data_dir=os.path.join(root, 'data'), manual_dir=manual
+  )
   built = time.perf_counter() - start
 
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = config_lib.load_config_file(os.path.join(here, 'configs',
-                                                    'fer2013.py'))
+  config = config_lib.load_config_file(
+    os.path.join(here, 'configs', 'fer2013.py')
+  )
   config.data_dir = os.path.join(root, 'data')
   config.manual_dir = manual
   data = pipeline.InputPipeline(config, num_devices=1)
@@ -96,18 +98,25 @@ def _run(args, root, prepare, pipeline, config_lib):
   def eval_forever():
     while True:
       yield from data.eval_batches('public_test', tta='ten_crop')
+
   # Real examples only: the padding of each pass's last batch is not work.
   ten_crop = time_batches(eval_forever(), max(1, args.batches // 10))
   result = {
-      'machine': f'{platform.machine()}, {os.cpu_count()} cores',
-      'rows': args.rows, 'csv_write_s': round(written, 1),
-      'tfds_build_s': round(built, 1),
-      'train_images_per_s': {'median': round(train[0]), 'min': round(train[1]),
-                             'max': round(train[2])},
-      'ten_crop_eval_images_per_s': {'median': round(ten_crop[0]),
-                                     'min': round(ten_crop[1]),
-                                     'max': round(ten_crop[2])},
-      'batch_size': config.batch_size,
+    'machine': f'{platform.machine()}, {os.cpu_count()} cores',
+    'rows': args.rows,
+    'csv_write_s': round(written, 1),
+    'tfds_build_s': round(built, 1),
+    'train_images_per_s': {
+      'median': round(train[0]),
+      'min': round(train[1]),
+      'max': round(train[2]),
+    },
+    'ten_crop_eval_images_per_s': {
+      'median': round(ten_crop[0]),
+      'min': round(ten_crop[1]),
+      'max': round(ten_crop[2]),
+    },
+    'batch_size': config.batch_size,
   }
   return result
 

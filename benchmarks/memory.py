@@ -41,17 +41,24 @@ GROWTH_RATES = (12,)
 def bc_model(depth: int, growth_rate: int, memory_efficient: bool):
   layers = (depth - 4) // 6
   return models.create_model(
-      'densenet_bc_100_12', num_classes=10, growth_rate=growth_rate,
-      block_sizes=(layers,) * 3, num_init_features=2 * growth_rate,
-      memory_efficient=memory_efficient)
+    'densenet_bc_100_12',
+    num_classes=10,
+    growth_rate=growth_rate,
+    block_sizes=(layers,) * 3,
+    num_init_features=2 * growth_rate,
+    memory_efficient=memory_efficient,
+  )
 
 
 def jitted_step(model, image_shape, num_classes=10, tx=None):
   """(the jitted train step of `model`, a fresh state); tx: SGD by default."""
-  state = steps.create_train_state(jax.random.key(0), model,
-                                   tx or optax.sgd(0.1, 0.9), image_shape)
-  step = jax.jit(functools.partial(steps.train_step, num_classes=num_classes),
-                 donate_argnums=0)
+  state = steps.create_train_state(
+    jax.random.key(0), model, tx or optax.sgd(0.1, 0.9), image_shape
+  )
+  step = jax.jit(
+    functools.partial(steps.train_step, num_classes=num_classes),
+    donate_argnums=0,
+  )
   return step, state
 
 
@@ -61,8 +68,10 @@ def compiled_memory(model, batch: int, image_shape, num_classes=10) -> dict:
   On a GPU, also the peak bytes in use after three steps.
   """
   step, state = jitted_step(model, image_shape, num_classes)
-  batch_data = {'image': jnp.zeros((batch, *image_shape), jnp.float32),
-                'label': jnp.zeros((batch,), jnp.int32)}
+  batch_data = {
+    'image': jnp.zeros((batch, *image_shape), jnp.float32),
+    'label': jnp.zeros((batch,), jnp.int32),
+  }
   start = time.perf_counter()
   compiled = step.lower(state, batch_data, jax.random.key(0)).compile()
   result = {'compile_s': time.perf_counter() - start}
@@ -83,23 +92,39 @@ def measure_in_subprocess(depth, growth_rate, memory_efficient, batch):
   """`measure` in a fresh process: a GPU's peak bytes in use never go down,
   so each row needs its own process."""
   out = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.memory', '--one',
-       json.dumps([depth, growth_rate, memory_efficient, batch])],
-      capture_output=True, text=True, check=True,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    [
+      sys.executable,
+      '-m',
+      'benchmarks.memory',
+      '--one',
+      json.dumps([depth, growth_rate, memory_efficient, batch]),
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure(depth, growth_rate, memory_efficient, batch, image_size=32):
   model = bc_model(depth, growth_rate, memory_efficient)
   shape = (image_size, image_size, 3)
-  variables = jax.eval_shape(model.init, jax.random.key(0),
-                             jnp.zeros((1, *shape)))
-  return {'depth': depth, 'growth_rate': growth_rate,
-          'memory_efficient': memory_efficient, 'batch': batch,
-          'params': int(sum(np.prod(p.shape) for p in
-                            jax.tree_util.tree_leaves(variables['params']))),
-          **compiled_memory(model, batch, shape)}
+  variables = jax.eval_shape(
+    model.init, jax.random.key(0), jnp.zeros((1, *shape))
+  )
+  return {
+    'depth': depth,
+    'growth_rate': growth_rate,
+    'memory_efficient': memory_efficient,
+    'batch': batch,
+    'params': int(
+      sum(
+        np.prod(p.shape) for p in jax.tree_util.tree_leaves(variables['params'])
+      )
+    ),
+    **compiled_memory(model, batch, shape),
+  }
 
 
 def time_modes(depth, growth_rate, batch, rounds=3, steps_per_round=2):
@@ -123,18 +148,22 @@ def time_modes(depth, growth_rate, batch, rounds=3, steps_per_round=2):
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
       runner[1] = state
-  return {('memory_efficient' if mode else 'plain'):
-          statistics.median(runner[3]) for mode, runner in runners.items()}
+  return {
+    ('memory_efficient' if mode else 'plain'): statistics.median(runner[3])
+    for mode, runner in runners.items()
+  }
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--depths', type=int, nargs='*', default=DEPTHS)
-  parser.add_argument('--growth_rates', type=int, nargs='*',
-                      default=GROWTH_RATES)
-  parser.add_argument('--time', action='store_true',
-                      help='also time both modes at BC-190-40')
+  parser.add_argument(
+    '--growth_rates', type=int, nargs='*', default=GROWTH_RATES
+  )
+  parser.add_argument(
+    '--time', action='store_true', help='also time both modes at BC-190-40'
+  )
   parser.add_argument('--time_batch', type=int, default=8)
   parser.add_argument('--json', default=None)
   parser.add_argument('--one', default=None, help=argparse.SUPPRESS)
@@ -145,50 +174,66 @@ def main(argv=None):
   # On a GPU each row runs in its own process, and this one must not start
   # JAX there: it would hold memory the rows need.
   from benchmarks.train_step import backend_in_subprocess
+
   platform, device = backend_in_subprocess()
   run = measure_in_subprocess if platform == 'gpu' else measure
 
   rows = []
-  mb = lambda r, key: (f'{r[key] / 2**20:,.0f}' if r.get(key) is not None  # noqa: E731
-                       else '-')
-  print(f'DenseNet-BC train step, batch {args.batch} at 32x32x3, on '
-        f'{device}: XLA compiled memory, MB')
-  print(f'{"L":>4} {"k":>3} {"params":>10} {"temp plain":>11} '
-        f'{"temp eff.":>10} {"eff/plain":>9} {"arguments":>10} '
-        f'{"compile s plain/eff.":>21} {"GPU peak plain/eff.":>20}')
+  mb = lambda r, key: (
+    f'{r[key] / 2**20:,.0f}'
+    if r.get(key) is not None  # noqa: E731
+    else '-'
+  )
+  print(
+    f'DenseNet-BC train step, batch {args.batch} at 32x32x3, on '
+    f'{device}: XLA compiled memory, MB'
+  )
+  print(
+    f'{"L":>4} {"k":>3} {"params":>10} {"temp plain":>11} '
+    f'{"temp eff.":>10} {"eff/plain":>9} {"arguments":>10} '
+    f'{"compile s plain/eff.":>21} {"GPU peak plain/eff.":>20}'
+  )
   for k in args.growth_rates:
     for depth in args.depths:
       plain = run(depth, k, False, args.batch)
       efficient = run(depth, k, True, args.batch)
       rows += [plain, efficient]
       ratio = efficient['xla_temp_bytes'] / plain['xla_temp_bytes']
-      print(f'{depth:>4} {k:>3} {plain["params"]:>10,} '
-            f'{mb(plain, "xla_temp_bytes"):>11} '
-            f'{mb(efficient, "xla_temp_bytes"):>10} {ratio:>9.2f} '
-            f'{mb(plain, "xla_argument_bytes"):>10} '
-            f'{plain["compile_s"]:>10.1f}/{efficient["compile_s"]:<10.1f} '
-            f'{mb(plain, "peak_bytes_in_use"):>9}/'
-            f'{mb(efficient, "peak_bytes_in_use"):<10}', flush=True)
-  report = {'device': device,
-            'batch': args.batch, 'rows': rows, 'growth': {}}
+      print(
+        f'{depth:>4} {k:>3} {plain["params"]:>10,} '
+        f'{mb(plain, "xla_temp_bytes"):>11} '
+        f'{mb(efficient, "xla_temp_bytes"):>10} {ratio:>9.2f} '
+        f'{mb(plain, "xla_argument_bytes"):>10} '
+        f'{plain["compile_s"]:>10.1f}/{efficient["compile_s"]:<10.1f} '
+        f'{mb(plain, "peak_bytes_in_use"):>9}/'
+        f'{mb(efficient, "peak_bytes_in_use"):<10}',
+        flush=True,
+      )
+  report = {'device': device, 'batch': args.batch, 'rows': rows, 'growth': {}}
   for k in args.growth_rates:
     for mode in (False, True):
-      by_depth = sorted((r['depth'], r['xla_temp_bytes']) for r in rows
-                        if r['growth_rate'] == k
-                        and r['memory_efficient'] == mode)
+      by_depth = sorted(
+        (r['depth'], r['xla_temp_bytes'])
+        for r in rows
+        if r['growth_rate'] == k and r['memory_efficient'] == mode
+      )
       name = 'memory-efficient' if mode else 'plain'
       for (d0, t0), (d1, t1) in zip(by_depth, by_depth[1:]):
         layers_ratio = (d1 - 4) / (d0 - 4)
         report['growth'][f'k{k}_{name}_{d0}_{d1}'] = t1 / t0
-        print(f'k={k} {name:>16}: temp L={d1} / L={d0} = {t1 / t0:.2f} '
-              f'(layers: {layers_ratio:.2f}, square: {layers_ratio**2:.2f})')
+        print(
+          f'k={k} {name:>16}: temp L={d1} / L={d0} = {t1 / t0:.2f} '
+          f'(layers: {layers_ratio:.2f}, square: {layers_ratio**2:.2f})'
+        )
   if args.time:
     times = time_modes(190, 40, args.time_batch)
     report['time_bc_190_40'] = dict(times, batch=args.time_batch)
-    print(f'BC-190-40 step, batch {args.time_batch}: plain '
-          f'{times["plain"]:.2f} s, memory-efficient '
-          f'{times["memory_efficient"]:.2f} s '
-          f'({times["memory_efficient"] / times["plain"] - 1:+.1%})')
+    print(
+      f'BC-190-40 step, batch {args.time_batch}: plain '
+      f'{times["plain"]:.2f} s, memory-efficient '
+      f'{times["memory_efficient"]:.2f} s '
+      f'({times["memory_efficient"] / times["plain"] - 1:+.1%})'
+    )
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(report, f, indent=2)

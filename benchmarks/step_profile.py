@@ -40,23 +40,36 @@ MODES = compile_time.MODES
 
 # (group, test on the kernel kind and op_name), first match wins.
 GROUPS = (
-    ('buffer and gradient updates (dynamic-update-slice)',
-     lambda kind, op: 'dynamic-update-slice' in kind
-     or op.endswith('dynamic_update_slice')),
-    ('3x3 and stem convs, backward',
-     lambda kind, op: 'conv_general_dilated' in op and 'transpose(' in op),
-    ('3x3 and stem convs, forward',
-     lambda kind, op: 'conv_general_dilated' in op),
-    ('dropout (with what XLA fused into it)',
-     lambda kind, op: re.search(r'[Dd]ropout', op)),
-    ('1x1 conv and transition dots',
-     lambda kind, op: 'dot_general' in op or kind == 'dot'
-     or op.endswith('/transpose')),
-    ('BN-ReLU, forward and backward',
-     lambda kind, op: re.search(r'norm|reduce_sum|where|max$|concatenate',
-                                op)),
-    ('no metadata (layout transposes, copies)', lambda kind, op: op == ''),
-    ('other', lambda kind, op: True),
+  (
+    'buffer and gradient updates (dynamic-update-slice)',
+    lambda kind, op: (
+      'dynamic-update-slice' in kind or op.endswith('dynamic_update_slice')
+    ),
+  ),
+  (
+    '3x3 and stem convs, backward',
+    lambda kind, op: 'conv_general_dilated' in op and 'transpose(' in op,
+  ),
+  (
+    '3x3 and stem convs, forward',
+    lambda kind, op: 'conv_general_dilated' in op,
+  ),
+  (
+    'dropout (with what XLA fused into it)',
+    lambda kind, op: re.search(r'[Dd]ropout', op),
+  ),
+  (
+    '1x1 conv and transition dots',
+    lambda kind, op: (
+      'dot_general' in op or kind == 'dot' or op.endswith('/transpose')
+    ),
+  ),
+  (
+    'BN-ReLU, forward and backward',
+    lambda kind, op: re.search(r'norm|reduce_sum|where|max$|concatenate', op),
+  ),
+  ('no metadata (layout transposes, copies)', lambda kind, op: op == ''),
+  ('other', lambda kind, op: True),
 )
 
 
@@ -114,16 +127,22 @@ def profile(case: dict, mode: str, steps: int, warmup: int = 3) -> dict:
     jax.profiler.stop_trace()
     times = kernel_times(trace_dir, op_names(compiled.as_text()))
   if not times:
-    raise RuntimeError(f'no kernel events of the program in the trace on '
-                       f'{jax.default_backend()} (CPU only)')
+    raise RuntimeError(
+      f'no kernel events of the program in the trace on '
+      f'{jax.default_backend()} (CPU only)'
+    )
   per_step = {key: us / steps / 1000 for key, us in times.items()}
   groups = collections.Counter()
   for (kind, op), ms in per_step.items():
     group = next(g for g, test in GROUPS if test(kind, op))
     groups[group] += ms
-  return {'mode': mode, 'wall_ms': 1000 * float(np.median(wall[warmup:])),
-          'kernel_ms': sum(per_step.values()), 'groups': groups,
-          'rows': per_step}
+  return {
+    'mode': mode,
+    'wall_ms': 1000 * float(np.median(wall[warmup:])),
+    'kernel_ms': sum(per_step.values()),
+    'groups': groups,
+    'rows': per_step,
+  }
 
 
 def main(argv=None):
@@ -138,15 +157,17 @@ def main(argv=None):
   case = train_step.parse_case(args.case)
   for mode in args.modes:
     result = profile(case, mode, args.steps)
-    print(f'\n{args.case}, {mode}: step {result["wall_ms"]:,.0f} ms '
-          f'(untraced median); traced kernel time {result["kernel_ms"]:,.0f} '
-          f'ms a step (summed over threads)')
+    print(
+      f'\n{args.case}, {mode}: step {result["wall_ms"]:,.0f} ms '
+      f'(untraced median); traced kernel time {result["kernel_ms"]:,.0f} '
+      f'ms a step (summed over threads)'
+    )
     print('  by group (heuristic, from op_name):')
     for group, ms in result['groups'].most_common():
       print(f'  {ms:>9,.1f} ms  {group}')
     print(f'  top {args.top} (kernel kind, op_name without layer indices):')
     rows = sorted(result['rows'].items(), key=lambda kv: -kv[1])
-    for (kind, op), ms in rows[:args.top]:
+    for (kind, op), ms in rows[: args.top]:
       print(f'  {ms:>9,.1f} ms  {kind:<34} {op[:110]}')
 
 

@@ -40,19 +40,26 @@ class Ours:
 
     dtype = jnp.bfloat16 if cmd['dtype'] == 'bfloat16' else jnp.float32
     model = models.create_model(
-        cmd['model'], num_classes=cmd['num_classes'], dtype=dtype,
-        memory_efficient=cmd['memory_efficient'], drop_rate=0.0)
+      cmd['model'],
+      num_classes=cmd['num_classes'],
+      dtype=dtype,
+      memory_efficient=cmd['memory_efficient'],
+      drop_rate=0.0,
+    )
     shape = (cmd['size'], cmd['size'], cmd['channels'])
     tx = optax.sgd(0.01, momentum=0.9, nesterov=True)
     state = steps.create_train_state(jax.random.key(0), model, tx, shape)
     self.batch = {
-        'image': jax.random.normal(jax.random.key(1), (cmd['batch'], *shape)),
-        'label': jax.random.randint(jax.random.key(2), (cmd['batch'],), 0,
-                                    cmd['num_classes'])}
+      'image': jax.random.normal(jax.random.key(1), (cmd['batch'], *shape)),
+      'label': jax.random.randint(
+        jax.random.key(2), (cmd['batch'],), 0, cmd['num_classes']
+      ),
+    }
     self.rng = jax.random.key(3)
-    step = jax.jit(functools.partial(steps.train_step,
-                                     num_classes=cmd['num_classes']),
-                   donate_argnums=0)
+    step = jax.jit(
+      functools.partial(steps.train_step, num_classes=cmd['num_classes']),
+      donate_argnums=0,
+    )
     start = time.perf_counter()
     compiled = step.lower(state, self.batch, self.rng).compile()
     compile_s = time.perf_counter() - start
@@ -61,26 +68,38 @@ class Ours:
     analysis = compiled.memory_analysis()
     memory = {}
     if analysis is not None:
-      for key in ('temp_size_in_bytes', 'argument_size_in_bytes',
-                  'output_size_in_bytes', 'alias_size_in_bytes'):
+      for key in (
+        'temp_size_in_bytes',
+        'argument_size_in_bytes',
+        'output_size_in_bytes',
+        'alias_size_in_bytes',
+      ):
         memory[key] = int(getattr(analysis, key, 0))
     params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     import densenet_flax
-    return {'compile_s': compile_s, 'params': int(params),
-            'device': str(jax.devices()[0].device_kind),
-            'package': os.path.dirname(densenet_flax.__file__),
-            'versions': {'jax': jax.__version__}, 'xla_memory': memory}
+
+    return {
+      'compile_s': compile_s,
+      'params': int(params),
+      'device': str(jax.devices()[0].device_kind),
+      'package': os.path.dirname(densenet_flax.__file__),
+      'versions': {'jax': jax.__version__},
+      'xla_memory': memory,
+    }
 
   def _run(self):
     import jax
+
     self.state, metrics = self.step(self.state, self.batch, self.rng)
     jax.block_until_ready(metrics)
 
   def device_memory(self):
     import jax
+
     stats = jax.devices()[0].memory_stats() or {}
-    return {k: stats[k] for k in ('peak_bytes_in_use', 'bytes_in_use')
-            if k in stats}
+    return {
+      k: stats[k] for k in ('peak_bytes_in_use', 'bytes_in_use') if k in stats
+    }
 
 
 class KerasPeer:
@@ -97,21 +116,27 @@ class KerasPeer:
       raise ValueError('the Keras peer runs float32, without recomputation')
     shape = (cmd['size'], cmd['size'], cmd['channels'])
     keras.utils.set_random_seed(0)
-    self.model = keras_densenet.from_fields(models.PRESETS[cmd['model']],
-                                            cmd['num_classes'], shape)
+    self.model = keras_densenet.from_fields(
+      models.PRESETS[cmd['model']], cmd['num_classes'], shape
+    )
     self.model.compile(
-        optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+      optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     rng = np.random.RandomState(1)
     self.x = rng.normal(size=(cmd['batch'], *shape)).astype(np.float32)
     self.y = rng.randint(0, cmd['num_classes'], cmd['batch'])
     start = time.perf_counter()
     self._run()  # builds and traces (and compiles) the train function
-    return {'compile_s': time.perf_counter() - start,
-            'params': int(self.model.count_params()),
-            'versions': {'keras': keras.__version__,
-                         'backend': keras.backend.backend()},
-            'jit_compile': str(self.model.jit_compile)}
+    return {
+      'compile_s': time.perf_counter() - start,
+      'params': int(self.model.count_params()),
+      'versions': {
+        'keras': keras.__version__,
+        'backend': keras.backend.backend(),
+      },
+      'jit_compile': str(self.model.jit_compile),
+    }
 
   def _run(self):
     self.model.train_on_batch(self.x, self.y)
@@ -133,27 +158,39 @@ class TorchPeer:
     self.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     torch.manual_seed(0)
     model = torch_densenet.from_fields(
-        models.PRESETS[cmd['model']], cmd['num_classes'], cmd['channels'],
-        memory_efficient=cmd['memory_efficient']).to(self.device)
+      models.PRESETS[cmd['model']],
+      cmd['num_classes'],
+      cmd['channels'],
+      memory_efficient=cmd['memory_efficient'],
+    ).to(self.device)
     self.channels_last = self.device == 'cuda'
     if self.channels_last:
       model = model.to(memory_format=torch.channels_last)
     self.model = model
     self.amp = cmd['dtype'] == 'bfloat16'
-    self.optimizer = torch.optim.SGD(model.parameters(), 0.01, momentum=0.9,
-                                     nesterov=True)
-    self.x = torch.randn(cmd['batch'], cmd['channels'], cmd['size'],
-                         cmd['size'], device=self.device)
+    self.optimizer = torch.optim.SGD(
+      model.parameters(), 0.01, momentum=0.9, nesterov=True
+    )
+    self.x = torch.randn(
+      cmd['batch'],
+      cmd['channels'],
+      cmd['size'],
+      cmd['size'],
+      device=self.device,
+    )
     if self.channels_last:
       self.x = self.x.to(memory_format=torch.channels_last)
-    self.y = torch.randint(0, cmd['num_classes'], (cmd['batch'],),
-                           device=self.device)
+    self.y = torch.randint(
+      0, cmd['num_classes'], (cmd['batch'],), device=self.device
+    )
     start = time.perf_counter()
     self._run()
-    return {'compile_s': time.perf_counter() - start,
-            'params': sum(p.numel() for p in model.parameters()),
-            'versions': {'torch': torch.__version__},
-            'threads': torch.get_num_threads()}
+    return {
+      'compile_s': time.perf_counter() - start,
+      'params': sum(p.numel() for p in model.parameters()),
+      'versions': {'torch': torch.__version__},
+      'threads': torch.get_num_threads(),
+    }
 
   def _run(self):
     torch = self.torch
@@ -207,16 +244,21 @@ def main():
         reply = {'times': times}
       elif cmd['op'] == 'memory':
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        reply = {'peak_rss_bytes': usage.ru_maxrss * 1024,
-                 **worker.device_memory()}
+        reply = {
+          'peak_rss_bytes': usage.ru_maxrss * 1024,
+          **worker.device_memory(),
+        }
       elif cmd['op'] == 'exit':
         break
       else:
         raise ValueError(f'unknown op {cmd["op"]!r}')
       reply['ok'] = True
     except Exception as e:  # noqa: BLE001
-      reply = {'ok': False, 'error': f'{type(e).__name__}: {e}',
-               'traceback': traceback.format_exc()[-2000:]}
+      reply = {
+        'ok': False,
+        'error': f'{type(e).__name__}: {e}',
+        'traceback': traceback.format_exc()[-2000:],
+      }
     out.write(json.dumps(reply) + '\n')
     out.flush()
 

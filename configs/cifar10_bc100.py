@@ -25,7 +25,7 @@ def get_config():
   config.nesterov = True
   config.momentum = 0.9
   config.learning_rate = 0.1
-  config.lr_batch_reference = 64    # the paper's batch; scales linearly
+  config.lr_batch_reference = 64  # the paper's batch; scales linearly
   config.schedule = 'piecewise'
   config.lr_boundaries = (0.5, 0.75)
   config.lr_decay = 0.1

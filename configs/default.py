@@ -17,10 +17,10 @@ def get_config():
   config.test_split = 'test'
   config.image_size = 16
   config.channels = 1
-  config.augment.resize = 16        # 8x8 -> 16x16
+  config.augment.resize = 16  # 8x8 -> 16x16
   config.augment.crop = 'pad'
   config.augment.crop_padding = 2
-  config.augment.flip = False       # a mirrored digit is another symbol
+  config.augment.flip = False  # a mirrored digit is another symbol
   config.augment.rotation = 10.0
   config.batch_size = 64
   config.eval_batch_size = 128

@@ -13,7 +13,7 @@ from densenet_flax.config import base_config
 
 def get_config():
   config = base_config()
-  config.model = 'fer_densenet'     # 999,079 params; dropout 0.2
+  config.model = 'fer_densenet'  # 999,079 params; dropout 0.2
   config.dataset = 'fer2013'
   config.train_split = 'train'
   config.eval_split = 'public_test'
@@ -21,7 +21,7 @@ def get_config():
   config.test_tta = 'ten_crop'
   config.image_size = 44
   config.channels = 1
-  config.augment.crop = 'random'    # 44 of 48; eval: centre crop / ten crops
+  config.augment.crop = 'random'  # 44 of 48; eval: centre crop / ten crops
   config.augment.flip = True
   config.augment.rotation = 10.0
   config.batch_size = 128
@@ -31,10 +31,10 @@ def get_config():
   config.nesterov = True
   config.momentum = 0.9
   config.learning_rate = 0.1
-  config.lr_batch_reference = 128   # linear scaling for other batch sizes
+  config.lr_batch_reference = 128  # linear scaling for other batch sizes
   config.schedule = 'piecewise'
   config.lr_boundaries = (0.5, 0.75)
   config.weight_decay = 1e-4
-  config.class_weighting = 'none'   # 'balanced' up-weights Disgust (1.5%)
+  config.class_weighting = 'none'  # 'balanced' up-weights Disgust (1.5%)
   config.checkpoint_every_steps = 1000
   return config

@@ -12,13 +12,13 @@ def get_config():
   config = base_config()
   config.model = 'densenet121'
   config.dataset = 'fer2013'
-  config.init_from = ''             # 'keras:DenseNet121' = ImageNet weights
+  config.init_from = ''  # 'keras:DenseNet121' = ImageNet weights
   config.eval_split = 'public_test'
   config.test_split = 'private_test'
   config.test_tta = 'ten_crop'
   config.image_size = 224
-  config.channels = 3               # grayscale replicated to RGB
-  config.augment.resize = 240       # 48 -> 240, then random 224 crops
+  config.channels = 3  # grayscale replicated to RGB
+  config.augment.resize = 240  # 48 -> 240, then random 224 crops
   config.augment.crop = 'random'
   config.augment.flip = True
   config.augment.rotation = 10.0

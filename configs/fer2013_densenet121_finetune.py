@@ -28,10 +28,11 @@ from densenet_flax.config import load_config_file
 def get_config():
   """configs/fer2013_densenet121.py (224px, SGD, cosine, 40 epochs), plus
   ImageNet weights, one input channel, a 10x head rate and an EMA."""
-  config = load_config_file(os.path.join(os.path.dirname(__file__),
-                                         'fer2013_densenet121.py'))
+  config = load_config_file(
+    os.path.join(os.path.dirname(__file__), 'fer2013_densenet121.py')
+  )
   config.init_from = 'keras:DenseNet121'  # ImageNet; bn_epsilon follows Keras
-  config.channels = 1               # stem adapted from RGB (see above)
+  config.channels = 1  # stem adapted from RGB (see above)
   config.head_lr_multiplier = 10.0
   config.ema_decay = 0.999
   return config

@@ -17,8 +17,9 @@ from densenet_flax.config import load_config_file
 
 
 def get_config():
-  config = load_config_file(os.path.join(os.path.dirname(__file__),
-                                         'fer2013.py'))
+  config = load_config_file(
+    os.path.join(os.path.dirname(__file__), 'fer2013.py')
+  )
   config.dataset = 'ferplus'
   config.label_mode = 'probability'
   return config

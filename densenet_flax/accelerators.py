@@ -21,8 +21,10 @@ import subprocess
 
 log = logging.getLogger(__name__)
 
-INSTALL_COMMANDS = {'gpu': 'pip install -U "jax[cuda12]"',
-                    'tpu': 'pip install -U "jax[tpu]"'}
+INSTALL_COMMANDS = {
+  'gpu': 'pip install -U "jax[cuda12]"',
+  'tpu': 'pip install -U "jax[tpu]"',
+}
 # Where the operating system shows devices (tests point these elsewhere).
 DEV_DIR = '/dev'
 PCI_DEVICES_DIR = '/sys/bus/pci/devices'
@@ -35,10 +37,18 @@ def nvidia_gpus() -> list[str]:
   nvidia_smi = shutil.which('nvidia-smi')
   if nvidia_smi:
     try:
-      out = subprocess.run([nvidia_smi, '-L'], capture_output=True, text=True,
-                           timeout=20, check=False)
-      listed = [line.strip() for line in out.stdout.splitlines()
-                if line.startswith('GPU ')]
+      out = subprocess.run(
+        [nvidia_smi, '-L'],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+      )
+      listed = [
+        line.strip()
+        for line in out.stdout.splitlines()
+        if line.startswith('GPU ')
+      ]
       if listed:
         return listed
     except (OSError, subprocess.SubprocessError):
@@ -53,8 +63,11 @@ def google_tpus() -> list[str]:
   accel = sorted(glob.glob(os.path.join(DEV_DIR, 'accel[0-9]*')))
   if accel:
     return accel
-  vfio = sorted(p for p in glob.glob(os.path.join(DEV_DIR, 'vfio', '*'))
-                if os.path.basename(p).isdigit())
+  vfio = sorted(
+    p
+    for p in glob.glob(os.path.join(DEV_DIR, 'vfio', '*'))
+    if os.path.basename(p).isdigit()
+  )
   if vfio and _has_google_pci_device():
     return vfio
   return []
@@ -95,15 +108,24 @@ def log_backend() -> None:
   import jax
 
   backend = jax.default_backend()
-  log.info('JAX %s on %s: %s (this process: %d of %d devices)',
-           jax.__version__, backend, describe_devices(jax.devices()),
-           jax.local_device_count(), jax.device_count())
+  log.info(
+    'JAX %s on %s: %s (this process: %d of %d devices)',
+    jax.__version__,
+    backend,
+    describe_devices(jax.devices()),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   if os.environ.get('JAX_PLATFORMS', '').strip().lower() == 'cpu':
     return  # the CPU was asked for
   for kind, names in unused_accelerators(backend).items():
     shown = '; '.join(names[:4]) + ('; ...' if len(names) > 4 else '')
     log.warning(
-        'This machine has %s %s (%s) but JAX runs on the CPU: it has no %s '
-        'support installed. Run `%s` and start again.', len(names),
-        'NVIDIA GPU(s)' if kind == 'gpu' else 'Google TPU chip(s)', shown,
-        'CUDA' if kind == 'gpu' else 'TPU', INSTALL_COMMANDS[kind])
+      'This machine has %s %s (%s) but JAX runs on the CPU: it has no %s '
+      'support installed. Run `%s` and start again.',
+      len(names),
+      'NVIDIA GPU(s)' if kind == 'gpu' else 'Google TPU chip(s)',
+      shown,
+      'CUDA' if kind == 'gpu' else 'TPU',
+      INSTALL_COMMANDS[kind],
+    )

@@ -19,8 +19,9 @@ def replacing(path: str) -> Iterator[str]:
   removed."""
   directory, name = os.path.split(os.path.abspath(path))
   stem, suffix = os.path.splitext(name)
-  temporary = os.path.join(directory,
-                           f'.{stem}.{secrets.token_hex(4)}.tmp{suffix}')
+  temporary = os.path.join(
+    directory, f'.{stem}.{secrets.token_hex(4)}.tmp{suffix}'
+  )
   # Created as open() creates files (0o666 less the umask), unlike mkstemp's
   # 0o600: the renamed file is readable as a plainly written one would be.
   os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))

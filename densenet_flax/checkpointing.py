@@ -43,8 +43,11 @@ def _without_read_only_notice():
   which is what evaluation and inference ask for: drop that one record."""
   from absl import logging as absl_logging
 
-  notice = lambda record: not record.getMessage().startswith(  # noqa: E731
-      'Given directory is read only')
+  notice = lambda record: (
+    not record.getMessage().startswith(  # noqa: E731
+      'Given directory is read only'
+    )
+  )
   logger = absl_logging.get_absl_logger()
   logger.addFilter(notice)
   try:
@@ -76,8 +79,12 @@ class CheckpointSaveError(RuntimeError):
 # FAILED_PRECONDITION for a broken compressed stream or JSON, DATA_LOSS for a
 # garbled manifest, NOT_FOUND for a deleted one); an operating-system error
 # comes as UNAVAILABLE, UNKNOWN, PERMISSION_DENIED or RESOURCE_EXHAUSTED.
-DAMAGE_STATUSES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION',
-                   'NOT_FOUND')
+DAMAGE_STATUSES = (
+  'DATA_LOSS',
+  'OUT_OF_RANGE',
+  'FAILED_PRECONDITION',
+  'NOT_FOUND',
+)
 
 
 def damage_shown_by(error: BaseException) -> str | None:
@@ -91,11 +98,19 @@ def damage_shown_by(error: BaseException) -> str | None:
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(error, (FileNotFoundError, NotADirectoryError,
-                          UnicodeDecodeError, json.JSONDecodeError)):
+    if isinstance(
+      error,
+      (
+        FileNotFoundError,
+        NotADirectoryError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+      ),
+    ):
       return _reason(error)
     if type(error) is ValueError and str(error).split(':', 1)[0] in (
-        DAMAGE_STATUSES):
+      DAMAGE_STATUSES
+    ):
       return _reason(error)
     error = error.__cause__ or error.__context__
   return None
@@ -116,8 +131,11 @@ def _model_shapes(state) -> dict[str, tuple[int, ...]]:
   """
   shapes = {}
   for collection in ('params', 'batch_stats'):
-    subtree = (getattr(state, collection) if hasattr(state, collection)
-               else state[collection])
+    subtree = (
+      getattr(state, collection)
+      if hasattr(state, collection)
+      else state[collection]
+    )
     leaves = jax.tree_util.tree_flatten_with_path(subtree)[0]
     for path, leaf in leaves:
       name = '/'.join([collection] + [_key_name(k) for k in path])
@@ -127,43 +145,63 @@ def _model_shapes(state) -> dict[str, tuple[int, ...]]:
 
 def _leaf_paths(tree) -> set[str]:
   """'opt_state/1/trace/...' for every leaf of a state or its stored metadata."""
-  return {'/'.join(_key_name(k) for k in path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    '/'.join(_key_name(k) for k in path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 class Checkpoints:
   """The checkpoints of one workdir."""
 
-  def __init__(self, directory: str, *, keep: int = 2,
-               select_metric: str = 'accuracy', read_only: bool = False):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    keep: int = 2,
+    select_metric: str = 'accuracy',
+    read_only: bool = False,
+  ):
     """`read_only` (evaluation, inference) never writes, moves or cleans up,
     so it is safe beside a training run on the same directory."""
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
-    self._in_flight = None    # the step of the save being written
+    self._in_flight = None  # the step of the save being written
     self._save_failed = False
     self.select_metric = select_metric
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
         ocp.checkpoint_managers.LatestN(n=keep),
         ocp.checkpoint_managers.BestN(
-            get_metric_fn=lambda metrics: metrics[select_metric],
-            reverse=False, n=1, keep_checkpoints_without_metrics=False),
-    ])
+          get_metric_fn=lambda metrics: metrics[select_metric],
+          reverse=False,
+          n=1,
+          keep_checkpoints_without_metrics=False,
+        ),
+      ]
+    )
     with _without_read_only_notice():
       self._manager = self._open_manager(policy, read_only)
 
   def _open_manager(self, policy, read_only: bool) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only,
-            # Nothing is saved read-only; Orbax warns when this is not 0.
-            save_interval_steps=0 if read_only else 1,
-            preservation_policy=policy, enable_async_checkpointing=True,
-            # Saves cut short (a killed process) leave *.orbax-checkpoint-tmp*
-            # directories; they never count as checkpoints and go at start.
-            cleanup_tmp_directories=not read_only),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'meta': ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        create=not read_only,
+        read_only=read_only,
+        # Nothing is saved read-only; Orbax warns when this is not 0.
+        save_interval_steps=0 if read_only else 1,
+        preservation_policy=policy,
+        enable_async_checkpointing=True,
+        # Saves cut short (a killed process) leave *.orbax-checkpoint-tmp*
+        # directories; they never count as checkpoints and go at start.
+        cleanup_tmp_directories=not read_only,
+      ),
+      item_handlers={
+        'state': ocp.StandardCheckpointHandler(),
+        'meta': ocp.JsonCheckpointHandler(),
+      },
+    )
 
   # --- which steps ---------------------------------------------------------------
 
@@ -182,10 +220,15 @@ class Checkpoints:
       except Exception as e:  # noqa: BLE001 - a damaged record is never best
         if damage_shown_by(e) is None:
           raise CheckpointReadError(
-              f'The record of checkpoint {step} in {self.directory} could not '
-              f'be read: {_reason(e)}') from e
-        log.warning('Checkpoint %d in %s: its record is damaged (%s)',
-                    step, self.directory, _reason(e))
+            f'The record of checkpoint {step} in {self.directory} could not '
+            f'be read: {_reason(e)}'
+          ) from e
+        log.warning(
+          'Checkpoint %d in %s: its record is damaged (%s)',
+          step,
+          self.directory,
+          _reason(e),
+        )
         continue
       if self.select_metric in metrics:
         scored.append((metrics[self.select_metric], step))
@@ -202,17 +245,20 @@ class Checkpoints:
       best = self.best_step()
       if best is None:
         raise FileNotFoundError(
-            f'No checkpoint in {self.directory} has eval metrics to pick the '
-            f'best from; steps: {steps}')
+          f'No checkpoint in {self.directory} has eval metrics to pick the '
+          f'best from; steps: {steps}'
+        )
       return best
     step = int(which)
     if step not in steps:
       raise FileNotFoundError(
-          f'No checkpoint for step {step} in {self.directory}; steps: {steps}')
+        f'No checkpoint for step {step} in {self.directory}; steps: {steps}'
+      )
     return step
 
-  def newest_restorable(self, restore: Callable[[int], Any], *,
-                        set_aside: bool) -> tuple[int, Any] | None:
+  def newest_restorable(
+    self, restore: Callable[[int], Any], *, set_aside: bool
+  ) -> tuple[int, Any] | None:
     """(step, restore(step)) for the newest step that restores; None when
     there is no checkpoint.
 
@@ -240,15 +286,19 @@ class Checkpoints:
       except Exception as e:  # noqa: BLE001 - classified just below
         error, damage = e, damage_shown_by(e)
       outcome = _worst_over_processes(
-          _FAILED if error is not None and damage is None else
-          _DAMAGED if damage else _RESTORED)
+        _FAILED
+        if error is not None and damage is None
+        else _DAMAGED
+        if damage
+        else _RESTORED
+      )
       if outcome == _FAILED:
         reason = _reason(error) if error else 'it failed on another process'
         raise CheckpointReadError(
-            f'Checkpoint {step} in {self.directory} could not be read: '
-            f'{reason}. That does not show damage to the checkpoint (storage '
-            f'that fails to read, memory, or a bug), so nothing was moved or '
-            f'rewritten; fix the cause and run the same command again.'
+          f'Checkpoint {step} in {self.directory} could not be read: '
+          f'{reason}. That does not show damage to the checkpoint (storage '
+          f'that fails to read, memory, or a bug), so nothing was moved or '
+          f'rewritten; fix the cause and run the same command again.'
         ) from error
       if outcome == _RESTORED:
         for bad, _ in damaged if set_aside else ():
@@ -256,14 +306,19 @@ class Checkpoints:
         return step, result
       damage = damage or 'it is damaged on another process'
       damaged.append((step, damage))
-      log.warning('Checkpoint %d in %s cannot be restored (%s); %s', step,
-                  self.directory, damage,
-                  'trying the previous one')
+      log.warning(
+        'Checkpoint %d in %s cannot be restored (%s); %s',
+        step,
+        self.directory,
+        damage,
+        'trying the previous one',
+      )
     if damaged:
       raise NoRestorableCheckpointError(
-          f'No checkpoint in {self.directory} can be restored: ' + '; '.join(
-              f'step {step}: {reason}' for step, reason in damaged) +
-          '. Nothing was moved.')
+        f'No checkpoint in {self.directory} can be restored: '
+        + '; '.join(f'step {step}: {reason}' for step, reason in damaged)
+        + '. Nothing was moved.'
+      )
     return None
 
   def find_damage(self, step: int) -> str | None:
@@ -291,15 +346,17 @@ class Checkpoints:
     if not steps:
       return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
-        '%Y%m%dT%H%M%SZ')
+      '%Y%m%dT%H%M%SZ'
+    )
     folder = f'{reason}-{stamp}'
     for step in steps:
       self._set_aside(step, folder)
     return os.path.join(self._set_aside_root(), folder)
 
   def _set_aside_root(self) -> str:
-    return os.path.join(os.path.dirname(self.directory),
-                        'checkpoints_set_aside')
+    return os.path.join(
+      os.path.dirname(self.directory), 'checkpoints_set_aside'
+    )
 
   def _set_aside(self, step: int, folder: str = '') -> str:
     """Moves a step's directory out of the manager's sight; returns where."""
@@ -314,24 +371,34 @@ class Checkpoints:
       os.replace(os.path.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f'set_aside_{step}')
     self._manager.reload()
     return target
 
   # --- save and restore -----------------------------------------------------------
 
-  def save(self, step: int, state, meta: Meta,
-           eval_metrics: dict[str, float] | None = None,
-           force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state,
+    meta: Meta,
+    eval_metrics: dict[str, float] | None = None,
+    force: bool = False,
+  ) -> bool:
     """Starts writing `step` in the background. A failed write surfaces as
     CheckpointSaveError here (the previous save's), or at `wait`/`close`."""
     meta = dict(meta, step=step, eval_metrics=eval_metrics)
     saved = False
     with self._save_errors(step):
       saved = self._manager.save(
-          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                        meta=ocp.args.JsonSave(meta)),
-          metrics=eval_metrics, force=force)
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+        metrics=eval_metrics,
+        force=force,
+      )
     if saved:
       self._in_flight = step
       log.info('Saving checkpoint %d to %s', step, self.directory)
@@ -354,17 +421,28 @@ class Checkpoints:
       complete = [s for s in self._complete_steps() if s != unsaved]
       full = _disk_full(e)
       raise CheckpointSaveError(
-          f'Checkpoint {unsaved} could not be written to {self.directory}: '
-          + ('the disk is full (No space left on device)' if full else
-             f'a write failed ({_reason(e)})') + '. ' +
-          (f'The last complete checkpoint is step {max(complete)}. '
-           if complete else 'There is no complete checkpoint yet. ') +
-          ('Free some space' if full else 'Fix the storage') +
-          ' and run the same command to resume from it.') from e
+        f'Checkpoint {unsaved} could not be written to {self.directory}: '
+        + (
+          'the disk is full (No space left on device)'
+          if full
+          else f'a write failed ({_reason(e)})'
+        )
+        + '. '
+        + (
+          f'The last complete checkpoint is step {max(complete)}. '
+          if complete
+          else 'There is no complete checkpoint yet. '
+        )
+        + ('Free some space' if full else 'Fix the storage')
+        + ' and run the same command to resume from it.'
+      ) from e
 
   def _complete_steps(self) -> list[int]:
-    return sorted(int(name) for name in os.listdir(self.directory)
-                  if name.isdigit() and self._complete(int(name)))
+    return sorted(
+      int(name)
+      for name in os.listdir(self.directory)
+      if name.isdigit() and self._complete(int(name))
+    )
 
   def _complete(self, step: int) -> bool:
     """Whether Orbax finished `step` (its temporary directory was renamed)."""
@@ -372,32 +450,39 @@ class Checkpoints:
 
   def meta(self, step: int) -> Meta:
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )
     return restored['meta']
 
-  def check_compatible(self, step: int, abstract_state,
-                       expected: Meta) -> None:
+  def check_compatible(self, step: int, abstract_state, expected: Meta) -> None:
     """Raises CheckpointMismatchError naming the first parameter that differs."""
     meta = self.meta(step)
-    written_for = ', '.join(f'{k}={meta[k]!r}' for k in ('model', 'num_classes')
-                            if k in meta)
-    running = ', '.join(f'{k}={expected[k]!r}' for k in ('model', 'num_classes')
-                        if k in expected)
-    where = (f'Checkpoint {step} in {self.directory} (written for '
-             f'{written_for}' + (f'; this run: {running})' if running else ')'))
+    written_for = ', '.join(
+      f'{k}={meta[k]!r}' for k in ('model', 'num_classes') if k in meta
+    )
+    running = ', '.join(
+      f'{k}={expected[k]!r}' for k in ('model', 'num_classes') if k in expected
+    )
+    where = (
+      f'Checkpoint {step} in {self.directory} (written for '
+      f'{written_for}' + (f'; this run: {running})' if running else ')')
+    )
     stored = _model_shapes(self._manager.item_metadata(step)['state'])
     wanted = _model_shapes(abstract_state)
     for name in sorted(set(stored) | set(wanted)):
       if name not in stored:
         raise CheckpointMismatchError(
-            f'{where} has no {name}, which the model needs')
+          f'{where} has no {name}, which the model needs'
+        )
       if name not in wanted:
         raise CheckpointMismatchError(
-            f'{where} has {name}, which the model does not have')
+          f'{where} has {name}, which the model does not have'
+        )
       if stored[name] != wanted[name]:
         raise CheckpointMismatchError(
-            f'{where}: {name} has shape {stored[name]}, the model expects '
-            f'{wanted[name]}')
+          f'{where}: {name} has shape {stored[name]}, the model expects '
+          f'{wanted[name]}'
+        )
     for key in ('model', 'num_classes'):
       if key in meta and key in expected and meta[key] != expected[key]:
         raise CheckpointMismatchError(f'{where}: {key} differs')
@@ -413,22 +498,31 @@ class Checkpoints:
     stored = _leaf_paths(self._manager.item_metadata(step)['state'])
     wanted = _leaf_paths(abstract_state)
     if stored != wanted:
-      only_stored, only_wanted = sorted(stored - wanted), sorted(wanted - stored)
+      only_stored, only_wanted = (
+        sorted(stored - wanted),
+        sorted(wanted - stored),
+      )
       raise CheckpointMismatchError(
-          f'Checkpoint {step} in {self.directory} holds a training state of '
-          f'another layout, written with other optimizer, fine-tuning, EMA or '
-          f'loss-scaling settings ({len(only_stored)} saved leaves this run does not have, '
-          f'e.g. {only_stored[:2]}; {len(only_wanted)} it lacks, e.g. '
-          f'{only_wanted[:2]}). Resume with the settings it was written with, '
-          f'or start a new --workdir (init_from=workdir:... keeps its weights).')
-    restored = self._manager.restore(step, args=ocp.args.Composite(
+        f'Checkpoint {step} in {self.directory} holds a training state of '
+        f'another layout, written with other optimizer, fine-tuning, EMA or '
+        f'loss-scaling settings ({len(only_stored)} saved leaves this run does not have, '
+        f'e.g. {only_stored[:2]}; {len(only_wanted)} it lacks, e.g. '
+        f'{only_wanted[:2]}). Resume with the settings it was written with, '
+        f'or start a new --workdir (init_from=workdir:... keeps its weights).'
+      )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
     log.info('Restored checkpoint %d from %s', step, self.directory)
     return restored['state'], restored['meta']
 
-  def read(self, step: int,
-           sharding: jax.sharding.Sharding | None = None) -> dict:
+  def read(
+    self, step: int, sharding: jax.sharding.Sharding | None = None
+  ) -> dict:
     """The stored state of `step` as a dict tree, with nothing built to match.
 
     Read into the structure Orbax recorded and placed with `sharding`
@@ -437,17 +531,25 @@ class Checkpoints:
     """
     if sharding is None:
       sharding = jax.sharding.NamedSharding(
-          jax.sharding.Mesh(np.array(jax.devices()), ('devices',)),
-          jax.sharding.PartitionSpec())
+        jax.sharding.Mesh(np.array(jax.devices()), ('devices',)),
+        jax.sharding.PartitionSpec(),
+      )
     target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-        self._manager.item_metadata(step)['state'])
-    return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+      self._manager.item_metadata(step)['state'],
+    )
+    return self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )['state']
 
-  def restore_variables(self, step: int, abstract_variables, expected: Meta,
-                        sharding: jax.sharding.Sharding | None = None,
-                        ema: bool = False) -> dict:
+  def restore_variables(
+    self,
+    step: int,
+    abstract_variables,
+    expected: Meta,
+    sharding: jax.sharding.Sharding | None = None,
+    ema: bool = False,
+  ) -> dict:
     """{'params', 'batch_stats'} of `step`, without building an optimizer.
 
     The whole stored state is read (`read`); the optimizer state is small
@@ -459,12 +561,16 @@ class Checkpoints:
     if ema:
       if not restored.get('ema'):
         raise CheckpointMismatchError(
-            f'Checkpoint {step} in {self.directory} holds no EMA weights')
+          f'Checkpoint {step} in {self.directory} holds no EMA weights'
+        )
       restored = restored['ema']
-    log.info('Restored the variables of checkpoint %d from %s', step,
-             self.directory)
-    return {'params': restored['params'],
-            'batch_stats': restored['batch_stats']}
+    log.info(
+      'Restored the variables of checkpoint %d from %s', step, self.directory
+    )
+    return {
+      'params': restored['params'],
+      'batch_stats': restored['batch_stats'],
+    }
 
   def wait(self) -> None:
     with self._save_errors():
@@ -481,9 +587,9 @@ def _disk_full(error: BaseException) -> bool:
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if (isinstance(error, OSError) and error.errno in (errno.ENOSPC,
-                                                       errno.EDQUOT)) or (
-        'RESOURCE_EXHAUSTED' in str(error) and 'No space' in str(error)):
+    if (
+      isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    ) or ('RESOURCE_EXHAUSTED' in str(error) and 'No space' in str(error)):
       return True
     error = error.__cause__ or error.__context__
   return False
@@ -502,5 +608,9 @@ def _worst_over_processes(outcome: int) -> int:
   if jax.process_count() == 1:
     return outcome
   from jax.experimental import multihost_utils
-  return int(np.asarray(multihost_utils.process_allgather(
-      np.array(outcome, np.int32))).max())
+
+  return int(
+    np.asarray(
+      multihost_utils.process_allgather(np.array(outcome, np.int32))
+    ).max()
+  )

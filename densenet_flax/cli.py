@@ -17,8 +17,11 @@ import sys
 def define_verbose_flag() -> None:
   from absl import flags
 
-  flags.DEFINE_bool('verbose', False, "Also show other libraries' INFO "
-                    'records (Orbax, TensorFlow, XLA).')
+  flags.DEFINE_bool(
+    'verbose',
+    False,
+    "Also show other libraries' INFO records (Orbax, TensorFlow, XLA).",
+  )
 
 
 def set_log_levels(verbose: bool = False) -> None:
@@ -37,8 +40,7 @@ def set_log_levels(verbose: bool = False) -> None:
   logging.getLogger('densenet_flax').setLevel(logging.INFO)
 
 
-def start_command(args, verbose: bool = False,
-                  tensorflow: bool = True) -> None:
+def start_command(args, verbose: bool = False, tensorflow: bool = True) -> None:
   """Rejects stray arguments, sets log levels, keeps TF off the accelerators.
 
   For the commands that read data with tf.data (train, evaluate, export);

@@ -40,72 +40,74 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = 'densenet_bc_100_12'
   c.model_overrides = ml_collections.ConfigDict()
   c.memory_efficient = False
-  c.half_precision = False          # compute in half precision, params float32
+  c.half_precision = False  # compute in half precision, params float32
   c.half_precision_dtype = 'bfloat16'  # or 'float16'
-  c.loss_scaling = 'auto'           # auto (dynamic for float16 on GPU) |
-                                    # dynamic (any backend, any dtype) | none
+  c.loss_scaling = 'auto'  # auto (dynamic for float16 on GPU) |
+  # dynamic (any backend, any dtype) | none
   # First weights of a fresh run (densenet_flax/pretrained.py): '' (random),
   # 'keras:DenseNet121' (downloads) or 'keras:/path/weights.h5',
   # 'torchvision:/path/densenet121.pth', 'workdir:/path/run[:best|latest|STEP]'.
   c.init_from = ''
-  c.init_from_keras = ''            # deprecated: init_from='keras:NAME'
+  c.init_from_keras = ''  # deprecated: init_from='keras:NAME'
 
   # Fine-tuning (models.stage_names: stem, denseblock1, transition1, ...,
   # norm_final, classifier).
-  c.freeze = ''                     # a stage: it and those before it are not
-                                    # updated ('' = train everything)
-  c.freeze_batch_stats = False      # frozen stages also keep their BN
-                                    # statistics (inference-mode BN)
-  c.head_lr_multiplier = 1.0        # the classifier's learning rate factor
-  c.layer_lr_decay = 1.0            # stage s below the classifier learns at
-                                    # lr * decay**s (1.0 = off)
-  c.ema_decay = 0.0                 # >0: keep an EMA of the weights; it is
-                                    # evaluated, selects 'best', and is what
-                                    # evaluation and inference load
+  c.freeze = ''  # a stage: it and those before it are not
+  # updated ('' = train everything)
+  c.freeze_batch_stats = False  # frozen stages also keep their BN
+  # statistics (inference-mode BN)
+  c.head_lr_multiplier = 1.0  # the classifier's learning rate factor
+  c.layer_lr_decay = 1.0  # stage s below the classifier learns at
+  # lr * decay**s (1.0 = off)
+  c.ema_decay = 0.0  # >0: keep an EMA of the weights; it is
+  # evaluated, selects 'best', and is what
+  # evaluation and inference load
 
   # Data (densenet_flax.data.specs.DATASETS).
   c.dataset = 'digits'
-  c.data_dir = ''                   # TFDS data dir; '' = TFDS default
-  c.manual_dir = ''                 # manual downloads (FER2013, FER+, ImageNet)
+  c.data_dir = ''  # TFDS data dir; '' = TFDS default
+  c.manual_dir = ''  # manual downloads (FER2013, FER+, ImageNet)
   c.train_split = 'train'
-  c.eval_split = 'test'             # evaluated every epoch; selects 'best'
-  c.test_split = ''                 # evaluated once at the end ('' = none)
-  c.test_tta = ''                   # '' or 'ten_crop' for the test split
-  c.image_size = 32                 # model input height = width
-  c.channels = 1                    # model input channels (3: gray -> RGB)
-  c.augment = ml_collections.ConfigDict(dict(
-      resize=0,          # resize stored images to this first (0 = keep)
-      crop='pad',        # none | pad (CIFAR) | random (FER) | resized (ImageNet)
-      crop_padding=4,    # for crop='pad'
-      flip=True,         # random horizontal flip
-      rotation=0.0,      # max degrees of random rotation
-  ))
-  c.shuffle_buffer = 16384          # file-based datasets only (ImageNet)
+  c.eval_split = 'test'  # evaluated every epoch; selects 'best'
+  c.test_split = ''  # evaluated once at the end ('' = none)
+  c.test_tta = ''  # '' or 'ten_crop' for the test split
+  c.image_size = 32  # model input height = width
+  c.channels = 1  # model input channels (3: gray -> RGB)
+  c.augment = ml_collections.ConfigDict(
+    dict(
+      resize=0,  # resize stored images to this first (0 = keep)
+      crop='pad',  # none | pad (CIFAR) | random (FER) | resized (ImageNet)
+      crop_padding=4,  # for crop='pad'
+      flip=True,  # random horizontal flip
+      rotation=0.0,  # max degrees of random rotation
+    )
+  )
+  c.shuffle_buffer = 16384  # file-based datasets only (ImageNet)
 
   # Optimisation.
-  c.batch_size = 64                 # global, over all devices and hosts
+  c.batch_size = 64  # global, over all devices and hosts
   c.eval_batch_size = 256
   c.num_epochs = 300
   c.optimizer = 'sgd'
   c.learning_rate = 0.1
-  c.lr_batch_reference = 0          # >0: lr *= batch_size / lr_batch_reference
+  c.lr_batch_reference = 0  # >0: lr *= batch_size / lr_batch_reference
   c.schedule = 'piecewise'
-  c.lr_boundaries = (0.5, 0.75)     # piecewise: fractions of training
-  c.lr_decay = 0.1                  # piecewise: factor at each boundary
+  c.lr_boundaries = (0.5, 0.75)  # piecewise: fractions of training
+  c.lr_decay = 0.1  # piecewise: factor at each boundary
   c.warmup_epochs = 0.0
   c.momentum = 0.9
   c.nesterov = True
   c.weight_decay = 1e-4
-  c.weight_decay_mode = 'l2'        # l2 (the paper's) | decoupled (AdamW style)
+  c.weight_decay_mode = 'l2'  # l2 (the paper's) | decoupled (AdamW style)
   c.label_smoothing = 0.0
   c.mixup_alpha = 0.0
-  c.class_weighting = 'none'        # none | balanced (inverse class frequency)
-  c.label_mode = 'majority'         # FER+ training targets (Barsoum et al.
-                                    # 2016): majority | probability (a label
-                                    # drawn from the votes each step) |
-                                    # crossentropy (the vote distribution) |
-                                    # multi_target; evaluation is majority
-  c.grad_clip_norm = 0.0            # 0 = off
+  c.class_weighting = 'none'  # none | balanced (inverse class frequency)
+  c.label_mode = 'majority'  # FER+ training targets (Barsoum et al.
+  # 2016): majority | probability (a label
+  # drawn from the votes each step) |
+  # crossentropy (the vote distribution) |
+  # multi_target; evaluation is majority
+  c.grad_clip_norm = 0.0  # 0 = off
 
   # Bookkeeping.
   c.seed = 0
@@ -117,24 +119,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2            # the last K, plus the best
-  c.select_metric = 'accuracy'      # on eval_split, for the 'best' checkpoint
+  c.keep_checkpoints = 2  # the last K, plus the best
+  c.select_metric = 'accuracy'  # on eval_split, for the 'best' checkpoint
   c.progress_bar = True
   # Many processes (hosts): jax.distributed.initialize(). Left empty, the
   # address, process count and id are auto-detected on SLURM, Open MPI,
   # Kubernetes and Cloud TPU (or read from JAX_COORDINATOR_ADDRESS).
   c.distributed = False
-  c.coordinator_address = ''        # 'host:port' of process 0
-  c.num_processes = 0               # 0 = auto-detect
-  c.process_id = -1                 # -1 = auto-detect
-  c.distributed_timeout_s = 100     # how long to wait for a dead peer
-  c.allow_config_change = False     # resume although keys that change the
-                                    # result differ (recorded in metrics.jsonl)
-  c.restart = False                 # start from step 0 even where the workdir
-                                    # has checkpoints (they and the history
-                                    # move aside, kept); for one invocation
-  c.stop_after_steps = 0            # >0: save and stop after this many steps
-                                    # of this invocation (time-boxed jobs)
+  c.coordinator_address = ''  # 'host:port' of process 0
+  c.num_processes = 0  # 0 = auto-detect
+  c.process_id = -1  # -1 = auto-detect
+  c.distributed_timeout_s = 100  # how long to wait for a dead peer
+  c.allow_config_change = False  # resume although keys that change the
+  # result differ (recorded in metrics.jsonl)
+  c.restart = False  # start from step 0 even where the workdir
+  # has checkpoints (they and the history
+  # move aside, kept); for one invocation
+  c.stop_after_steps = 0  # >0: save and stop after this many steps
+  # of this invocation (time-boxed jobs)
   # XLA's compiled steps, kept across runs: a resumed or repeated run skips
   # the compile (docs/benchmarks.md#compile-time). '' = off.
   c.compilation_cache_dir = '~/.cache/densenet_flax/xla'

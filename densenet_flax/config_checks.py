@@ -12,10 +12,20 @@ import ml_collections
 from densenet_flax import models
 from densenet_flax import optim
 from densenet_flax import pretrained
-from densenet_flax.config import (CLASS_WEIGHTINGS, CROPS, HALF_DTYPES,
-                                  LABEL_MODES, LOSS_SCALINGS, OPTIMIZERS,
-                                  RNG_IMPLS, SCHEDULES, SELECT_METRICS, TTAS,
-                                  VOTE_DATASETS, WEIGHT_DECAY_MODES)
+from densenet_flax.config import (
+  CLASS_WEIGHTINGS,
+  CROPS,
+  HALF_DTYPES,
+  LABEL_MODES,
+  LOSS_SCALINGS,
+  OPTIMIZERS,
+  RNG_IMPLS,
+  SCHEDULES,
+  SELECT_METRICS,
+  TTAS,
+  VOTE_DATASETS,
+  WEIGHT_DECAY_MODES,
+)
 from densenet_flax.data import specs
 
 
@@ -31,8 +41,9 @@ def _one_of(config, key: str, choices) -> None:
     _fail(key, value, f'one of {", ".join(map(repr, choices))}')
 
 
-def validate(config: ml_collections.ConfigDict,
-             num_devices: int | None = None) -> None:
+def validate(
+  config: ml_collections.ConfigDict, num_devices: int | None = None
+) -> None:
   """Raises ValueError naming the first bad key. Reads no data, compiles nothing.
 
   With `num_devices` (all processes' devices), also checks that the batch
@@ -40,94 +51,160 @@ def validate(config: ml_collections.ConfigDict,
   a run can check its config before `jax.distributed.initialize`.
   """
   if config.model not in models.PRESETS:
-    _fail('model', config.model,
-          f'a preset: {", ".join(sorted(models.PRESETS))}')
+    _fail(
+      'model', config.model, f'a preset: {", ".join(sorted(models.PRESETS))}'
+    )
   unknown = set(config.model_overrides) - set(models.MODEL_FIELDS)
   if unknown:
-    _fail('model_overrides', sorted(unknown),
-          f'DenseNet fields: {", ".join(models.MODEL_FIELDS)}')
+    _fail(
+      'model_overrides',
+      sorted(unknown),
+      f'DenseNet fields: {", ".join(models.MODEL_FIELDS)}',
+    )
   if config.dataset not in specs.DATASETS:
-    _fail('dataset', config.dataset,
-          f'one of {", ".join(sorted(specs.DATASETS))}')
+    _fail(
+      'dataset', config.dataset, f'one of {", ".join(sorted(specs.DATASETS))}'
+    )
   spec = specs.DATASETS[config.dataset]
   for key in ('train_split', 'eval_split', 'test_split'):
     if key == 'test_split' and not config[key]:
       continue
     # TFDS slicing is allowed: 'train[:90%]' is a slice of 'train'.
     if config[key].split('[')[0] not in spec.splits:
-      _fail(key, config[key], f'a split of {spec.name} (or a TFDS slice of '
-                              f'one): {", ".join(spec.splits)}')
-  for key, choices in {'optimizer': OPTIMIZERS, 'schedule': SCHEDULES,
-                       'weight_decay_mode': WEIGHT_DECAY_MODES,
-                       'class_weighting': CLASS_WEIGHTINGS,
-                       'augment.crop': CROPS,
-                       'half_precision_dtype': HALF_DTYPES,
-                       'loss_scaling': LOSS_SCALINGS,
-                       'test_tta': TTAS, 'rng_impl': RNG_IMPLS}.items():
+      _fail(
+        key,
+        config[key],
+        f'a split of {spec.name} (or a TFDS slice of '
+        f'one): {", ".join(spec.splits)}',
+      )
+  for key, choices in {
+    'optimizer': OPTIMIZERS,
+    'schedule': SCHEDULES,
+    'weight_decay_mode': WEIGHT_DECAY_MODES,
+    'class_weighting': CLASS_WEIGHTINGS,
+    'augment.crop': CROPS,
+    'half_precision_dtype': HALF_DTYPES,
+    'loss_scaling': LOSS_SCALINGS,
+    'test_tta': TTAS,
+    'rng_impl': RNG_IMPLS,
+  }.items():
     _one_of(config, key, choices)
-  for key in ('learning_rate', 'num_epochs', 'batch_size', 'eval_batch_size',
-              'image_size', 'log_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'eval_every_epochs'):
+  for key in (
+    'learning_rate',
+    'num_epochs',
+    'batch_size',
+    'eval_batch_size',
+    'image_size',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'eval_every_epochs',
+  ):
     if not config[key] > 0:
       _fail(key, config[key], 'a positive number')
-  for key in ('weight_decay', 'label_smoothing', 'mixup_alpha',
-              'grad_clip_norm', 'warmup_epochs', 'lr_batch_reference',
-              'stop_after_steps'):
+  for key in (
+    'weight_decay',
+    'label_smoothing',
+    'mixup_alpha',
+    'grad_clip_norm',
+    'warmup_epochs',
+    'lr_batch_reference',
+    'stop_after_steps',
+  ):
     if config[key] < 0:
       _fail(key, config[key], 'a number >= 0')
   if config.schedule == 'cosine' and config.warmup_epochs >= config.num_epochs:
-    _fail('warmup_epochs', config.warmup_epochs,
-          f'fewer than num_epochs={config.num_epochs}: the cosine decay '
-          f'follows the warmup')
+    _fail(
+      'warmup_epochs',
+      config.warmup_epochs,
+      f'fewer than num_epochs={config.num_epochs}: the cosine decay '
+      f'follows the warmup',
+    )
   if config.select_metric not in SELECT_METRICS:
-    _fail('select_metric', config.select_metric,
-          f'one of {", ".join(SELECT_METRICS)} (higher is better)')
+    _fail(
+      'select_metric',
+      config.select_metric,
+      f'one of {", ".join(SELECT_METRICS)} (higher is better)',
+    )
   if not 0 <= config.label_smoothing < 1:
     _fail('label_smoothing', config.label_smoothing, 'a number in [0, 1)')
   if list(config.lr_boundaries) != sorted(config.lr_boundaries) or any(
-      not 0 < b < 1 for b in config.lr_boundaries):
-    _fail('lr_boundaries', config.lr_boundaries,
-          'increasing fractions of training, each in (0, 1)')
-  if config.channels not in (1, 3) or (config.channels == 1 and
-                                       spec.channels == 3):
-    _fail('channels', config.channels,
-          f'1 or 3, and not fewer than the {spec.channels} of {spec.name}')
+    not 0 < b < 1 for b in config.lr_boundaries
+  ):
+    _fail(
+      'lr_boundaries',
+      config.lr_boundaries,
+      'increasing fractions of training, each in (0, 1)',
+    )
+  if config.channels not in (1, 3) or (
+    config.channels == 1 and spec.channels == 3
+  ):
+    _fail(
+      'channels',
+      config.channels,
+      f'1 or 3, and not fewer than the {spec.channels} of {spec.name}',
+    )
   _validate_fine_tuning(config)
   _validate_label_mode(config)
   _validate_distributed(config)
   if num_devices is not None:
     validate_devices(config, num_devices)
-  if spec.image_size is None and config.augment.crop not in ('resized',) and \
-      not config.augment.resize:
-    _fail('augment.crop', config.augment.crop,
-          f"'resized' (or augment.resize > 0): {spec.name} images vary in size")
+  if (
+    spec.image_size is None
+    and config.augment.crop not in ('resized',)
+    and not config.augment.resize
+  ):
+    _fail(
+      'augment.crop',
+      config.augment.crop,
+      f"'resized' (or augment.resize > 0): {spec.name} images vary in size",
+    )
   stored = config.augment.resize or spec.image_size
   if config.augment.crop == 'random' and stored and stored < config.image_size:
-    _fail('image_size', config.image_size,
-          f'at most the {stored}px images that augment.crop="random" crops')
-  model = models.create_model(config.model, num_classes=spec.num_classes,
-                              **config.model_overrides)
+    _fail(
+      'image_size',
+      config.image_size,
+      f'at most the {stored}px images that augment.crop="random" crops',
+    )
+  model = models.create_model(
+    config.model, num_classes=spec.num_classes, **config.model_overrides
+  )
   if config.image_size < model.min_input_size:
-    _fail('image_size', config.image_size,
-          f'at least {model.min_input_size} for {config.model}')
+    _fail(
+      'image_size',
+      config.image_size,
+      f'at least {model.min_input_size} for {config.model}',
+    )
 
 
 def _validate_fine_tuning(config) -> None:
   if config.init_from and config.init_from_keras:
-    _fail('init_from_keras', config.init_from_keras,
-          "'' when config.init_from is set (init_from_keras is deprecated)")
+    _fail(
+      'init_from_keras',
+      config.init_from_keras,
+      "'' when config.init_from is set (init_from_keras is deprecated)",
+    )
   if config.init_from:
     pretrained.parse(config.init_from)  # raises naming the key
   if config.init_from_keras not in ('', *pretrained.KERAS_NAMES):
-    _fail('init_from_keras', config.init_from_keras,
-          f'one of {", ".join(pretrained.KERAS_NAMES)}')
+    _fail(
+      'init_from_keras',
+      config.init_from_keras,
+      f'one of {", ".join(pretrained.KERAS_NAMES)}',
+    )
   stages = models.stage_names(optim.num_blocks(config))
   if config.freeze and config.freeze not in stages[:-1]:
-    _fail('freeze', config.freeze,
-          f"'' or a stage of {config.model}: {', '.join(stages[:-1])}")
+    _fail(
+      'freeze',
+      config.freeze,
+      f"'' or a stage of {config.model}: {', '.join(stages[:-1])}",
+    )
   if config.freeze_batch_stats and not config.freeze:
-    _fail('freeze_batch_stats', config.freeze_batch_stats,
-          'False unless config.freeze names a stage')
+    _fail(
+      'freeze_batch_stats',
+      config.freeze_batch_stats,
+      'False unless config.freeze names a stage',
+    )
   if not config.head_lr_multiplier > 0:
     _fail('head_lr_multiplier', config.head_lr_multiplier, 'a number > 0')
   if not 0 < config.layer_lr_decay <= 1:
@@ -139,32 +216,46 @@ def _validate_fine_tuning(config) -> None:
 def _validate_label_mode(config) -> None:
   _one_of(config, 'label_mode', LABEL_MODES)
   if config.label_mode != 'majority' and config.dataset not in VOTE_DATASETS:
-    _fail('label_mode', config.label_mode,
-          f"'majority' for dataset {config.dataset!r}; the other modes need "
-          f"crowd votes ({', '.join(VOTE_DATASETS)})")
+    _fail(
+      'label_mode',
+      config.label_mode,
+      f"'majority' for dataset {config.dataset!r}; the other modes need "
+      f'crowd votes ({", ".join(VOTE_DATASETS)})',
+    )
 
 
 def _validate_distributed(config) -> None:
   if not config.distributed:
-    for key, unset in (('coordinator_address', ''), ('num_processes', 0),
-                       ('process_id', -1)):
+    for key, unset in (
+      ('coordinator_address', ''),
+      ('num_processes', 0),
+      ('process_id', -1),
+    ):
       if config[key] != unset:
         _fail(key, config[key], f'{unset!r} unless config.distributed=True')
     return
   if config.num_processes < 0:
     _fail('num_processes', config.num_processes, 'a count >= 1 (0 = detect)')
   if config.process_id < -1 or (
-      config.num_processes and config.process_id >= config.num_processes):
-    _fail('process_id', config.process_id,
-          f'an id in [0, num_processes) (-1 = detect); num_processes='
-          f'{config.num_processes}')
+    config.num_processes and config.process_id >= config.num_processes
+  ):
+    _fail(
+      'process_id',
+      config.process_id,
+      f'an id in [0, num_processes) (-1 = detect); num_processes='
+      f'{config.num_processes}',
+    )
   if not config.distributed_timeout_s > 0:
-    _fail('distributed_timeout_s', config.distributed_timeout_s,
-          'a positive number of seconds')
+    _fail(
+      'distributed_timeout_s',
+      config.distributed_timeout_s,
+      'a positive number of seconds',
+    )
 
 
-def validate_devices(config: ml_collections.ConfigDict,
-                     num_devices: int) -> None:
+def validate_devices(
+  config: ml_collections.ConfigDict, num_devices: int
+) -> None:
   """The global batch sizes divide over all devices of all processes."""
   for key in ('batch_size', 'eval_batch_size'):
     if config[key] % num_devices:

@@ -33,8 +33,12 @@ KERAS_BN_EPSILON = 1.001e-5
 
 _KERAS_BLOCK = re.compile(r'conv(\d)_block(\d+)_(0_bn|1_conv|1_bn|2_conv)$')
 _KERAS_TRANSITION = re.compile(r'pool(\d)_(bn|conv)$')
-_KERAS_LAYER_PART = {'0_bn': 'norm1', '1_conv': 'conv1', '1_bn': 'norm2',
-                     '2_conv': 'conv2'}
+_KERAS_LAYER_PART = {
+  '0_bn': 'norm1',
+  '1_conv': 'conv1',
+  '1_bn': 'norm2',
+  '2_conv': 'conv2',
+}
 
 
 def _keras_layer_path(name: str) -> tuple[str, ...] | None:
@@ -49,8 +53,11 @@ def _keras_layer_path(name: str) -> tuple[str, ...] | None:
     return ('classifier',)
   if m := _KERAS_BLOCK.match(name):
     stage, layer, part = m.groups()
-    return (f'denseblock{int(stage) - 1}', f'denselayer{layer}',
-            _KERAS_LAYER_PART[part])
+    return (
+      f'denseblock{int(stage) - 1}',
+      f'denselayer{layer}',
+      _KERAS_LAYER_PART[part],
+    )
   if m := _KERAS_TRANSITION.match(name):
     stage, part = m.groups()
     return (f'transition{int(stage) - 1}', 'norm' if part == 'bn' else 'conv')
@@ -85,19 +92,23 @@ def keras_architecture(keras_model) -> tuple[str, int | None]:
     init_features = keras_model.get_layer('conv1_conv').kernel.shape[-1]
   except ValueError as e:
     raise ValueError(
-        f'{keras_model.name!r} is not a keras.applications DenseNet '
-        f'(no conv1_conv / conv2_block1_2_conv layer)') from e
+      f'{keras_model.name!r} is not a keras.applications DenseNet '
+      f'(no conv1_conv / conv2_block1_2_conv layer)'
+    ) from e
   for name, fields in models.PRESETS.items():
-    if (fields['stem'] == 'imagenet'
-        and tuple(fields['block_sizes']) == block_sizes
-        and fields['growth_rate'] == growth_rate
-        and fields['num_init_features'] == init_features):
+    if (
+      fields['stem'] == 'imagenet'
+      and tuple(fields['block_sizes']) == block_sizes
+      and fields['growth_rate'] == growth_rate
+      and fields['num_init_features'] == init_features
+    ):
       break
   else:
     raise ValueError(
-        f'No preset matches the Keras model {keras_model.name!r}: blocks '
-        f'{block_sizes}, growth rate {growth_rate}, {init_features} initial '
-        f'features')
+      f'No preset matches the Keras model {keras_model.name!r}: blocks '
+      f'{block_sizes}, growth rate {growth_rate}, {init_features} initial '
+      f'features'
+    )
   try:
     num_classes = keras_model.get_layer('predictions').kernel.shape[-1]
   except ValueError:
@@ -146,8 +157,10 @@ def from_keras(keras_model) -> dict[str, Any]:
   name, num_classes = keras_architecture(keras_model)
   model = model_for_keras(keras_model)
   expected = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jnp.zeros((1, 64, 64, keras_model.input_shape[-1]), jnp.float32))
+    model.init,
+    jax.random.key(0),
+    jnp.zeros((1, 64, 64, keras_model.input_shape[-1]), jnp.float32),
+  )
   params: dict[str, Any] = {}
   batch_stats: dict[str, Any] = {}
 
@@ -156,15 +169,20 @@ def from_keras(keras_model) -> dict[str, Any]:
     path = _keras_layer_path(layer.name)
     if path is None:
       if weights:
-        raise ValueError(f'Keras layer {layer.name!r} has weights but no '
-                         f'counterpart in the Flax {name}')
+        raise ValueError(
+          f'Keras layer {layer.name!r} has weights but no '
+          f'counterpart in the Flax {name}'
+        )
       continue
     names = [w.path.split('/')[-1] for w in layer.weights]
     w = dict(zip(names, weights))
     if 'gamma' in w:  # BatchNormalization
       _put(params, path, {'scale': w['gamma'], 'bias': w['beta']})
-      _put(batch_stats, path,
-           {'mean': w['moving_mean'], 'var': w['moving_variance']})
+      _put(
+        batch_stats,
+        path,
+        {'mean': w['moving_mean'], 'var': w['moving_variance']},
+      )
     elif 'bias' in w:  # Dense
       _put(params, path, {'kernel': w['kernel'], 'bias': w['bias']})
     else:  # Conv2D without bias
@@ -173,8 +191,9 @@ def from_keras(keras_model) -> dict[str, Any]:
   if num_classes is None:
     expected['params'].pop('classifier')
   _check_same_structure(params, expected['params'], 'params', keras_model.name)
-  _check_same_structure(batch_stats, expected['batch_stats'], 'batch_stats',
-                        keras_model.name)
+  _check_same_structure(
+    batch_stats, expected['batch_stats'], 'batch_stats', keras_model.name
+  )
   return {'params': params, 'batch_stats': batch_stats}
 
 
@@ -194,15 +213,16 @@ def _check_same_structure(got: dict, want: dict, collection: str, source: str):
   extra = sorted(set(got_flat) - set(want_flat))
   if missing or extra:
     raise ValueError(
-        f'{source}: {collection} do not match the Flax model; missing '
-        f'{missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected '
-        f'{extra[:5]}{"..." if len(extra) > 5 else ""}')
+      f'{source}: {collection} do not match the Flax model; missing '
+      f'{missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected '
+      f'{extra[:5]}{"..." if len(extra) > 5 else ""}'
+    )
   for key, value in got_flat.items():
     if tuple(value.shape) != tuple(want_flat[key].shape):
       raise ValueError(
-          f'{source}: {collection} {key} has shape {tuple(value.shape)}, the '
-          f'Flax model expects {tuple(want_flat[key].shape)}')
-
+        f'{source}: {collection} {key} has shape {tuple(value.shape)}, the '
+        f'Flax model expects {tuple(want_flat[key].shape)}'
+      )
 
 
 # --- torchvision ---------------------------------------------------------------
@@ -211,16 +231,23 @@ TORCHVISION_BN_EPSILON = 1e-5  # nn.BatchNorm2d's default, as torchvision uses
 # Names torchvision's own loader rewrites (checkpoints from before 0.3):
 # 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'.
 _TORCH_OLD_STYLE = re.compile(
-    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.'
-    r'(?:weight|bias|running_mean|running_var))$')
+  r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.'
+  r'(?:weight|bias|running_mean|running_var))$'
+)
 _TORCH_LAYER = re.compile(
-    r'^features\.denseblock(\d+)\.denselayer(\d+)\.(norm1|conv1|norm2|conv2)\.'
-    r'(\w+)$')
-_TORCH_TRANSITION = re.compile(r'^features\.transition(\d+)\.(norm|conv)\.(\w+)$')
+  r'^features\.denseblock(\d+)\.denselayer(\d+)\.(norm1|conv1|norm2|conv2)\.'
+  r'(\w+)$'
+)
+_TORCH_TRANSITION = re.compile(
+  r'^features\.transition(\d+)\.(norm|conv)\.(\w+)$'
+)
 _TORCH_TOP = re.compile(r'^features\.(conv0|norm0|norm5)\.(\w+)$')
-_TORCH_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-             'running_mean': ('batch_stats', 'mean'),
-             'running_var': ('batch_stats', 'var')}
+_TORCH_BN = {
+  'weight': ('params', 'scale'),
+  'bias': ('params', 'bias'),
+  'running_mean': ('batch_stats', 'mean'),
+  'running_var': ('batch_stats', 'var'),
+}
 
 
 def torchvision_state_dict(source) -> dict[str, np.ndarray]:
@@ -248,8 +275,10 @@ def torchvision_state_dict(source) -> dict[str, np.ndarray]:
     if isinstance(source, dict) and isinstance(source.get('state_dict'), dict):
       source = source['state_dict']
   if not isinstance(source, dict):
-    raise ValueError(f'{where}: expected a state dict (name -> tensor); got '
-                     f'{type(source).__name__}')
+    raise ValueError(
+      f'{where}: expected a state dict (name -> tensor); got '
+      f'{type(source).__name__}'
+    )
   state = {}
   for name, value in source.items():
     if name.endswith('num_batches_tracked'):
@@ -286,23 +315,32 @@ def torchvision_architecture(state: dict) -> tuple[str, int | None, int]:
   block_sizes = tuple(blocks[b] for b in sorted(blocks))
   try:
     stem = state['features.conv0.weight']
-    growth_rate = state['features.denseblock1.denselayer1.conv2.weight'].shape[0]
+    growth_rate = state['features.denseblock1.denselayer1.conv2.weight'].shape[
+      0
+    ]
   except KeyError as e:
-    raise ValueError(f'Not a torchvision DenseNet state dict: no {e.args[0]}'
-                     ) from None
+    raise ValueError(
+      f'Not a torchvision DenseNet state dict: no {e.args[0]}'
+    ) from None
   for name, fields in models.PRESETS.items():
-    if (fields['stem'] == 'imagenet' and
-        tuple(fields['block_sizes']) == block_sizes and
-        fields['growth_rate'] == growth_rate and
-        fields['num_init_features'] == stem.shape[0]):
+    if (
+      fields['stem'] == 'imagenet'
+      and tuple(fields['block_sizes']) == block_sizes
+      and fields['growth_rate'] == growth_rate
+      and fields['num_init_features'] == stem.shape[0]
+    ):
       break
   else:
     raise ValueError(
-        f'No preset matches the torchvision weights: blocks {block_sizes}, '
-        f'growth rate {growth_rate}, {stem.shape[0]} initial features')
+      f'No preset matches the torchvision weights: blocks {block_sizes}, '
+      f'growth rate {growth_rate}, {stem.shape[0]} initial features'
+    )
   classifier = state.get('classifier.weight')
-  return name, (None if classifier is None else classifier.shape[0]), \
-      stem.shape[1]
+  return (
+    name,
+    (None if classifier is None else classifier.shape[0]),
+    stem.shape[1],
+  )
 
 
 def model_for_torchvision(source, **overrides: Any) -> models.DenseNet:
@@ -319,7 +357,8 @@ def model_for_torchvision(source, **overrides: Any) -> models.DenseNet:
       or an override that is not a DenseNet field.
   """
   name, num_classes, _ = torchvision_architecture(
-      torchvision_state_dict(source))
+    torchvision_state_dict(source)
+  )
   overrides.setdefault('bn_epsilon', TORCHVISION_BN_EPSILON)
   num_classes = overrides.pop('num_classes', num_classes) or 1000
   return models.create_model(name, num_classes=num_classes, **overrides)
@@ -347,8 +386,9 @@ def from_torchvision(source) -> dict[str, Any]:
   state = torchvision_state_dict(source)
   name, num_classes, channels = torchvision_architecture(state)
   model = model_for_torchvision(state)
-  expected = jax.eval_shape(model.init, jax.random.key(0),
-                            jnp.zeros((1, 64, 64, channels), jnp.float32))
+  expected = jax.eval_shape(
+    model.init, jax.random.key(0), jnp.zeros((1, 64, 64, channels), jnp.float32)
+  )
   variables: dict[str, dict] = {'params': {}, 'batch_stats': {}}
   for key, value in state.items():
     collection, path, value = _torch_target(key, value)
@@ -359,13 +399,18 @@ def from_torchvision(source) -> dict[str, Any]:
   if num_classes is None:
     expected['params'].pop('classifier')
   for collection in ('params', 'batch_stats'):
-    _check_same_structure(variables[collection], expected[collection],
-                          collection, f'torchvision {name}')
+    _check_same_structure(
+      variables[collection],
+      expected[collection],
+      collection,
+      f'torchvision {name}',
+    )
   return variables
 
 
-def _torch_target(key: str, value: np.ndarray
-                  ) -> tuple[str, tuple[str, ...], np.ndarray]:
+def _torch_target(
+  key: str, value: np.ndarray
+) -> tuple[str, tuple[str, ...], np.ndarray]:
   """A torchvision weight -> (collection, Flax path, value in Flax layout)."""
   if m := _TORCH_LAYER.match(key):
     block, layer, part, leaf = m.groups()
@@ -379,8 +424,9 @@ def _torch_target(key: str, value: np.ndarray
   elif key in ('classifier.weight', 'classifier.bias'):
     module, leaf = ('classifier',), key.split('.')[1]
   else:
-    raise ValueError(f'torchvision weight {key!r} has no counterpart in the '
-                     f'Flax DenseNet')
+    raise ValueError(
+      f'torchvision weight {key!r} has no counterpart in the Flax DenseNet'
+    )
   if module[-1].startswith('norm'):
     if leaf not in _TORCH_BN:
       raise ValueError(f'torchvision weight {key!r}: unknown BN field')
@@ -388,12 +434,19 @@ def _torch_target(key: str, value: np.ndarray
     return collection, (*module, name), value
   if module == ('classifier',):
     if leaf == 'weight':
-      return 'params', ('classifier', 'kernel'), value.T  # (out, in) -> (in, out)
+      return (
+        'params',
+        ('classifier', 'kernel'),
+        value.T,
+      )  # (out, in) -> (in, out)
     return 'params', ('classifier', 'bias'), value
   if leaf != 'weight':
-    raise ValueError(f'torchvision weight {key!r}: convolutions have no '
-                     f'{leaf}')
-  return 'params', (*module, 'kernel'), value.transpose(2, 3, 1, 0)  # OIHW->HWIO
+    raise ValueError(f'torchvision weight {key!r}: convolutions have no {leaf}')
+  return (
+    'params',
+    (*module, 'kernel'),
+    value.transpose(2, 3, 1, 0),
+  )  # OIHW->HWIO
 
 
 def adapt_input_channels(variables: dict, channels: int) -> dict:
@@ -426,8 +479,12 @@ def adapt_input_channels(variables: dict, channels: int) -> dict:
   elif (have, channels) == (1, 3):
     kernel = np.repeat(kernel / 3, 3, axis=2)
   else:
-    raise ValueError(f'Cannot adapt a {have}-channel stem to {channels} '
-                     f'channels; expected 1 <-> 3')
-  params = dict(variables['params'], conv0=dict(
-      variables['params']['conv0'], kernel=kernel.astype(np.float32)))
+    raise ValueError(
+      f'Cannot adapt a {have}-channel stem to {channels} '
+      f'channels; expected 1 <-> 3'
+    )
+  params = dict(
+    variables['params'],
+    conv0=dict(variables['params']['conv0'], kernel=kernel.astype(np.float32)),
+  )
   return dict(variables, params=params)

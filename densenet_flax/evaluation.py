@@ -26,8 +26,9 @@ from densenet_flax import steps
 from densenet_flax import workdir as workdir_lib
 
 
-def evaluate_split(eval_step, state, data, split: str, dp,
-                   tta: str | None = None) -> dict:
+def evaluate_split(
+  eval_step, state, data, split: str, dp, tta: str | None = None
+) -> dict:
   """Classification report (plus mean loss) of `split`, every example once.
 
   eval_step: the compiled `steps.eval_step`; state: on the devices as `dp`
@@ -45,17 +46,25 @@ def evaluate_split(eval_step, state, data, split: str, dp,
   loss = np.concatenate(losses)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     # Shards differ in size by one at most; pad to gather, then drop the pad.
     size = data.num_eval_batches(split) * data.local_eval_batch
-    gathered = multihost_utils.process_allgather(np.stack([
-        _pad_to(labels, size, -1), _pad_to(predictions, size, -1),
-        _pad_to(loss, size, np.nan)]))
+    gathered = multihost_utils.process_allgather(
+      np.stack(
+        [
+          _pad_to(labels, size, -1),
+          _pad_to(predictions, size, -1),
+          _pad_to(loss, size, np.nan),
+        ]
+      )
+    )
     keep = gathered[:, 0] >= 0
     labels = gathered[:, 0][keep].astype(np.int64)
     predictions = gathered[:, 1][keep].astype(np.int64)
     loss = gathered[:, 2][keep]
-  matrix = metrics_lib.confusion_matrix(labels, predictions,
-                                        data.spec.num_classes)
+  matrix = metrics_lib.confusion_matrix(
+    labels, predictions, data.spec.num_classes
+  )
   report = metrics_lib.classification_report(matrix, data.class_names)
   report.update(split=split, tta=tta or 'none', loss=float(loss.mean()))
   return report
@@ -63,30 +72,47 @@ def evaluate_split(eval_step, state, data, split: str, dp,
 
 def _pad_to(values: np.ndarray, size: int, fill) -> np.ndarray:
   out = np.full(size, fill, np.float64)
-  out[:len(values)] = values
+  out[: len(values)] = values
   return out
 
 
-def write_report(report: dict, workdir: str, split: str, step: int,
-                 tta: str | None = None, suffix: str = '') -> tuple[str, str]:
+def write_report(
+  report: dict,
+  workdir: str,
+  split: str,
+  step: int,
+  tta: str | None = None,
+  suffix: str = '',
+) -> tuple[str, str]:
   """Writes eval/<split>-<step>[-tta][-suffix].json and .png; returns both."""
   from densenet_flax import reporting
 
   directory = os.path.join(workdir, 'eval')
   os.makedirs(directory, exist_ok=True)
-  stem = os.path.join(directory, '-'.join(
-      [split, str(step)] + [part for part in (tta, suffix) if part]))
-  atomic.write_text(stem + '.json', json.dumps(
-      dict(report, step=int(step)), indent=2))
+  stem = os.path.join(
+    directory,
+    '-'.join([split, str(step)] + [part for part in (tta, suffix) if part]),
+  )
+  atomic.write_text(
+    stem + '.json', json.dumps(dict(report, step=int(step)), indent=2)
+  )
   reporting.plot_confusion_matrix(
-      report['confusion_matrix'], report['class_names'], stem + '.png',
-      title=f'{split} step {step}: accuracy {report["accuracy"]:.4f}')
+    report['confusion_matrix'],
+    report['class_names'],
+    stem + '.png',
+    title=f'{split} step {step}: accuracy {report["accuracy"]:.4f}',
+  )
   return stem + '.json', stem + '.png'
 
 
-def evaluate(workdir: str, checkpoint: str | int = 'latest',
-             split: str | None = None, tta: str | None = None, *,
-             raw_weights: bool = False) -> dict:
+def evaluate(
+  workdir: str,
+  checkpoint: str | int = 'latest',
+  split: str | None = None,
+  tta: str | None = None,
+  *,
+  raw_weights: bool = False,
+) -> dict:
   """Restores `checkpoint` of `workdir` and evaluates `split` exactly.
 
   A run that keeps an EMA of its weights is evaluated on the EMA, as
@@ -106,20 +132,30 @@ def evaluate(workdir: str, checkpoint: str | int = 'latest',
   config_lib.enable_compilation_cache(config)
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
   if split.split('[')[0] not in data.spec.splits:
-    raise ValueError(f'--split {split!r}: {data.spec.name} has splits '
-                     f'{data.spec.splits}')
+    raise ValueError(
+      f'--split {split!r}: {data.spec.name} has splits {data.spec.splits}'
+    )
   model, variables, step = workdir_lib.restore_variables(
-      workdir, checkpoint, config=config,
-      sharding=dp.replicated, ema=False if raw_weights else None)
+    workdir,
+    checkpoint,
+    config=config,
+    sharding=dp.replicated,
+    ema=False if raw_weights else None,
+  )
   state = steps.ModelState(apply_fn=model.apply, **variables)
   eval_step = dp.compile(steps.eval_step, num_args=2)
-  report = evaluate_split(eval_step, dp.put_replicated(state), data, split, dp,
-                          tta=tta)
+  report = evaluate_split(
+    eval_step, dp.put_replicated(state), data, split, dp, tta=tta
+  )
   report['step'] = step
   raw = raw_weights and workdir_lib.uses_ema(config)
-  report['weights'] = ('ema' if workdir_lib.uses_ema(config) and not raw
-                       else 'trained')
+  report['weights'] = (
+    'ema' if workdir_lib.uses_ema(config) and not raw else 'trained'
+  )
   if jax.process_index() == 0:
-    report['files'] = list(write_report(report, workdir, split, step, tta,
-                                        suffix='raw' if raw else ''))
+    report['files'] = list(
+      write_report(
+        report, workdir, split, step, tta, suffix='raw' if raw else ''
+      )
+    )
   return report

@@ -29,8 +29,11 @@ import jax
 import numpy as np
 
 FORMATS = ('saved_model', 'tflite', 'onnx')
-DEFAULT_NAMES = {'saved_model': 'saved_model', 'tflite': 'model.tflite',
-                 'onnx': 'model.onnx'}
+DEFAULT_NAMES = {
+  'saved_model': 'saved_model',
+  'tflite': 'model.tflite',
+  'onnx': 'model.onnx',
+}
 
 
 def serving_function(classifier, compute_dtype=None):
@@ -46,14 +49,19 @@ def serving_function(classifier, compute_dtype=None):
     model = model.clone(dtype=compute_dtype)
 
   def serve(pixels):
-    x = (pixels / 255.0 - mean) / std if len(mean) == channels else (
-        (pixels / 255.0 - mean[0]) / std[0])
+    x = (
+      (pixels / 255.0 - mean) / std
+      if len(mean) == channels
+      else ((pixels / 255.0 - mean[0]) / std[0])
+    )
     return jax.nn.softmax(model.apply(variables, x, train=False))
+
   return serve
 
 
-def export(classifier, output: str, fmt: str = 'saved_model',
-           batch: int = 1) -> str:
+def export(
+  classifier, output: str, fmt: str = 'saved_model', batch: int = 1
+) -> str:
   """Writes the model (and its labels beside it); returns the model's path.
 
   `batch` is TFLite's fixed batch size; the other formats take any.
@@ -82,22 +90,27 @@ def _export_tf(classifier, output: str, fmt: str, batch: int) -> None:
   height, width, channels = classifier.input_shape
   serve = serving_function(classifier)
   if fmt == 'saved_model':
-    converted = jax2tf.convert(serve, with_gradient=False,
-                               polymorphic_shapes=['(b, _, _, _)'])
-    spec = tf.TensorSpec([None, height, width, channels], tf.float32,
-                         name='pixels')
+    converted = jax2tf.convert(
+      serve, with_gradient=False, polymorphic_shapes=['(b, _, _, _)']
+    )
+    spec = tf.TensorSpec(
+      [None, height, width, channels], tf.float32, name='pixels'
+    )
   else:
     converted = jax2tf.convert(serve, with_gradient=False)
-    spec = tf.TensorSpec([batch, height, width, channels], tf.float32,
-                         name='pixels')
+    spec = tf.TensorSpec(
+      [batch, height, width, channels], tf.float32, name='pixels'
+    )
   module = tf.Module()
   module.serve = tf.function(converted, autograph=False, input_signature=[spec])
   if fmt == 'saved_model':
-    tf.saved_model.save(module, output,
-                        signatures={'serving_default': module.serve})
+    tf.saved_model.save(
+      module, output, signatures={'serving_default': module.serve}
+    )
     return
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [module.serve.get_concrete_function()], module)
+    [module.serve.get_concrete_function()], module
+  )
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
   with open(output, 'wb') as f:
     f.write(converter.convert())
@@ -111,16 +124,18 @@ def onnx_model(classifier):
   from densenet_flax import layers
   from densenet_flax import onnx_export
 
-  batch, = jax.export.symbolic_shape('b')
+  (batch,) = jax.export.symbolic_shape('b')
   serve = serving_function(classifier, compute_dtype=jnp.float32)
   # The generic kernels are plain lax ops, which the translator covers; the
   # CPU kernels are tuned for XLA:CPU's training step.
   with layers.use_kernels('generic'):
     return onnx_export.to_onnx(
-        serve, [jax.ShapeDtypeStruct((batch, *classifier.input_shape),
-                                     jnp.float32)],
-        input_names=['pixels'], output_names=['probabilities'],
-        graph_name='densenet_flax')
+      serve,
+      [jax.ShapeDtypeStruct((batch, *classifier.input_shape), jnp.float32)],
+      input_names=['pixels'],
+      output_names=['probabilities'],
+      graph_name='densenet_flax',
+    )
 
 
 def _export_onnx(classifier, output: str) -> None:
@@ -139,8 +154,11 @@ def main(argv=None):
   flags.mark_flag_as_required('workdir')
   flags.DEFINE_enum('format', 'saved_model', list(FORMATS), 'What to write.')
   flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step.")
-  flags.DEFINE_string('output', None, 'Default: WORKDIR/export/ + '
-                      'saved_model, model.tflite or model.onnx.')
+  flags.DEFINE_string(
+    'output',
+    None,
+    'Default: WORKDIR/export/ + saved_model, model.tflite or model.onnx.',
+  )
   flags.DEFINE_integer('batch', 1, 'TFLite: the fixed batch size.')
   cli.define_verbose_flag()
 
@@ -152,12 +170,15 @@ def main(argv=None):
     cli.start_command(args, f.verbose, tensorflow=f.format != 'onnx')
     accelerators.log_backend()
     classifier = Classifier.from_workdir(f.workdir, f.checkpoint)
-    output = f.output or os.path.join(f.workdir, 'export', DEFAULT_NAMES[
-        f.format])
+    output = f.output or os.path.join(
+      f.workdir, 'export', DEFAULT_NAMES[f.format]
+    )
     path = export(classifier, output, f.format, f.batch)
-    print(f'wrote {path} (step {classifier.step}, input '
-          f'{list(classifier.input_shape)} 0-255 float32, output '
-          f'{len(classifier.class_names)} probabilities)')
+    print(
+      f'wrote {path} (step {classifier.step}, input '
+      f'{list(classifier.input_shape)} 0-255 float32, output '
+      f'{len(classifier.class_names)} probabilities)'
+    )
 
   app.run(command, argv=argv)
 

@@ -41,12 +41,16 @@ def _cv2():
   try:
     import cv2
   except ImportError as e:  # pragma: no cover - an optional extra
-    raise ImportError('Face detection needs OpenCV: pip install '
-                      '"opencv-python-headless>=4.8,<5"') from e
+    raise ImportError(
+      'Face detection needs OpenCV: pip install '
+      '"opencv-python-headless>=4.8,<5"'
+    ) from e
   if not hasattr(cv2, 'CascadeClassifier'):
-    raise ImportError(f'OpenCV {cv2.__version__} has no Haar cascades (5.x '
-                      f'dropped them): pip install '
-                      f'"opencv-python-headless>=4.8,<5"')
+    raise ImportError(
+      f'OpenCV {cv2.__version__} has no Haar cascades (5.x '
+      f'dropped them): pip install '
+      f'"opencv-python-headless>=4.8,<5"'
+    )
   return cv2
 
 
@@ -58,8 +62,9 @@ def to_gray(image: np.ndarray) -> np.ndarray:
   if image.ndim == 3 and image.shape[2] == 3:
     image = image.astype(np.float32) @ inference.GRAY_WEIGHTS
   if image.ndim != 2:
-    raise ValueError(f'expected an image [H, W] or [H, W, 1|3]; got shape '
-                     f'{image.shape}')
+    raise ValueError(
+      f'expected an image [H, W] or [H, W, 1|3]; got shape {image.shape}'
+    )
   return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
@@ -75,8 +80,15 @@ class FaceEmotionDetector:
     align: level the eyes when both are found.
   """
 
-  def __init__(self, classifier, detector: str | Callable = 'haar', *,
-               margin: float = 0.1, min_face: int = 30, align: bool = True):
+  def __init__(
+    self,
+    classifier,
+    detector: str | Callable = 'haar',
+    *,
+    margin: float = 0.1,
+    min_face: int = 30,
+    align: bool = True,
+  ):
     cv2 = _cv2()
     self.classifier = classifier
     self.margin = margin
@@ -85,17 +97,20 @@ class FaceEmotionDetector:
     self.face_size = classifier.stored_size or classifier.input_shape[0]
     if detector == 'haar':
       cascade = cv2.CascadeClassifier(
-          cv2.data.haarcascades + 'haarcascade_frontalface_default.xml')
+        cv2.data.haarcascades + 'haarcascade_frontalface_default.xml'
+      )
       self._find = lambda gray: cascade.detectMultiScale(
-          gray, scaleFactor=1.1, minNeighbors=5,
-          minSize=(min_face, min_face))
+        gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_face, min_face)
+      )
     elif callable(detector):
       self._find = detector
     else:
-      raise ValueError(f"detector must be 'haar' or a function; got "
-                       f'{detector!r}')
+      raise ValueError(
+        f"detector must be 'haar' or a function; got {detector!r}"
+      )
     self._eyes = cv2.CascadeClassifier(
-        cv2.data.haarcascades + 'haarcascade_eye.xml')
+      cv2.data.haarcascades + 'haarcascade_eye.xml'
+    )
 
   def find_faces(self, gray: np.ndarray) -> list[Box]:
     """Face boxes (x, y, w, h), left to right."""
@@ -104,11 +119,18 @@ class FaceEmotionDetector:
 
   def face_crops(self, gray: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
     """[len(boxes), S, S] uint8 faces, aligned and cropped as documented."""
-    return np.stack([self._crop(gray, box) for box in boxes]) if boxes else \
-        np.zeros((0, self.face_size, self.face_size), np.uint8)
+    return (
+      np.stack([self._crop(gray, box) for box in boxes])
+      if boxes
+      else np.zeros((0, self.face_size, self.face_size), np.uint8)
+    )
 
-  def detect(self, image: np.ndarray, tta: str | None = None,
-             boxes: Sequence[Box] | None = None) -> list[dict]:
+  def detect(
+    self,
+    image: np.ndarray,
+    tta: str | None = None,
+    boxes: Sequence[Box] | None = None,
+  ) -> list[dict]:
     """One dict per face: box, emotions (probabilities), label, score.
 
     Args:
@@ -122,18 +144,30 @@ class FaceEmotionDetector:
       One dict per box, left to right (in the given order for `boxes`).
     """
     gray = to_gray(image)
-    boxes = (self.find_faces(gray) if boxes is None else
-             [_checked_box(box, gray.shape) for box in boxes])
+    boxes = (
+      self.find_faces(gray)
+      if boxes is None
+      else [_checked_box(box, gray.shape) for box in boxes]
+    )
     if not boxes:
       return []
-    probabilities = self.classifier.predict(self.face_crops(gray, boxes),
-                                            tta=tta)
-    return [result(box, p, self.classifier.class_names)
-            for box, p in zip(boxes, probabilities)]
+    probabilities = self.classifier.predict(
+      self.face_crops(gray, boxes), tta=tta
+    )
+    return [
+      result(box, p, self.classifier.class_names)
+      for box, p in zip(boxes, probabilities)
+    ]
 
-  def track(self, frames: Iterable, fps: float | None = None, *,
-            tta: str | None = None, min_iou: float = 0.3,
-            max_missed: int = 2) -> Iterator[list[dict]]:
+  def track(
+    self,
+    frames: Iterable,
+    fps: float | None = None,
+    *,
+    tta: str | None = None,
+    min_iou: float = 0.3,
+    max_missed: int = 2,
+  ) -> Iterator[list[dict]]:
     """Faces followed across video frames; yields one list per frame.
 
     Args:
@@ -153,8 +187,11 @@ class FaceEmotionDetector:
       answers = self.detect(image, tta=tta)
       ids = tracker.update([answer['box'] for answer in answers])
       for answer, track_id in zip(answers, ids):
-        answer.update(frame=frame, track=track_id,
-                      time_s=None if fps is None else frame / fps)
+        answer.update(
+          frame=frame,
+          track=track_id,
+          time_s=None if fps is None else frame / fps,
+        )
       yield answers
 
   def _crop(self, gray: np.ndarray, box: Box) -> np.ndarray:
@@ -164,27 +201,33 @@ class FaceEmotionDetector:
       angle = self._eye_angle(gray, box)
       if angle:
         rotation = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), angle, 1.0)
-        gray = cv2.warpAffine(gray, rotation, gray.shape[::-1],
-                              flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+        gray = cv2.warpAffine(
+          gray,
+          rotation,
+          gray.shape[::-1],
+          flags=cv2.INTER_LINEAR,
+          borderMode=cv2.BORDER_REPLICATE,
+        )
     pad = int(round(self.margin * max(w, h)))
-    padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad,
-                                cv2.BORDER_REPLICATE)
-    face = padded[y:y + h + 2 * pad, x:x + w + 2 * pad]
-    return cv2.resize(face, (self.face_size, self.face_size),
-                      interpolation=cv2.INTER_AREA)
+    padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    face = padded[y : y + h + 2 * pad, x : x + w + 2 * pad]
+    return cv2.resize(
+      face, (self.face_size, self.face_size), interpolation=cv2.INTER_AREA
+    )
 
   def _eye_angle(self, gray: np.ndarray, box: Box) -> float:
     """Degrees to rotate by so the eyes are level; 0 without two eyes."""
     x, y, w, h = box
-    upper = gray[y:y + h // 2, x:x + w]
-    eyes = self._eyes.detectMultiScale(upper, scaleFactor=1.1, minNeighbors=5,
-                                       minSize=(max(w // 8, 5),) * 2)
+    upper = gray[y : y + h // 2, x : x + w]
+    eyes = self._eyes.detectMultiScale(
+      upper, scaleFactor=1.1, minNeighbors=5, minSize=(max(w // 8, 5),) * 2
+    )
     if len(eyes) < 2:
       return 0.0
     eyes = sorted(eyes, key=lambda e: -e[2] * e[3])[:2]
-    (lx, ly), (rx, ry) = sorted((ex + ew / 2, ey + eh / 2)
-                                for ex, ey, ew, eh in eyes)
+    (lx, ly), (rx, ry) = sorted(
+      (ex + ew / 2, ey + eh / 2) for ex, ey, ew, eh in eyes
+    )
     angle = math.degrees(math.atan2(ry - ly, rx - lx))
     return angle if abs(angle) <= 30 else 0.0  # a steeper pair is a miss
 
@@ -199,16 +242,21 @@ def _checked_box(box, shape: tuple[int, int]) -> Box:
   left, top = max(x, 0), max(y, 0)
   right, bottom = min(x + w, width), min(y + h, height)
   if w <= 0 or h <= 0 or right <= left or bottom <= top:
-    raise ValueError(f'box {tuple(box)}: expected a positive width and height '
-                     f'inside the {width}x{height} image')
+    raise ValueError(
+      f'box {tuple(box)}: expected a positive width and height '
+      f'inside the {width}x{height} image'
+    )
   return left, top, right - left, bottom - top
 
 
-def result(box: Box | None, probabilities: np.ndarray,
-           class_names: Sequence[str]) -> dict:
+def result(
+  box: Box | None, probabilities: np.ndarray, class_names: Sequence[str]
+) -> dict:
   """The plain-data answer for one face (or one whole image, box None)."""
   best = int(np.argmax(probabilities))
-  return {'box': box,
-          'emotions': {name: float(p) for name, p in zip(class_names,
-                                                          probabilities)},
-          'label': class_names[best], 'score': float(probabilities[best])}
+  return {
+    'box': box,
+    'emotions': {name: float(p) for name, p in zip(class_names, probabilities)},
+    'label': class_names[best],
+    'score': float(probabilities[best]),
+  }

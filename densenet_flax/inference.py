@@ -56,10 +56,17 @@ class Classifier:
       padded up to the next one, larger batches are split.
   """
 
-  def __init__(self, model, variables: dict, config: ml_collections.ConfigDict,
-               mean: Sequence[float], std: Sequence[float], *,
-               step: int | None = None,
-               batch_sizes: Sequence[int] = BATCH_SIZES):
+  def __init__(
+    self,
+    model,
+    variables: dict,
+    config: ml_collections.ConfigDict,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    step: int | None = None,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+  ):
     self.model = model
     self.variables = variables
     self.config = config
@@ -68,13 +75,20 @@ class Classifier:
     self.std = np.asarray(std, np.float32)
     self.step = step
     self.batch_sizes = tuple(sorted(batch_sizes))
-    self.class_names = tuple(self.spec.class_names or (
-        f'class_{i}' for i in range(self.spec.num_classes)))
+    self.class_names = tuple(
+      self.spec.class_names
+      or (f'class_{i}' for i in range(self.spec.num_classes))
+    )
     self._apply = jax.jit(functools.partial(_probabilities, model))
 
   @classmethod
-  def from_workdir(cls, workdir: str, checkpoint: str | int = 'best', *,
-                   batch_sizes: Sequence[int] = BATCH_SIZES) -> Classifier:
+  def from_workdir(
+    cls,
+    workdir: str,
+    checkpoint: str | int = 'best',
+    *,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+  ) -> Classifier:
     """The run in `workdir` at `checkpoint` ('best', 'latest' or a step).
 
     A run that kept an EMA of its weights (config.ema_decay) gives the EMA,
@@ -99,11 +113,13 @@ class Classifier:
     """
     config = workdir_lib.load_config(workdir)
     model, variables, step = workdir_lib.restore_variables(
-        workdir, checkpoint, config=config)
+      workdir, checkpoint, config=config
+    )
     mean, std = workdir_lib.normalization(config, workdir)
     log.info('Classifier from %s, step %d', workdir, step)
-    return cls(model, variables, config, mean, std, step=step,
-               batch_sizes=batch_sizes)
+    return cls(
+      model, variables, config, mean, std, step=step, batch_sizes=batch_sizes
+    )
 
   @property
   def input_shape(self) -> tuple[int, int, int]:
@@ -157,11 +173,14 @@ class Classifier:
     """
     if tta not in TTA_MODES:
       raise ValueError(f'tta must be one of {TTA_MODES}; got {tta!r}')
-    if tta == 'ten_crop' and self.config.augment.crop not in ('random',
-                                                              'resized'):
+    if tta == 'ten_crop' and self.config.augment.crop not in (
+      'random',
+      'resized',
+    ):
       raise ValueError(
-          f'ten_crop needs crops smaller than the image (config.augment.crop '
-          f'"random" or "resized"); got {self.config.augment.crop!r}')
+        f'ten_crop needs crops smaller than the image (config.augment.crop '
+        f'"random" or "resized"); got {self.config.augment.crop!r}'
+      )
     images = self._as_stored_channels(images)
     size = self.config.image_size
     crop = _ten_crop if tta == 'ten_crop' else _center_crop
@@ -176,19 +195,22 @@ class Classifier:
     if images.ndim == 3:
       images = images[..., None]
     if images.ndim != 4:
-      raise ValueError(f'images must be [N, H, W] or [N, H, W, C]; got shape '
-                       f'{images.shape}')
-    if not (np.issubdtype(images.dtype, np.integer) or
-            np.issubdtype(images.dtype, np.floating)):
+      raise ValueError(
+        f'images must be [N, H, W] or [N, H, W, C]; got shape {images.shape}'
+      )
+    if not (
+      np.issubdtype(images.dtype, np.integer)
+      or np.issubdtype(images.dtype, np.floating)
+    ):
       raise ValueError(f'images must be numbers in 0-255; got {images.dtype}')
     channels, stored = images.shape[-1], self.spec.channels
     if channels == 3 and stored == 1:
       images = images.astype(np.float32) @ GRAY_WEIGHTS[:, None]
     elif channels != stored:
       raise ValueError(
-          f'images have {channels} channels; {self.spec.name} models take '
-          f'{stored}' + (' (or 3, converted to grayscale)' if stored == 1
-                         else ''))
+        f'images have {channels} channels; {self.spec.name} models take '
+        f'{stored}' + (' (or 3, converted to grayscale)' if stored == 1 else '')
+      )
     return images.astype(np.float32)
 
   def _eval_view(self, image: np.ndarray) -> np.ndarray:
@@ -203,16 +225,18 @@ class Classifier:
       short = int(round(size / RESIZED_EVAL_FRACTION))
       height, width = image.shape[:2]
       scale = short / min(height, width)
-      return _resize(image, int(round(height * scale)),
-                     int(round(width * scale)))
+      return _resize(
+        image, int(round(height * scale)), int(round(width * scale))
+      )
     if crop in ('none', 'pad') and image.shape[0] != size:
       return _resize(image, size, size)
     return image
 
   def _normalize(self, images: np.ndarray) -> np.ndarray:
     """(x / 255 - mean) / std in float32, then gray -> RGB if the model wants."""
-    images = (images.astype(np.float32) / np.float32(255.0) - self.mean
-              ) / self.std
+    images = (
+      images.astype(np.float32) / np.float32(255.0) - self.mean
+    ) / self.std
     if self.config.channels == images.shape[-1]:
       return images
     return np.repeat(images, self.config.channels, axis=-1)
@@ -252,12 +276,13 @@ class Classifier:
     outputs = []
     largest = self.batch_sizes[-1]
     for start in range(0, len(inputs), largest):
-      chunk = inputs[start:start + largest]
+      chunk = inputs[start : start + largest]
       padded = next(b for b in self.batch_sizes if b >= len(chunk))
       batch = np.zeros((padded, *chunk.shape[1:]), np.float32)
-      batch[:len(chunk)] = chunk
-      outputs.append(np.asarray(self._apply(self.variables, batch))[
-          :len(chunk)])
+      batch[: len(chunk)] = chunk
+      outputs.append(
+        np.asarray(self._apply(self.variables, batch))[: len(chunk)]
+      )
     if not outputs:
       return np.zeros((0, len(self.class_names)), np.float32)
     return np.concatenate(outputs)
@@ -277,23 +302,33 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   if (old_h, old_w) == (height, width):
     return image
   out = jax.image.scale_and_translate(
-      jnp.asarray(image), (height, width, image.shape[2]), (0, 1),
-      jnp.array([height / old_h, width / old_w], jnp.float32),
-      jnp.zeros(2, jnp.float32), method='linear', antialias=False)
+    jnp.asarray(image),
+    (height, width, image.shape[2]),
+    (0, 1),
+    jnp.array([height / old_h, width / old_w], jnp.float32),
+    jnp.zeros(2, jnp.float32),
+    method='linear',
+    antialias=False,
+  )
   return np.asarray(out)
 
 
 def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
   height, width = image.shape[:2]
   top, left = (height - size) // 2, (width - size) // 2
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]
 
 
 def _ten_crop(image: np.ndarray, size: int) -> np.ndarray:
   """The 4 corners and the centre, then their mirror images: [10, S, S, C]."""
   height, width = image.shape[:2]
-  crops = np.stack([image[:size, :size], image[:size, width - size:],
-                    image[height - size:, :size],
-                    image[height - size:, width - size:],
-                    _center_crop(image, size)])
+  crops = np.stack(
+    [
+      image[:size, :size],
+      image[:size, width - size :],
+      image[height - size :, :size],
+      image[height - size :, width - size :],
+      _center_crop(image, size),
+    ]
+  )
   return np.concatenate([crops, crops[:, :, ::-1]])

@@ -41,14 +41,16 @@ KERNELS_ENV = 'DENSENET_FLAX_KERNELS'
 # shared_buffer's chunked 3x3 gradient), on any backend.
 KERNEL_CHOICES = ('auto', 'generic', 'cpu')
 _kernels_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    'densenet_flax_kernels', default=None)
+  'densenet_flax_kernels', default=None
+)
 
 
 def _checked(given: str, where: str) -> str:
   choice = given.strip().lower() or 'auto'
   if choice not in KERNEL_CHOICES:
-    raise ValueError(f'{where}={given!r}: expected one of '
-                     f'{", ".join(KERNEL_CHOICES)}')
+    raise ValueError(
+      f'{where}={given!r}: expected one of {", ".join(KERNEL_CHOICES)}'
+    )
   return choice
 
 
@@ -95,6 +97,7 @@ class Conv(nn.Module):
   others (3x3, the stems) compute their kernel gradient in batch chunks
   (`conv_cpu`).
   """
+
   features: int
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
@@ -105,14 +108,16 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param('kernel', self.kernel_init,
-                        (*self.kernel_size, x.shape[-1], self.features),
-                        self.param_dtype)
+    kernel = self.param(
+      'kernel',
+      self.kernel_init,
+      (*self.kernel_size, x.shape[-1], self.features),
+      self.param_dtype,
+    )
     x = jnp.asarray(x, self.dtype)
     kernel = jnp.asarray(kernel, self.dtype)
     if tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1):
-      return lax.dot_general(x, kernel[0, 0],
-                             (((x.ndim - 1,), (0,)), ((), ())))
+      return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
     strides = tuple(self.strides)
     padding = tuple(tuple(p) for p in self.padding)
     if kernel_set() == 'cpu':
@@ -120,12 +125,20 @@ class Conv(nn.Module):
     return conv(x, kernel, strides, padding)
 
 
-def conv(x: Array, kernel: Array, strides: tuple[int, int],
-         padding: tuple[tuple[int, int], ...]) -> Array:
+def conv(
+  x: Array,
+  kernel: Array,
+  strides: tuple[int, int],
+  padding: tuple[tuple[int, int], ...],
+) -> Array:
   """lax's 2-D convolution, NHWC x HWIO -> NHWC."""
-  return lax.conv_general_dilated(x, kernel, window_strides=strides,
-                                  padding=padding,
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=strides,
+    padding=padding,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
 
 
 # Batch x height x width positions per chunk of a kernel gradient on CPU.
@@ -150,12 +163,16 @@ def kernel_grad_chunks(batch: int, height: int, width: int) -> int:
 
 def batch_chunks(a: Array, chunks: int) -> list[Array]:
   size = a.shape[0] // chunks
-  return [a[i * size:(i + 1) * size] for i in range(chunks)]
+  return [a[i * size : (i + 1) * size] for i in range(chunks)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_cpu(x: Array, kernel: Array, strides: tuple[int, int],
-             padding: tuple[tuple[int, int], ...]) -> Array:
+def conv_cpu(
+  x: Array,
+  kernel: Array,
+  strides: tuple[int, int],
+  padding: tuple[tuple[int, int], ...],
+) -> Array:
   """`conv`, whose kernel gradient is summed over `kernel_grad_chunks`.
 
   The input gradient is autodiff's. Equal to `conv`'s gradients up to float
@@ -168,23 +185,31 @@ def _conv_cpu_fwd(x, kernel, strides, padding):
   return conv(x, kernel, strides, padding), (x, kernel)
 
 
-def chunked_kernel_grad(x: Array, kernel: Array, dy: Array,
-                        strides: tuple[int, int],
-                        padding: tuple[tuple[int, int], ...],
-                        chunks: int) -> Array:
+def chunked_kernel_grad(
+  x: Array,
+  kernel: Array,
+  dy: Array,
+  strides: tuple[int, int],
+  padding: tuple[tuple[int, int], ...],
+  chunks: int,
+) -> Array:
   """`conv`'s kernel gradient, autodiff's on each batch chunk, summed in f32."""
   return sum(
-      jax.vjp(lambda k, x=x_part: conv(x, k, strides, padding), kernel)[1](
-          dy_part)[0].astype(jnp.float32)
-      for x_part, dy_part in zip(batch_chunks(x, chunks),
-                                 batch_chunks(dy, chunks)))
+    jax.vjp(lambda k, x=x_part: conv(x, k, strides, padding), kernel)[1](
+      dy_part
+    )[0].astype(jnp.float32)
+    for x_part, dy_part in zip(
+      batch_chunks(x, chunks), batch_chunks(dy, chunks)
+    )
+  )
 
 
 def _conv_cpu_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
   _, x_vjp = jax.vjp(lambda x: conv(x, kernel, strides, padding), x)
-  dkernel = chunked_kernel_grad(x, kernel, dy, strides, padding,
-                                kernel_grad_chunks(*dy.shape[:3]))
+  dkernel = chunked_kernel_grad(
+    x, kernel, dy, strides, padding, kernel_grad_chunks(*dy.shape[:3])
+  )
   return x_vjp(dy)[0], dkernel.astype(kernel.dtype)
 
 
@@ -192,6 +217,7 @@ conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
 
 
 # --- BatchNorm + ReLU ------------------------------------------------------------
+
 
 def moments(x: Array, axis_name: str | None = None) -> tuple[Array, Array]:
   """Per-channel batch mean and (biased) variance in float32, as nn.BatchNorm.
@@ -237,8 +263,9 @@ def normalize_relu(pieces, mean, var, scale, bias, epsilon, dtype):
   Gradients for mean and var go back to whoever computed them (once per
   feature map, see `moments`).
   """
-  return _normalize_relu(_concat(pieces), mean, var, scale, bias, epsilon,
-                         dtype)
+  return _normalize_relu(
+    _concat(pieces), mean, var, scale, bias, epsilon, dtype
+  )
 
 
 def _normalize_relu_fwd(pieces, mean, var, scale, bias, epsilon, dtype):
@@ -277,8 +304,13 @@ def _normalize_relu_bwd(epsilon, dtype, residuals, dy):
   dscale = sum_g_centered * inv
   dmean = -mul * dbias
   dvar = -0.5 * scale * inv * inv * inv * sum_g_centered
-  return (tuple(dpieces), dmean, dvar, dscale.astype(scale.dtype),
-          dbias.astype(bias.dtype))
+  return (
+    tuple(dpieces),
+    dmean,
+    dvar,
+    dscale.astype(scale.dtype),
+    dbias.astype(bias.dtype),
+  )
 
 
 normalize_relu.defvjp(_normalize_relu_fwd, _normalize_relu_bwd)
@@ -296,6 +328,7 @@ class BatchNormReLU(nn.Module):
   normalised (never materialised) together with their `moments`, so that
   feature maps shared by many layers have their statistics computed once.
   """
+
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
@@ -303,21 +336,33 @@ class BatchNormReLU(nn.Module):
   axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: Array | Sequence[Array], use_running_average: bool,
-               piece_moments: Sequence[tuple[Array, Array]] | None = None
-               ) -> Array:
+  def __call__(
+    self,
+    x: Array | Sequence[Array],
+    use_running_average: bool,
+    piece_moments: Sequence[tuple[Array, Array]] | None = None,
+  ) -> Array:
     pieces = tuple(x) if isinstance(x, (list, tuple)) else (x,)
     shape = (sum(p.shape[-1] for p in pieces),)
-    ra_mean = self.variable('batch_stats', 'mean',
-                            lambda s: jnp.zeros(s, jnp.float32), shape)
-    ra_var = self.variable('batch_stats', 'var',
-                           lambda s: jnp.ones(s, jnp.float32), shape)
+    ra_mean = self.variable(
+      'batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), shape
+    )
+    ra_var = self.variable(
+      'batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), shape
+    )
     scale = self.param('scale', nn.initializers.ones, shape, self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, shape, self.param_dtype)
     dtype = self.dtype or pieces[0].dtype
     if use_running_average:
-      return _normalize_relu(_concat(pieces), ra_mean.value, ra_var.value,
-                             scale, bias, self.epsilon, dtype)
+      return _normalize_relu(
+        _concat(pieces),
+        ra_mean.value,
+        ra_var.value,
+        scale,
+        bias,
+        self.epsilon,
+        dtype,
+      )
     if piece_moments is None:
       piece_moments = [moments(p, self.axis_name) for p in pieces]
     mean = _concat([m for m, _ in piece_moments])
@@ -336,16 +381,23 @@ class BatchNormReLU(nn.Module):
     mean, var = lax.stop_gradient((mean, var))
     for name, batch in (('mean', mean), ('var', var)):
       running = self.get_variable('batch_stats', name)
-      self.put_variable('batch_stats', name,
-                        self.momentum * running + (1 - self.momentum) * batch)
+      self.put_variable(
+        'batch_stats',
+        name,
+        self.momentum * running + (1 - self.momentum) * batch,
+      )
 
 
 # --- pooling -------------------------------------------------------------------
 
+
 def _pool_views(x: Array, window: int, out_h: int, out_w: int) -> list[Array]:
   """The window*window strided views whose elementwise max is a stride-2 pool."""
-  return [x[:, i:i + 2 * out_h - 1:2, j:j + 2 * out_w - 1:2]
-          for i in range(window) for j in range(window)]
+  return [
+    x[:, i : i + 2 * out_h - 1 : 2, j : j + 2 * out_w - 1 : 2]
+    for i in range(window)
+    for j in range(window)
+  ]
 
 
 def _max_pool(x: Array, window: int, out_h: int, out_w: int) -> Array:
@@ -385,8 +437,11 @@ def _max_pool_s2_bwd(window, out_h, out_w, shape, index, g):
   # XLA:CPU fused the whole gradient chain producing g into each of the
   # window*window masked copies and recomputed it as often.
   del window, out_h, out_w
-  dx = jnp.zeros(math.prod(shape), g.dtype).at[index.reshape(-1)].add(
-      g.reshape(-1), indices_are_sorted=False, unique_indices=False)
+  dx = (
+    jnp.zeros(math.prod(shape), g.dtype)
+    .at[index.reshape(-1)]
+    .add(g.reshape(-1), indices_are_sorted=False, unique_indices=False)
+  )
   return (dx.reshape(shape),)
 
 
@@ -402,8 +457,11 @@ def max_pool_3x3_s2(x: Array) -> Array:
   """
   height, width = x.shape[1:3]
   out_h, out_w = (height - 1) // 2 + 1, (width - 1) // 2 + 1
-  x = jnp.pad(x, ((0, 0), (1, 2 * out_h - height), (1, 2 * out_w - width),
-                  (0, 0)), constant_values=-jnp.inf)
+  x = jnp.pad(
+    x,
+    ((0, 0), (1, 2 * out_h - height), (1, 2 * out_w - width), (0, 0)),
+    constant_values=-jnp.inf,
+  )
   return _max_pool_s2(x, 3, out_h, out_w, x.shape)
 
 
@@ -424,7 +482,8 @@ _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 def _rotate_left(x: Array, bits: int) -> Array:
   return lax.shift_left(x, np.uint32(bits)) | lax.shift_right_logical(
-      x, np.uint32(32 - bits))
+    x, np.uint32(32 - bits)
+  )
 
 
 def _threefry2x32(key1: Array, key2: Array, x1: Array, x2: Array):
@@ -448,12 +507,13 @@ def _threefry_bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
   Jitted, as jax.random's draws are: traced and lowered once per shape."""
   key1, key2 = jax.random.key_data(key)
   count = lax.iota(np.uint32, math.prod(shape)).reshape(shape)
-  bits = functools.reduce(lax.bitwise_xor, _threefry2x32(
-      key1, key2, jnp.zeros_like(count), count))
+  bits = functools.reduce(
+    lax.bitwise_xor, _threefry2x32(key1, key2, jnp.zeros_like(count), count)
+  )
   one = np.array(1.0, np.float32).view(np.uint32)
   uniform = lax.bitcast_convert_type(
-      lax.shift_right_logical(bits, np.uint32(9)) | one,
-      jnp.float32) - np.float32(1.0)
+    lax.shift_right_logical(bits, np.uint32(9)) | one, jnp.float32
+  ) - np.float32(1.0)
   return uniform < np.float32(p)
 
 
@@ -463,12 +523,15 @@ def _threefry_bernoulli_is_jax() -> bool:
   jax: checked once per process, on a small odd shape (under a second),
   wherever it is first needed: inside a trace, or under a transfer guard
   (train.py's loop disallows implicit transfers; this one is deliberate)."""
+
   def both(key):
-    return (_threefry_bernoulli(key, 0.8, (3, 5, 7)),
-            jax.random.bernoulli(key, 0.8, (3, 5, 7)))
+    return (
+      _threefry_bernoulli(key, 0.8, (3, 5, 7)),
+      jax.random.bernoulli(key, 0.8, (3, 5, 7)),
+    )
+
   with jax.ensure_compile_time_eval(), jax.transfer_guard('allow'):
-    ours, theirs = jax.jit(both)(jax.random.key(20161608,
-                                                impl='threefry2x32'))
+    ours, theirs = jax.jit(both)(jax.random.key(20161608, impl='threefry2x32'))
     return bool(np.array_equal(ours, theirs))
 
 
@@ -487,12 +550,15 @@ def bernoulli(key: Array, p: float, shape: Sequence[int]) -> Array:
   shape = tuple(shape)
   if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)
-  if (kernel_set() == 'cpu'
-      and str(jax.random.key_impl(key)) == 'threefry2x32'
-      and getattr(jax.config, 'jax_threefry_partitionable', True)
-      and not jax.config.jax_enable_x64
-      and math.prod(shape) < 2**32 and key.shape == ()
-      and _threefry_bernoulli_is_jax()):
+  if (
+    kernel_set() == 'cpu'
+    and str(jax.random.key_impl(key)) == 'threefry2x32'
+    and getattr(jax.config, 'jax_threefry_partitionable', True)
+    and not jax.config.jax_enable_x64
+    and math.prod(shape) < 2**32
+    and key.shape == ()
+    and _threefry_bernoulli_is_jax()
+  ):
     return _threefry_bernoulli(key, p, shape)
   return jax.random.bernoulli(key, p, shape)
 
@@ -504,6 +570,7 @@ class Dropout(nn.Module):
   Named like nn.Dropout, so that auto-named instances ('Dropout_0') and
   hence their keys are the same as before.
   """
+
   rate: float
   rng_collection: str = 'dropout'
 

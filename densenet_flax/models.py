@@ -32,6 +32,7 @@ ModuleDef = Any
 
 STEMS = ('imagenet', 'cifar', 'fer')
 
+
 class DenseLayer(nn.Module):
   """One H_l: it sees the list of all earlier feature maps of its block.
 
@@ -44,6 +45,7 @@ class DenseLayer(nn.Module):
   training the block computes its layers itself (shared_buffer) from these
   modules' variables.
   """
+
   growth_rate: int
   bn_size: int | None
   drop_rate: float
@@ -61,15 +63,20 @@ class DenseLayer(nn.Module):
       self.conv2 = self.conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)))
     self.dropout = layers.Dropout(self.drop_rate)
 
-  def __call__(self, features: Sequence[Array], train: bool,
-               moments: Sequence[tuple[Array, Array]] | None = None) -> Array:
+  def __call__(
+    self,
+    features: Sequence[Array],
+    train: bool,
+    moments: Sequence[tuple[Array, Array]] | None = None,
+  ) -> Array:
     """features: list of [N, H, W, C_i] -> new features [N, H, W, growth_rate].
 
     moments: the batch statistics of each feature map in train mode, computed
     once by the block for all the layers that read that map.
     """
-    x = self.norm1(tuple(features), use_running_average=not train,
-                   piece_moments=moments)
+    x = self.norm1(
+      tuple(features), use_running_average=not train, piece_moments=moments
+    )
     x = self.conv1(x)
     if self.drop_rate > 0:
       x = self.dropout(x, deterministic=not train)
@@ -97,6 +104,7 @@ class DenseBlock(nn.Module):
   so the compiled program's memory grows linearly with depth. Params and
   statistics are the same variables either way.
   """
+
   num_layers: int
   growth_rate: int
   bn_size: int | None
@@ -110,12 +118,22 @@ class DenseBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool):
     dense_layers = [
-        DenseLayer(growth_rate=self.growth_rate, bn_size=self.bn_size,
-                   drop_rate=self.drop_rate, conv=self.conv, norm=self.norm,
-                   name=f'denselayer{i + 1}')
-        for i in range(self.num_layers)]
-    if (train and self.memory_efficient and self.num_layers
-        and not self.is_initializing()):
+      DenseLayer(
+        growth_rate=self.growth_rate,
+        bn_size=self.bn_size,
+        drop_rate=self.drop_rate,
+        conv=self.conv,
+        norm=self.norm,
+        name=f'denselayer{i + 1}',
+      )
+      for i in range(self.num_layers)
+    ]
+    if (
+      train
+      and self.memory_efficient
+      and self.num_layers
+      and not self.is_initializing()
+    ):
       return self._shared_buffer(x, dense_layers)
     features = [x]
     stats = [layers.moments(x, self.bn_axis_name)] if train else None
@@ -129,13 +147,18 @@ class DenseBlock(nn.Module):
     """The train-mode block through shared_buffer.dense_block."""
     norm1 = dense_layers[0].norm1
     spec = shared_buffer.BlockSpec(
-        num_layers=self.num_layers, growth_rate=self.growth_rate,
-        bottleneck=self.bn_size is not None, drop_rate=self.drop_rate,
-        epsilon=norm1.epsilon, dtype=norm1.dtype or x.dtype,
-        axis_name=self.bn_axis_name, segment_size=self.segment_size)
+      num_layers=self.num_layers,
+      growth_rate=self.growth_rate,
+      bottleneck=self.bn_size is not None,
+      drop_rate=self.drop_rate,
+      epsilon=norm1.epsilon,
+      dtype=norm1.dtype or x.dtype,
+      axis_name=self.bn_axis_name,
+      segment_size=self.segment_size,
+    )
     params = shared_buffer.stack_params(
-        spec, [layer.variables['params'] for layer in dense_layers],
-        x.shape[-1])
+      spec, [layer.variables['params'] for layer in dense_layers], x.shape[-1]
+    )
     key = self.make_rng('dropout') if self.drop_rate > 0 else None
     out = shared_buffer.dense_block(spec, params, x.astype(spec.dtype), key)
     for i, layer in enumerate(dense_layers):
@@ -148,17 +171,23 @@ class DenseBlock(nn.Module):
 
 class Transition(nn.Module):
   """BN-ReLU-Conv1x1(out_features)-AvgPool 2x2/2: halves height and width once."""
+
   out_features: int
   drop_rate: float
   conv: ModuleDef
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, features: Sequence[Array], train: bool,
-               moments: Sequence[tuple[Array, Array]] | None = None) -> Array:
+  def __call__(
+    self,
+    features: Sequence[Array],
+    train: bool,
+    moments: Sequence[tuple[Array, Array]] | None = None,
+  ) -> Array:
     """features: a block's feature maps (and their moments, in train mode)."""
-    x = self.norm(name='norm')(features, use_running_average=not train,
-                               piece_moments=moments)
+    x = self.norm(name='norm')(
+      features, use_running_average=not train, piece_moments=moments
+    )
     x = self.conv(self.out_features, (1, 1), name='conv')(x)
     if self.drop_rate > 0:
       x = layers.Dropout(self.drop_rate)(x, deterministic=not train)
@@ -184,7 +213,7 @@ def stages_through(num_blocks: int, stage: str) -> tuple[str, ...]:
   if not stage:
     return ()
   names = stage_names(num_blocks)
-  return names[:names.index(stage) + 1]
+  return names[: names.index(stage) + 1]
 
 
 def stage_of(param_name: str) -> str:
@@ -259,6 +288,7 @@ class DenseNet(nn.Module):
       keeps, its running statistics; no dropout), as when fine-tuning with
       frozen early stages. '' = none.
   """
+
   growth_rate: int = 32
   block_sizes: Sequence[int] = (6, 12, 24, 16)
   num_init_features: int = 64
@@ -283,15 +313,17 @@ class DenseNet(nn.Module):
   def _check_input(self, x: Array) -> None:
     if x.ndim != 4:
       raise ValueError(
-          f'DenseNet expects images shaped [batch, height, width, channels]; '
-          f'got an array of shape {tuple(x.shape)}')
+        f'DenseNet expects images shaped [batch, height, width, channels]; '
+        f'got an array of shape {tuple(x.shape)}'
+      )
     height, width = x.shape[1:3]
     need = self.min_input_size
     if min(height, width) < need:
       raise ValueError(
-          f'Input {height}x{width} is too small for this DenseNet: the '
-          f'{self.stem!r} stem and {len(self.block_sizes) - 1} transitions need '
-          f'at least {need}x{need} pixels.')
+        f'Input {height}x{width} is too small for this DenseNet: the '
+        f'{self.stem!r} stem and {len(self.block_sizes) - 1} transitions need '
+        f'at least {need}x{need} pixels.'
+      )
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -312,21 +344,30 @@ class DenseNet(nn.Module):
         `stem` is not one of STEMS.
     """
     self._check_input(x)
-    conv = functools.partial(layers.Conv, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    conv = functools.partial(
+      layers.Conv, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     # Every BN of a DenseNet is followed by a ReLU: one fused layer.
     norm = functools.partial(
-        layers.BatchNormReLU, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, dtype=self.dtype,
-        param_dtype=self.param_dtype, axis_name=self.bn_axis_name)
+      layers.BatchNormReLU,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      axis_name=self.bn_axis_name,
+    )
 
     stages = stage_names(len(self.block_sizes))
     if self.frozen_bn_through and self.frozen_bn_through not in stages:
-      raise ValueError(f'frozen_bn_through={self.frozen_bn_through!r}: expected '
-                       f'one of {", ".join(stages[:-1])}')
+      raise ValueError(
+        f'frozen_bn_through={self.frozen_bn_through!r}: expected '
+        f'one of {", ".join(stages[:-1])}'
+      )
     if self.segment_size < 1:
-      raise ValueError(f'segment_size={self.segment_size}: expected at least '
-                       f'1 dense layer per loop')
+      raise ValueError(
+        f'segment_size={self.segment_size}: expected at least '
+        f'1 dense layer per loop'
+      )
     frozen = stages_through(len(self.block_sizes), self.frozen_bn_through)
     trains = lambda stage: train and stage not in frozen  # noqa: E731
 
@@ -336,49 +377,67 @@ class DenseNet(nn.Module):
     num_features = self.num_init_features
     for i, num_layers in enumerate(self.block_sizes):
       features, stats = DenseBlock(
-          num_layers=num_layers,
-          growth_rate=self.growth_rate,
-          bn_size=self.bn_size,
-          drop_rate=self.drop_rate,
-          memory_efficient=self.memory_efficient,
-          segment_size=self.segment_size,
-          conv=conv,
-          norm=norm,
-          bn_axis_name=self.bn_axis_name,
-          name=f'denseblock{i + 1}',
+        num_layers=num_layers,
+        growth_rate=self.growth_rate,
+        bn_size=self.bn_size,
+        drop_rate=self.drop_rate,
+        memory_efficient=self.memory_efficient,
+        segment_size=self.segment_size,
+        conv=conv,
+        norm=norm,
+        bn_axis_name=self.bn_axis_name,
+        name=f'denseblock{i + 1}',
       )(x, trains(f'denseblock{i + 1}'))
       num_features += num_layers * self.growth_rate
       if i != len(self.block_sizes) - 1:
         num_features = int(math.floor(self.compression * num_features))
         x = Transition(
-            out_features=num_features, drop_rate=self.drop_rate,
-            conv=conv, norm=norm, name=f'transition{i + 1}')(
-                features, trains(f'transition{i + 1}'), stats)
+          out_features=num_features,
+          drop_rate=self.drop_rate,
+          conv=conv,
+          norm=norm,
+          name=f'transition{i + 1}',
+        )(features, trains(f'transition{i + 1}'), stats)
 
     final_trains = trains('norm_final')
-    x = norm(name='norm_final')(features, use_running_average=not final_trains,
-                                piece_moments=stats if final_trains else None)
+    x = norm(name='norm_final')(
+      features,
+      use_running_average=not final_trains,
+      piece_moments=stats if final_trains else None,
+    )
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='classifier')(x)
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='classifier',
+    )(x)
     return jnp.asarray(x, jnp.float32)
 
-  def _stem(self, x: Array, train: bool, conv: ModuleDef,
-            norm: ModuleDef) -> Array:
+  def _stem(
+    self, x: Array, train: bool, conv: ModuleDef, norm: ModuleDef
+  ) -> Array:
     if self.stem == 'imagenet':
       # Explicit symmetric padding as torchvision/Keras ('SAME' pads
       # asymmetrically at even sizes and would shift imported weights).
-      x = conv(self.num_init_features, (7, 7), strides=(2, 2),
-               padding=((3, 3), (3, 3)), name='conv0')(x)
+      x = conv(
+        self.num_init_features,
+        (7, 7),
+        strides=(2, 2),
+        padding=((3, 3), (3, 3)),
+        name='conv0',
+      )(x)
       x = norm(name='norm0')(x, use_running_average=not train)
       return layers.max_pool_3x3_s2(x)
     if self.stem == 'cifar':
       # The first dense layer's BN-ReLU follows directly, as in the paper.
-      return conv(self.num_init_features, (3, 3), padding=((1, 1), (1, 1)),
-                  name='conv0')(x)
+      return conv(
+        self.num_init_features, (3, 3), padding=((1, 1), (1, 1)), name='conv0'
+      )(x)
     if self.stem == 'fer':
-      x = conv(self.num_init_features, (3, 3), padding=((1, 1), (1, 1)),
-               name='conv0')(x)
+      x = conv(
+        self.num_init_features, (3, 3), padding=((1, 1), (1, 1)), name='conv0'
+      )(x)
       x = norm(name='norm0')(x, use_running_average=not train)
       return layers.max_pool_2x2(x)
     raise ValueError(f'stem must be one of {STEMS}; got {self.stem!r}')
@@ -387,10 +446,16 @@ class DenseNet(nn.Module):
 # ---------------------------------------------------------------------------
 # Presets: each is the set of DenseNet fields that defines the architecture.
 
+
 def _imagenet(block_sizes, growth_rate=32, num_init_features=64):
-  return dict(growth_rate=growth_rate, block_sizes=block_sizes,
-              num_init_features=num_init_features, bn_size=4, compression=0.5,
-              stem='imagenet')
+  return dict(
+    growth_rate=growth_rate,
+    block_sizes=block_sizes,
+    num_init_features=num_init_features,
+    bn_size=4,
+    compression=0.5,
+    stem='imagenet',
+  )
 
 
 def _cifar(depth, growth_rate, bc):
@@ -398,35 +463,47 @@ def _cifar(depth, growth_rate, bc):
   layers = (depth - 4) // 3
   if bc:
     layers //= 2
-  return dict(growth_rate=growth_rate, block_sizes=(layers,) * 3,
-              num_init_features=2 * growth_rate if bc else 16,
-              bn_size=4 if bc else None, compression=0.5 if bc else 1.0,
-              stem='cifar')
+  return dict(
+    growth_rate=growth_rate,
+    block_sizes=(layers,) * 3,
+    num_init_features=2 * growth_rate if bc else 16,
+    bn_size=4 if bc else None,
+    compression=0.5 if bc else 1.0,
+    stem='cifar',
+  )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    'densenet121': _imagenet((6, 12, 24, 16)),
-    'densenet161': _imagenet((6, 12, 36, 24), growth_rate=48,
-                             num_init_features=96),
-    'densenet169': _imagenet((6, 12, 32, 32)),
-    'densenet201': _imagenet((6, 12, 48, 32)),
-    'densenet264': _imagenet((6, 12, 64, 48)),
-    'densenet_40_12': _cifar(40, 12, bc=False),
-    'densenet_100_12': _cifar(100, 12, bc=False),
-    'densenet_100_24': _cifar(100, 24, bc=False),
-    'densenet_bc_100_12': _cifar(100, 12, bc=True),
-    'densenet_bc_250_24': _cifar(250, 24, bc=True),
-    'densenet_bc_190_40': _cifar(190, 40, bc=True),
-    # 48x48 grayscale faces. The FER2013 sketch this follows downsampled twice
-    # per transition (a stride-2 conv and a pool); here a transition pools once,
-    # so the maps go 48 -> 24 (stem) -> 12 -> 6 -> 3.
-    'fer_densenet': dict(growth_rate=12, block_sizes=(6, 12, 24, 16),
-                         num_init_features=24, bn_size=4, compression=0.5,
-                         drop_rate=0.2, stem='fer'),
+  'densenet121': _imagenet((6, 12, 24, 16)),
+  'densenet161': _imagenet(
+    (6, 12, 36, 24), growth_rate=48, num_init_features=96
+  ),
+  'densenet169': _imagenet((6, 12, 32, 32)),
+  'densenet201': _imagenet((6, 12, 48, 32)),
+  'densenet264': _imagenet((6, 12, 64, 48)),
+  'densenet_40_12': _cifar(40, 12, bc=False),
+  'densenet_100_12': _cifar(100, 12, bc=False),
+  'densenet_100_24': _cifar(100, 24, bc=False),
+  'densenet_bc_100_12': _cifar(100, 12, bc=True),
+  'densenet_bc_250_24': _cifar(250, 24, bc=True),
+  'densenet_bc_190_40': _cifar(190, 40, bc=True),
+  # 48x48 grayscale faces. The FER2013 sketch this follows downsampled twice
+  # per transition (a stride-2 conv and a pool); here a transition pools once,
+  # so the maps go 48 -> 24 (stem) -> 12 -> 6 -> 3.
+  'fer_densenet': dict(
+    growth_rate=12,
+    block_sizes=(6, 12, 24, 16),
+    num_init_features=24,
+    bn_size=4,
+    compression=0.5,
+    drop_rate=0.2,
+    stem='fer',
+  ),
 }
 
 MODEL_FIELDS = tuple(
-    f for f in DenseNet.__dataclass_fields__ if f not in ('parent', 'name'))
+  f for f in DenseNet.__dataclass_fields__ if f not in ('parent', 'name')
+)
 
 
 def create_model(name: str, *, num_classes: int, **overrides: Any) -> DenseNet:
@@ -453,12 +530,14 @@ def create_model(name: str, *, num_classes: int, **overrides: Any) -> DenseNet:
   """
   if name not in PRESETS:
     raise ValueError(
-        f'Unknown model {name!r}; available: {", ".join(sorted(PRESETS))}')
+      f'Unknown model {name!r}; available: {", ".join(sorted(PRESETS))}'
+    )
   unknown = sorted(set(overrides) - set(MODEL_FIELDS))
   if unknown:
     raise ValueError(
-        f'Unknown DenseNet field(s) {unknown} for model {name!r}; valid fields: '
-        f'{", ".join(MODEL_FIELDS)}')
+      f'Unknown DenseNet field(s) {unknown} for model {name!r}; valid fields: '
+      f'{", ".join(MODEL_FIELDS)}'
+    )
   fields = {**PRESETS[name], **overrides, 'num_classes': num_classes}
   if fields['stem'] not in STEMS:
     raise ValueError(f'stem must be one of {STEMS}; got {fields["stem"]!r}')
@@ -479,8 +558,10 @@ def _preset_fn(name: str) -> Callable[..., DenseNet]:
     return create_model(name, num_classes=num_classes, **overrides)
 
   fn.__name__ = fn.__qualname__ = name
-  fn.__doc__ = (f'The {name!r} preset ({default_classes} classes unless '
-                f'given); overrides are DenseNet fields.')
+  fn.__doc__ = (
+    f'The {name!r} preset ({default_classes} classes unless '
+    f'given); overrides are DenseNet fields.'
+  )
   return fn
 
 

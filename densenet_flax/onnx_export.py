@@ -44,61 +44,87 @@ class UnsupportedPrimitiveError(NotImplementedError):
   def __init__(self, primitive: str, detail: str = ''):
     self.primitive = primitive
     super().__init__(
-        f'ONNX export: no translation for the JAX primitive {primitive!r}'
-        + (f' ({detail})' if detail else '') + '. Supported: '
-        + ', '.join(sorted(supported_primitives())))
+      f'ONNX export: no translation for the JAX primitive {primitive!r}'
+      + (f' ({detail})' if detail else '')
+      + '. Supported: '
+      + ', '.join(sorted(supported_primitives()))
+    )
 
 
-def to_onnx(fn: Callable[..., Any], args: Sequence[jax.ShapeDtypeStruct], *,
-            input_names: Sequence[str] | None = None,
-            output_names: Sequence[str] | None = None,
-            graph_name: str = 'jax'):
+def to_onnx(
+  fn: Callable[..., Any],
+  args: Sequence[jax.ShapeDtypeStruct],
+  *,
+  input_names: Sequence[str] | None = None,
+  output_names: Sequence[str] | None = None,
+  graph_name: str = 'jax',
+):
   """Traces `fn` at `args` (shapes may be symbolic) into an onnx.ModelProto."""
   closed = jax.make_jaxpr(fn)(*args)
-  return jaxpr_to_onnx(closed, input_names=input_names,
-                       output_names=output_names, graph_name=graph_name)
+  return jaxpr_to_onnx(
+    closed,
+    input_names=input_names,
+    output_names=output_names,
+    graph_name=graph_name,
+  )
 
 
-def jaxpr_to_onnx(closed: jax_core.ClosedJaxpr, *,
-                  input_names: Sequence[str] | None = None,
-                  output_names: Sequence[str] | None = None,
-                  graph_name: str = 'jax'):
+def jaxpr_to_onnx(
+  closed: jax_core.ClosedJaxpr,
+  *,
+  input_names: Sequence[str] | None = None,
+  output_names: Sequence[str] | None = None,
+  graph_name: str = 'jax',
+):
   """A ClosedJaxpr as an onnx.ModelProto; its consts become initializers."""
   from onnx import helper
 
   jaxpr = closed.jaxpr
-  input_names = list(input_names or
-                     [f'input_{i}' for i in range(len(jaxpr.invars))])
-  output_names = list(output_names or
-                      [f'output_{i}' for i in range(len(jaxpr.outvars))])
+  input_names = list(
+    input_names or [f'input_{i}' for i in range(len(jaxpr.invars))]
+  )
+  output_names = list(
+    output_names or [f'output_{i}' for i in range(len(jaxpr.outvars))]
+  )
   if len(input_names) != len(jaxpr.invars):
-    raise ValueError(f'{len(input_names)} input names for '
-                     f'{len(jaxpr.invars)} inputs')
+    raise ValueError(
+      f'{len(input_names)} input names for {len(jaxpr.invars)} inputs'
+    )
   if len(output_names) != len(jaxpr.outvars):
-    raise ValueError(f'{len(output_names)} output names for '
-                     f'{len(jaxpr.outvars)} outputs')
+    raise ValueError(
+      f'{len(output_names)} output names for {len(jaxpr.outvars)} outputs'
+    )
   builder = _Builder()
   for name, var in zip(input_names, jaxpr.invars):
     builder.add_input(name, var.aval)
-  outs = builder.run(jaxpr, [np.asarray(c) for c in closed.consts],
-                     input_names)
+  outs = builder.run(jaxpr, [np.asarray(c) for c in closed.consts], input_names)
   outputs = []
   for name, var, value in zip(output_names, jaxpr.outvars, outs):
     builder.node('Identity', [value], [name])
     outputs.append(_value_info(name, var.aval))
-  graph = helper.make_graph(builder.nodes, graph_name, builder.inputs,
-                            outputs, builder.initializers)
+  graph = helper.make_graph(
+    builder.nodes, graph_name, builder.inputs, outputs, builder.initializers
+  )
   return helper.make_model(
-      graph, opset_imports=[helper.make_opsetid('', OPSET)],
-      ir_version=IR_VERSION, producer_name='densenet_flax.onnx_export')
+    graph,
+    opset_imports=[helper.make_opsetid('', OPSET)],
+    ir_version=IR_VERSION,
+    producer_name='densenet_flax.onnx_export',
+  )
 
 
 def supported_primitives() -> set[str]:
-  return (set(_UNARY) | set(_BINARY) | set(_IDENTITY) | set(_CALLS)
-          | set(_Builder.RULES))
+  return (
+    set(_UNARY)
+    | set(_BINARY)
+    | set(_IDENTITY)
+    | set(_CALLS)
+    | set(_Builder.RULES)
+  )
 
 
 # --- shapes and dtypes --------------------------------------------------------
+
 
 def _static(d) -> bool:
   return isinstance(d, (int, np.integer))
@@ -112,14 +138,18 @@ def _same_dim(a, b) -> bool:
 
 def _onnx_dtype(dtype) -> int:
   from onnx import helper
+
   return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def _value_info(name: str, aval):
   from onnx import helper
+
   return helper.make_tensor_value_info(
-      name, _onnx_dtype(aval.dtype),
-      [int(d) if _static(d) else str(d) for d in aval.shape])
+    name,
+    _onnx_dtype(aval.dtype),
+    [int(d) if _static(d) else str(d) for d in aval.shape],
+  )
 
 
 def _perm_inverse(perm: Sequence[int]) -> list[int]:
@@ -131,28 +161,45 @@ def _perm_inverse(perm: Sequence[int]) -> list[int]:
 # Elementwise: one ONNX op each, with NumPy's broadcasting (as jaxprs'
 # size-1 and scalar operands need) and a NumPy version for folding.
 _UNARY = {
-    'exp': ('Exp', np.exp), 'log': ('Log', np.log), 'neg': ('Neg', np.negative),
-    'sqrt': ('Sqrt', np.sqrt), 'tanh': ('Tanh', np.tanh),
-    'abs': ('Abs', np.abs), 'sign': ('Sign', np.sign),
-    'floor': ('Floor', np.floor), 'ceil': ('Ceil', np.ceil),
-    'logistic': ('Sigmoid', lambda x: 1 / (1 + np.exp(-x))),
-    'rsqrt': (None, lambda x: 1 / np.sqrt(x)),
+  'exp': ('Exp', np.exp),
+  'log': ('Log', np.log),
+  'neg': ('Neg', np.negative),
+  'sqrt': ('Sqrt', np.sqrt),
+  'tanh': ('Tanh', np.tanh),
+  'abs': ('Abs', np.abs),
+  'sign': ('Sign', np.sign),
+  'floor': ('Floor', np.floor),
+  'ceil': ('Ceil', np.ceil),
+  'logistic': ('Sigmoid', lambda x: 1 / (1 + np.exp(-x))),
+  'rsqrt': (None, lambda x: 1 / np.sqrt(x)),
 }
 _BINARY = {
-    'add': ('Add', np.add), 'sub': ('Sub', np.subtract),
-    'mul': ('Mul', np.multiply), 'div': ('Div', None),
-    'max': ('Max', np.maximum), 'min': ('Min', np.minimum),
-    'pow': ('Pow', np.power), 'eq': ('Equal', np.equal),
-    'lt': ('Less', np.less), 'gt': ('Greater', np.greater),
-    'le': ('LessOrEqual', np.less_equal),
-    'ge': ('GreaterOrEqual', np.greater_equal),
+  'add': ('Add', np.add),
+  'sub': ('Sub', np.subtract),
+  'mul': ('Mul', np.multiply),
+  'div': ('Div', None),
+  'max': ('Max', np.maximum),
+  'min': ('Min', np.minimum),
+  'pow': ('Pow', np.power),
+  'eq': ('Equal', np.equal),
+  'lt': ('Less', np.less),
+  'gt': ('Greater', np.greater),
+  'le': ('LessOrEqual', np.less_equal),
+  'ge': ('GreaterOrEqual', np.greater_equal),
 }
 _IDENTITY = ('stop_gradient', 'copy', 'copy_p')
 # Calls whose body is translated in place: (param holding the jaxpr).
-_CALLS = {'pjit': 'jaxpr', 'jit': 'jaxpr', 'closed_call': 'call_jaxpr',
-          'core_call': 'call_jaxpr', 'remat': 'jaxpr', 'checkpoint': 'jaxpr',
-          'custom_jvp_call': 'call_jaxpr', 'custom_vjp_call': 'call_jaxpr',
-          'custom_vjp_call_jaxpr': 'fun_jaxpr'}
+_CALLS = {
+  'pjit': 'jaxpr',
+  'jit': 'jaxpr',
+  'closed_call': 'call_jaxpr',
+  'core_call': 'call_jaxpr',
+  'remat': 'jaxpr',
+  'checkpoint': 'jaxpr',
+  'custom_jvp_call': 'call_jaxpr',
+  'custom_vjp_call': 'call_jaxpr',
+  'custom_vjp_call_jaxpr': 'fun_jaxpr',
+}
 
 
 def _fold_numpy(name: str, params: dict, vals: list[np.ndarray]):
@@ -167,9 +214,13 @@ def _fold_numpy(name: str, params: dict, vals: list[np.ndarray]):
     return vals[0]
   if name == 'broadcast_in_dim':
     return np.broadcast_to(
-        vals[0].reshape(_inserted_ones(vals[0].shape, params['shape'],
-                                       params['broadcast_dimensions'])),
-        params['shape'])
+      vals[0].reshape(
+        _inserted_ones(
+          vals[0].shape, params['shape'], params['broadcast_dimensions']
+        )
+      ),
+      params['shape'],
+    )
   if name == 'squeeze':
     return np.squeeze(vals[0], axis=tuple(params['dimensions']))
   if name == 'reshape' and params.get('dimensions') is None:
@@ -184,8 +235,8 @@ def _fold_numpy(name: str, params: dict, vals: list[np.ndarray]):
     shape, dim = params['shape'], params['dimension']
     axis = np.arange(shape[dim], dtype=params['dtype'])
     return np.broadcast_to(
-        axis.reshape([-1 if i == dim else 1 for i in range(len(shape))]),
-        shape)
+      axis.reshape([-1 if i == dim else 1 for i in range(len(shape))]), shape
+    )
   return None
 
 
@@ -225,22 +276,34 @@ class _Builder:
     """Appends an `op` node (NumPy inputs become initializers); returns its
     output name(s)."""
     from onnx import helper
+
     outputs = list(outputs or [self.fresh()])
-    self.nodes.append(helper.make_node(
-        op, [self.tensor(i) for i in inputs], outputs, name=self.fresh(op),
-        **attrs))
+    self.nodes.append(
+      helper.make_node(
+        op,
+        [self.tensor(i) for i in inputs],
+        outputs,
+        name=self.fresh(op),
+        **attrs,
+      )
+    )
     return outputs[0] if len(outputs) == 1 else outputs
 
   def const(self, value) -> str:
     """An initializer holding `value` (shared by equal small constants)."""
     from onnx import numpy_helper
+
     value = np.asarray(value)
-    key = ((value.dtype.str, value.shape, value.tobytes())
-           if value.size <= 16 else id(value))
+    key = (
+      (value.dtype.str, value.shape, value.tobytes())
+      if value.size <= 16
+      else id(value)
+    )
     if key not in self._const_names:
       name = self.fresh('c')
       self.initializers.append(
-          numpy_helper.from_array(np.ascontiguousarray(value), name))
+        numpy_helper.from_array(np.ascontiguousarray(value), name)
+      )
       self._const_names[key] = name
       self._keep.append(value)
     return self._const_names[key]
@@ -256,11 +319,13 @@ class _Builder:
     key = str(d)
     if key not in self._dim_sources:
       raise UnsupportedPrimitiveError(
-          'shape', f'the dimension {key} is not an input dimension')
+        'shape', f'the dimension {key} is not an input dimension'
+      )
     if key not in self._dim_tensors:
       name, axis = self._dim_sources[key]
-      self._dim_tensors[key] = self.node('Shape', [name], start=axis,
-                                         end=axis + 1)
+      self._dim_tensors[key] = self.node(
+        'Shape', [name], start=axis, end=axis + 1
+      )
     return self._dim_tensors[key]
 
   def shape_tensor(self, dims) -> str:
@@ -298,8 +363,9 @@ class _Builder:
 
   # --- walking jaxprs ---
 
-  def run(self, jaxpr: jax_core.Jaxpr, consts: Sequence[Any],
-          args: Sequence[Any]) -> list:
+  def run(
+    self, jaxpr: jax_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]
+  ) -> list:
     env = {}
 
     def read(v):
@@ -323,7 +389,8 @@ class _Builder:
     if name in _CALLS:
       return self.call(eqn, vals)
     if all(not isinstance(v, str) for v in vals) and all(
-        _static(d) for v in eqn.outvars for d in v.aval.shape):
+      _static(d) for v in eqn.outvars for d in v.aval.shape
+    ):
       return self.fold(eqn, vals)
     if name in _IDENTITY:
       return vals
@@ -336,8 +403,9 @@ class _Builder:
       return [self.node(_BINARY[name][0], vals)]
     rule = self.RULES.get(name)
     if rule is None:
-      raise UnsupportedPrimitiveError(name, ', '.join(
-          str(v.aval) for v in eqn.invars))
+      raise UnsupportedPrimitiveError(
+        name, ', '.join(str(v.aval) for v in eqn.invars)
+      )
     out = rule(self, eqn, vals, **eqn.params)
     return out if eqn.primitive.multiple_results else [out]
 
@@ -348,8 +416,8 @@ class _Builder:
       sub, consts = sub.jaxpr, [np.asarray(c) for c in sub.consts]
     if len(sub.invars) != len(vals):
       raise UnsupportedPrimitiveError(
-          eqn.primitive.name, f'{len(vals)} operands for '
-          f'{len(sub.invars)} inputs')
+        eqn.primitive.name, f'{len(vals)} operands for {len(sub.invars)} inputs'
+      )
     return self.run(sub, consts, vals)
 
   def fold(self, eqn, vals) -> list:
@@ -358,8 +426,9 @@ class _Builder:
     if out is None:
       out = eqn.primitive.bind(*vals, **eqn.params)
     outs = out if eqn.primitive.multiple_results else [out]
-    return [np.asarray(o, dtype=v.aval.dtype)
-            for o, v in zip(outs, eqn.outvars)]
+    return [
+      np.asarray(o, dtype=v.aval.dtype) for o, v in zip(outs, eqn.outvars)
+    ]
 
   # --- the other primitives: rule(self, eqn, vals, **params) ---
 
@@ -394,6 +463,7 @@ class _Builder:
   def _reduce(op):
     def rule(self, eqn, vals, *, axes, **_):
       return self.node(op, [vals[0], self.int64s(list(axes))], keepdims=0)
+
     return rule
 
   def _select_n(self, eqn, vals, **_):
@@ -402,34 +472,53 @@ class _Builder:
     pred, on_false, on_true = vals
     return self.node('Where', [pred, on_true, on_false])
 
-  def _conv_general_dilated(self, eqn, vals, *, window_strides, padding,
-                            lhs_dilation, rhs_dilation, dimension_numbers,
-                            feature_group_count, batch_group_count, **_):
+  def _conv_general_dilated(
+    self,
+    eqn,
+    vals,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    **_,
+  ):
     if any(d != 1 for d in lhs_dilation) or batch_group_count != 1:
-      raise UnsupportedPrimitiveError('conv_general_dilated',
-                                      'lhs_dilation or batch_group_count')
-    if isinstance(padding, str) or any(p < 0 for pair in padding
-                                       for p in pair):
-      raise UnsupportedPrimitiveError('conv_general_dilated',
-                                      f'padding {padding}')
+      raise UnsupportedPrimitiveError(
+        'conv_general_dilated', 'lhs_dilation or batch_group_count'
+      )
+    if isinstance(padding, str) or any(p < 0 for pair in padding for p in pair):
+      raise UnsupportedPrimitiveError(
+        'conv_general_dilated', f'padding {padding}'
+      )
     lhs_spec, rhs_spec, out_spec = dimension_numbers
     # ONNX's Conv is NCHW x OIHW -> NCHW; the specs list (batch/out feature,
     # feature/in feature, spatial...) axes in that order.
     x = self.transpose(vals[0], lhs_spec)
     w = self.transpose(vals[1], rhs_spec)
-    y = self.node('Conv', [x, w],
-                  strides=[int(s) for s in window_strides],
-                  pads=[int(lo) for lo, _ in padding]
-                  + [int(hi) for _, hi in padding],
-                  dilations=[int(d) for d in rhs_dilation],
-                  group=int(feature_group_count))
+    y = self.node(
+      'Conv',
+      [x, w],
+      strides=[int(s) for s in window_strides],
+      pads=[int(lo) for lo, _ in padding] + [int(hi) for _, hi in padding],
+      dilations=[int(d) for d in rhs_dilation],
+      group=int(feature_group_count),
+    )
     return self.transpose(y, _perm_inverse(out_spec))
 
   def _dot_general(self, eqn, vals, *, dimension_numbers, **_):
     (lc, rc), (lb, rb) = dimension_numbers
     lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
-    if (not lb and len(lc) == 1 and lc[0] == lhs.ndim - 1 and rhs.ndim == 2
-        and len(rc) == 1):
+    if (
+      not lb
+      and len(lc) == 1
+      and lc[0] == lhs.ndim - 1
+      and rhs.ndim == 2
+      and len(rc) == 1
+    ):
       w = vals[1] if rc[0] == 0 else self.transpose(vals[1], (1, 0))
       out = self.node('MatMul', [vals[0], w])
     else:
@@ -438,88 +527,144 @@ class _Builder:
       rhs_letters = [next(letters) for _ in range(rhs.ndim)]
       for i, j in zip((*lc, *lb), (*rc, *rb)):
         rhs_letters[j] = lhs_letters[i]
-      out_letters = ([lhs_letters[i] for i in lb]
-                     + [c for i, c in enumerate(lhs_letters)
-                        if i not in lc and i not in lb]
-                     + [c for j, c in enumerate(rhs_letters)
-                        if j not in rc and j not in rb])
-      equation = (''.join(lhs_letters) + ',' + ''.join(rhs_letters) + '->'
-                  + ''.join(out_letters))
+      out_letters = (
+        [lhs_letters[i] for i in lb]
+        + [c for i, c in enumerate(lhs_letters) if i not in lc and i not in lb]
+        + [c for j, c in enumerate(rhs_letters) if j not in rc and j not in rb]
+      )
+      equation = (
+        ''.join(lhs_letters)
+        + ','
+        + ''.join(rhs_letters)
+        + '->'
+        + ''.join(out_letters)
+      )
       out = self.node('Einsum', vals, equation=equation)
     if np.dtype(eqn.outvars[0].aval.dtype) != np.dtype(lhs.dtype):
-      out = self.node('Cast', [out],
-                      to=_onnx_dtype(eqn.outvars[0].aval.dtype))
+      out = self.node('Cast', [out], to=_onnx_dtype(eqn.outvars[0].aval.dtype))
     return out
 
-  def _pool_layout(self, name, shape, window_dimensions, window_strides,
-                   padding, base_dilation):
+  def _pool_layout(
+    self, name, shape, window_dimensions, window_strides, padding, base_dilation
+  ):
     """(perm to ONNX's N, C, spatial... layout, spatial axes) of a window."""
-    spatial = [i for i in range(len(shape))
-               if window_dimensions[i] != 1 or window_strides[i] != 1
-               or tuple(padding[i]) != (0, 0)]
+    spatial = [
+      i
+      for i in range(len(shape))
+      if window_dimensions[i] != 1
+      or window_strides[i] != 1
+      or tuple(padding[i]) != (0, 0)
+    ]
     others = [i for i in range(len(shape)) if i not in spatial]
-    if (len(others) != 2 or not spatial
-        or any(d != 1 for d in base_dilation)
-        or any(p < 0 for pair in padding for p in pair)):
+    if (
+      len(others) != 2
+      or not spatial
+      or any(d != 1 for d in base_dilation)
+      or any(p < 0 for pair in padding for p in pair)
+    ):
       raise UnsupportedPrimitiveError(
-          name, 'windows over other than all but two axes, base dilation or '
-          'negative padding')
+        name,
+        'windows over other than all but two axes, base dilation or '
+        'negative padding',
+      )
     return others + spatial, spatial
 
-  def _reduce_window_sum(self, eqn, vals, *, window_dimensions,
-                         window_strides, padding, base_dilation,
-                         window_dilation, **_):
+  def _reduce_window_sum(
+    self,
+    eqn,
+    vals,
+    *,
+    window_dimensions,
+    window_strides,
+    padding,
+    base_dilation,
+    window_dilation,
+    **_,
+  ):
     perm, spatial = self._pool_layout(
-        'reduce_window_sum', eqn.invars[0].aval.shape, window_dimensions,
-        window_strides, padding, base_dilation)
+      'reduce_window_sum',
+      eqn.invars[0].aval.shape,
+      window_dimensions,
+      window_strides,
+      padding,
+      base_dilation,
+    )
     if any(d != 1 for d in window_dilation):
       raise UnsupportedPrimitiveError('reduce_window_sum', 'window dilation')
     kernel = [int(window_dimensions[i]) for i in spatial]
     # An average pool counting the zero padding, times the window's size.
-    y = self.node('AveragePool', [self.transpose(vals[0], perm)],
-                  kernel_shape=kernel,
-                  strides=[int(window_strides[i]) for i in spatial],
-                  pads=[int(padding[i][0]) for i in spatial]
-                  + [int(padding[i][1]) for i in spatial],
-                  count_include_pad=1)
-    y = self.node('Mul', [y, np.asarray(np.prod(kernel),
-                                        eqn.outvars[0].aval.dtype)])
+    y = self.node(
+      'AveragePool',
+      [self.transpose(vals[0], perm)],
+      kernel_shape=kernel,
+      strides=[int(window_strides[i]) for i in spatial],
+      pads=[int(padding[i][0]) for i in spatial]
+      + [int(padding[i][1]) for i in spatial],
+      count_include_pad=1,
+    )
+    y = self.node(
+      'Mul', [y, np.asarray(np.prod(kernel), eqn.outvars[0].aval.dtype)]
+    )
     return self.transpose(y, _perm_inverse(perm))
 
-  def _reduce_window_max(self, eqn, vals, *, window_dimensions,
-                         window_strides, padding, base_dilation,
-                         window_dilation, **_):
+  def _reduce_window_max(
+    self,
+    eqn,
+    vals,
+    *,
+    window_dimensions,
+    window_strides,
+    padding,
+    base_dilation,
+    window_dilation,
+    **_,
+  ):
     perm, spatial = self._pool_layout(
-        'reduce_window_max', eqn.invars[0].aval.shape, window_dimensions,
-        window_strides, padding, base_dilation)
+      'reduce_window_max',
+      eqn.invars[0].aval.shape,
+      window_dimensions,
+      window_strides,
+      padding,
+      base_dilation,
+    )
     # MaxPool's padding never wins the max: reduce_window_max's -inf.
-    y = self.node('MaxPool', [self.transpose(vals[0], perm)],
-                  kernel_shape=[int(window_dimensions[i]) for i in spatial],
-                  strides=[int(window_strides[i]) for i in spatial],
-                  pads=[int(padding[i][0]) for i in spatial]
-                  + [int(padding[i][1]) for i in spatial],
-                  dilations=[int(window_dilation[i]) for i in spatial])
+    y = self.node(
+      'MaxPool',
+      [self.transpose(vals[0], perm)],
+      kernel_shape=[int(window_dimensions[i]) for i in spatial],
+      strides=[int(window_strides[i]) for i in spatial],
+      pads=[int(padding[i][0]) for i in spatial]
+      + [int(padding[i][1]) for i in spatial],
+      dilations=[int(window_dilation[i]) for i in spatial],
+    )
     return self.transpose(y, _perm_inverse(perm))
 
   def _pad(self, eqn, vals, *, padding_config, **_):
-    if any(interior != 0 or lo < 0 or hi < 0
-           for lo, hi, interior in padding_config):
+    if any(
+      interior != 0 or lo < 0 or hi < 0 for lo, hi, interior in padding_config
+    ):
       raise UnsupportedPrimitiveError('pad', 'interior or negative padding')
-    pads = ([int(lo) for lo, _, _ in padding_config]
-            + [int(hi) for _, hi, _ in padding_config])
-    return self.node('Pad', [vals[0], self.int64s(pads), vals[1]],
-                     mode='constant')
+    pads = [int(lo) for lo, _, _ in padding_config] + [
+      int(hi) for _, hi, _ in padding_config
+    ]
+    return self.node(
+      'Pad', [vals[0], self.int64s(pads), vals[1]], mode='constant'
+    )
 
   def _slice(self, eqn, vals, *, start_indices, limit_indices, strides, **_):
     shape = eqn.invars[0].aval.shape
     strides = strides or (1,) * len(shape)
     axes, starts, ends, steps = [], [], [], []
     for axis, (start, limit, step, d) in enumerate(
-        zip(start_indices, limit_indices, strides, shape)):
+      zip(start_indices, limit_indices, strides, shape)
+    ):
       if _same_dim(start, 0) and _same_dim(limit, d) and step == 1:
         continue
-      if not (_static(start) and _static(step)
-              and (_static(limit) or _same_dim(limit, d))):
+      if not (
+        _static(start)
+        and _static(step)
+        and (_static(limit) or _same_dim(limit, d))
+      ):
         raise UnsupportedPrimitiveError('slice', 'symbolic bounds')
       axes.append(axis)
       starts.append(int(start))
@@ -527,12 +672,18 @@ class _Builder:
       steps.append(int(step))
     if not axes:
       return vals[0]
-    return self.node('Slice', [vals[0], self.int64s(starts),
-                               self.int64s(ends), self.int64s(axes),
-                               self.int64s(steps)])
+    return self.node(
+      'Slice',
+      [
+        vals[0],
+        self.int64s(starts),
+        self.int64s(ends),
+        self.int64s(axes),
+        self.int64s(steps),
+      ],
+    )
 
-  def _gather(self, eqn, vals, *, dimension_numbers, slice_sizes, mode,
-              **_):
+  def _gather(self, eqn, vals, *, dimension_numbers, slice_sizes, mode, **_):
     """Gathers at constant indices (jnp's indexing and the max pools'
     strided views): Slice, Transpose and Reshape when each index component
     is constant or an arithmetic progression along an index axis of its
@@ -542,14 +693,22 @@ class _Builder:
     out_shape = eqn.outvars[0].aval.shape
     indexed = [int(d) for d in dn.start_index_map]
     collapsed = {int(d) for d in dn.collapsed_slice_dims}
-    if (dn.operand_batching_dims or not collapsed <= set(indexed)
-        or any(not _same_dim(slice_sizes[d], shape[d])
-               for d in range(len(shape)) if d not in indexed)):
+    if (
+      dn.operand_batching_dims
+      or not collapsed <= set(indexed)
+      or any(
+        not _same_dim(slice_sizes[d], shape[d])
+        for d in range(len(shape))
+        if d not in indexed
+      )
+    ):
       raise UnsupportedPrimitiveError(
-          'gather', 'of other than whole slices along the unindexed axes')
+        'gather', 'of other than whole slices along the unindexed axes'
+      )
     if isinstance(vals[1], str):
-      raise UnsupportedPrimitiveError('gather',
-                                      'with indices computed at run time')
+      raise UnsupportedPrimitiveError(
+        'gather', 'with indices computed at run time'
+      )
     if any(not _static(shape[d]) for d in indexed):
       raise UnsupportedPrimitiveError('gather', 'along a symbolic axis')
     sizes = [int(slice_sizes[d]) for d in indexed]
@@ -557,41 +716,54 @@ class _Builder:
     bounds = np.asarray([int(shape[d]) - s for d, s in zip(indexed, sizes)])
     if np.any((indices < 0) | (indices > bounds)):
       if 'FILL' in str(mode):
-        raise UnsupportedPrimitiveError('gather',
-                                        'out-of-bounds indices in fill mode')
+        raise UnsupportedPrimitiveError(
+          'gather', 'out-of-bounds indices in fill mode'
+        )
       indices = np.clip(indices, 0, bounds)  # XLA clamps the windows
     offset_dims = [int(d) for d in dn.offset_dims]
     batch_pos = [i for i in range(len(out_shape)) if i not in offset_dims]
     # Output position of each operand dimension that has one.
-    out_pos = dict(zip([d for d in range(len(shape)) if d not in collapsed],
-                       offset_dims))
+    out_pos = dict(
+      zip([d for d in range(len(shape)) if d not in collapsed], offset_dims)
+    )
     lines = _index_lines(indices)
     if lines is not None and all(
-        axis is None or size == 1
-        for (axis, _, _, _), size in zip(lines, sizes)):
+      axis is None or size == 1 for (axis, _, _, _), size in zip(lines, sizes)
+    ):
       starts, ends, steps = [], [], []
       for (axis, start, step, count), size in zip(lines, sizes):
         starts.append(start)
         ends.append(start + step * (count - 1) + size)
         steps.append(step)
-      x = self.node('Slice', [vals[0], self.int64s(starts), self.int64s(ends),
-                              self.int64s(indexed), self.int64s(steps)])
+      x = self.node(
+        'Slice',
+        [
+          vals[0],
+          self.int64s(starts),
+          self.int64s(ends),
+          self.int64s(indexed),
+          self.int64s(steps),
+        ],
+      )
       for d, (axis, _, _, _) in zip(indexed, lines):
         if axis is not None:  # a progression: an index axis of the output
           out_pos[d] = batch_pos[axis]
       # Dimensions with an output position go there in order; the rest have
       # size 1, and the Reshape drops them (or adds the output's size-1 axes).
       kept = sorted(out_pos, key=out_pos.get)
-      x = self.transpose(x, kept + [d for d in range(len(shape))
-                                    if d not in out_pos])
+      x = self.transpose(
+        x, kept + [d for d in range(len(shape)) if d not in out_pos]
+      )
       if len(kept) == len(shape) and len(kept) == len(out_shape):
         return x
       return self.reshape(x, out_shape)
     if sorted(indexed) != sorted(collapsed):
       raise UnsupportedPrimitiveError(
-          'gather', 'of windows at indices other than a strided grid')
-    x = self.transpose(vals[0], indexed + [d for d in range(len(shape))
-                                           if d not in indexed])
+        'gather', 'of windows at indices other than a strided grid'
+      )
+    x = self.transpose(
+      vals[0], indexed + [d for d in range(len(shape)) if d not in indexed]
+    )
     g = self.node('GatherND', [x, indices])
     # GatherND gives the index axes, then the others in operand order.
     perm = [0] * len(out_shape)
@@ -602,23 +774,23 @@ class _Builder:
     return self.transpose(g, perm)
 
   RULES = {
-      'convert_element_type': _convert_element_type,
-      'broadcast_in_dim': _broadcast_in_dim,
-      'reshape': _reshape_to_output,
-      'squeeze': _reshape_to_output,
-      'transpose': _transpose,
-      'concatenate': _concatenate,
-      'reduce_sum': _reduce('ReduceSum'),
-      'reduce_max': _reduce('ReduceMax'),
-      'reduce_min': _reduce('ReduceMin'),
-      'select_n': _select_n,
-      'conv_general_dilated': _conv_general_dilated,
-      'dot_general': _dot_general,
-      'reduce_window_sum': _reduce_window_sum,
-      'reduce_window_max': _reduce_window_max,
-      'pad': _pad,
-      'slice': _slice,
-      'gather': _gather,
+    'convert_element_type': _convert_element_type,
+    'broadcast_in_dim': _broadcast_in_dim,
+    'reshape': _reshape_to_output,
+    'squeeze': _reshape_to_output,
+    'transpose': _transpose,
+    'concatenate': _concatenate,
+    'reduce_sum': _reduce('ReduceSum'),
+    'reduce_max': _reduce('ReduceMax'),
+    'reduce_min': _reduce('ReduceMin'),
+    'select_n': _select_n,
+    'conv_general_dilated': _conv_general_dilated,
+    'dot_general': _dot_general,
+    'reduce_window_sum': _reduce_window_sum,
+    'reduce_window_max': _reduce_window_max,
+    'pad': _pad,
+    'slice': _slice,
+    'gather': _gather,
   }
   del _reduce
 
@@ -632,13 +804,17 @@ def _index_lines(indices: np.ndarray):
   lines, used = [], set()
   for k in range(indices.shape[-1]):
     component = indices[..., k]
-    varying = [a for a in range(len(batch_shape)) if batch_shape[a] > 1
-               and np.any(np.diff(component, axis=a) != 0)]
+    varying = [
+      a
+      for a in range(len(batch_shape))
+      if batch_shape[a] > 1 and np.any(np.diff(component, axis=a) != 0)
+    ]
     if not varying:
-      lines.append((None, int(component.flat[0]) if component.size else 0,
-                    1, 1))
+      lines.append(
+        (None, int(component.flat[0]) if component.size else 0, 1, 1)
+      )
       continue
-    axis, = varying if len(varying) == 1 else (None,)
+    (axis,) = varying if len(varying) == 1 else (None,)
     if axis is None or axis in used:
       return None
     used.add(axis)

@@ -36,8 +36,9 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total)
   if config.schedule == 'piecewise':
     main = optax.piecewise_constant_schedule(
-        peak, {int(b * total) - warmup: config.lr_decay
-               for b in config.lr_boundaries})
+      peak,
+      {int(b * total) - warmup: config.lr_decay for b in config.lr_boundaries},
+    )
   elif config.schedule == 'constant':
     main = optax.constant_schedule(peak)
   else:
@@ -45,14 +46,16 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   if not warmup:
     return main
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+    [optax.linear_schedule(0.0, peak, warmup), main], [warmup]
+  )
 
 
 def decay_mask(params):
   """True for conv and dense kernels; BN scales/biases and biases are not decayed."""
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict(
-      {path: path[-1] == 'kernel' for path in flat})
+    {path: path[-1] == 'kernel' for path in flat}
+  )
 
 
 def stage_lr_multipliers(config) -> dict[str, float]:
@@ -67,7 +70,7 @@ def stage_lr_multipliers(config) -> dict[str, float]:
   decay = config.get('layer_lr_decay', 1.0)
   multipliers = {}
   for depth, stage in enumerate(reversed(stages)):
-    rate = decay ** depth
+    rate = decay**depth
     if stage == 'classifier':
       rate *= config.get('head_lr_multiplier', 1.0)
     multipliers[stage] = 0.0 if stage in frozen else rate
@@ -76,24 +79,31 @@ def stage_lr_multipliers(config) -> dict[str, float]:
 
 def is_fine_tuning(config) -> bool:
   """Whether the params are split by stage (else one plain chain)."""
-  return bool(config.get('freeze') or
-              config.get('head_lr_multiplier', 1.0) != 1.0 or
-              config.get('layer_lr_decay', 1.0) != 1.0)
+  return bool(
+    config.get('freeze')
+    or config.get('head_lr_multiplier', 1.0) != 1.0
+    or config.get('layer_lr_decay', 1.0) != 1.0
+  )
 
 
 def frozen_stages(config) -> tuple[str, ...]:
-  return tuple(stage for stage, rate in
-               stage_lr_multipliers(config).items() if rate == 0)
+  return tuple(
+    stage for stage, rate in stage_lr_multipliers(config).items() if rate == 0
+  )
 
 
 def num_blocks(config) -> int:
   """Dense blocks of the configured model (its stages depend on them)."""
-  return len(config.model_overrides.get(
-      'block_sizes', models.PRESETS[config.model]['block_sizes']))
+  return len(
+    config.model_overrides.get(
+      'block_sizes', models.PRESETS[config.model]['block_sizes']
+    )
+  )
 
 
-def create_optimizer(config, steps_per_epoch: int
-                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(
+  config, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, base schedule)."""
   schedule = create_schedule(config, steps_per_epoch)
   if not is_fine_tuning(config):
@@ -103,33 +113,41 @@ def create_optimizer(config, steps_per_epoch: int
   transforms = {}
   for rate in set(multipliers.values()):
     transforms[label(rate)] = (
-        optax.set_to_zero() if rate == 0 else
-        _chain(config, lambda step, rate=rate: rate * schedule(step),
-               clip=False))
+      optax.set_to_zero()
+      if rate == 0
+      else _chain(
+        config, lambda step, rate=rate: rate * schedule(step), clip=False
+      )
+    )
 
   def labels(params):
-    return {name: jax.tree_util.tree_map(
-        lambda _, name=name: label(multipliers[models.stage_of(name)]), tree)
-            for name, tree in params.items()}
+    return {
+      name: jax.tree_util.tree_map(
+        lambda _, name=name: label(multipliers[models.stage_of(name)]), tree
+      )
+      for name, tree in params.items()
+    }
+
   tx = optax.multi_transform(transforms, labels)
   if config.grad_clip_norm:  # over all params; frozen ones have no gradient
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx, schedule
 
 
-def _chain(config, schedule, clip: bool = True
-           ) -> optax.GradientTransformation:
+def _chain(config, schedule, clip: bool = True) -> optax.GradientTransformation:
   parts = []
   if clip and config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  decay = (optax.add_decayed_weights(config.weight_decay, mask=decay_mask)
-           if config.weight_decay else None)
+  decay = (
+    optax.add_decayed_weights(config.weight_decay, mask=decay_mask)
+    if config.weight_decay
+    else None
+  )
   if decay and config.weight_decay_mode == 'l2':
     parts.append(decay)
   if config.optimizer == 'sgd':
     if config.momentum:
-      parts.append(optax.trace(decay=config.momentum,
-                               nesterov=config.nesterov))
+      parts.append(optax.trace(decay=config.momentum, nesterov=config.nesterov))
   elif config.optimizer == 'adamw':
     parts.append(optax.scale_by_adam())
   else:

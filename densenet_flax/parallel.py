@@ -42,8 +42,12 @@ P = jax.sharding.PartitionSpec
 log = logging.getLogger(__name__)
 
 
-def initialize(coordinator_address: str = '', num_processes: int = 0,
-               process_id: int = -1, timeout_s: int = 100) -> None:
+def initialize(
+  coordinator_address: str = '',
+  num_processes: int = 0,
+  process_id: int = -1,
+  timeout_s: int = 100,
+) -> None:
   """`jax.distributed.initialize`, before any other JAX call.
 
   Empty arguments (''/0/-1) are left to JAX's cluster auto-detection (SLURM,
@@ -58,10 +62,18 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
     kwargs['num_processes'] = num_processes
   if process_id >= 0:
     kwargs['process_id'] = process_id
-  jax.distributed.initialize(heartbeat_timeout_seconds=timeout_s,
-                             shutdown_timeout_seconds=timeout_s, **kwargs)
-  log.info('Process %d of %d; %d local of %d devices', jax.process_index(),
-           jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    heartbeat_timeout_seconds=timeout_s,
+    shutdown_timeout_seconds=timeout_s,
+    **kwargs,
+  )
+  log.info(
+    'Process %d of %d; %d local of %d devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def _process_major(devices) -> list:
@@ -73,8 +85,9 @@ class DataParallel:
 
   def __init__(self, devices: list | None = None):
     self.devices = _process_major(devices or jax.devices())
-    self.local_devices = [d for d in self.devices
-                          if d.process_index == jax.process_index()]
+    self.local_devices = [
+      d for d in self.devices if d.process_index == jax.process_index()
+    ]
     self.num_devices = len(self.devices)
     self.num_local_devices = len(self.local_devices)
     self.axis_name = AXIS_NAME if self.num_devices > 1 else None
@@ -89,9 +102,14 @@ class DataParallel:
       self._split = jax.sharding.SingleDeviceSharding(self.devices[0])
     self._any = None
 
-  def compile(self, step: Callable, *, num_args: int,
-              broadcast: tuple[int, ...] = (),
-              donate_state: bool = False) -> Callable:
+  def compile(
+    self,
+    step: Callable,
+    *,
+    num_args: int,
+    broadcast: tuple[int, ...] = (),
+    donate_state: bool = False,
+  ) -> Callable:
     """pmap (or jit) `step(state, batch, *rest)` of `num_args` arguments.
 
     Arguments at positions `broadcast` are the same on every device (e.g. the
@@ -101,8 +119,13 @@ class DataParallel:
     if self.num_devices == 1:
       return jax.jit(step, donate_argnums=donate)
     in_axes = tuple(None if i in broadcast else 0 for i in range(num_args))
-    return jax.pmap(step, axis_name=AXIS_NAME, in_axes=in_axes,
-                    donate_argnums=donate, devices=self.devices)
+    return jax.pmap(
+      step,
+      axis_name=AXIS_NAME,
+      in_axes=in_axes,
+      donate_argnums=donate,
+      devices=self.devices,
+    )
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Host batch [local devices, per_device, ...] -> one shard per local device."""
@@ -118,12 +141,15 @@ class DataParallel:
     jax.random takes as is: under many processes pmap would copy a typed key
     from the host at every call.
     """
+
     def put(x):
       if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
       host = np.asarray(x)  # every process holds the same value
-      return jax.make_array_from_callback(host.shape, self.replicated,
-                                          lambda index: host[index])
+      return jax.make_array_from_callback(
+        host.shape, self.replicated, lambda index: host[index]
+      )
+
     return jax.tree_util.tree_map(put, tree)
 
   def put_replicated(self, tree: Any) -> Any:
@@ -135,8 +161,8 @@ class DataParallel:
     if self.num_devices == 1:
       return jax.device_put(host, self._split)
     stacked = jax.tree_util.tree_map(
-        lambda x: np.broadcast_to(x, (self.num_local_devices, *np.shape(x))),
-        host)
+      lambda x: np.broadcast_to(x, (self.num_local_devices, *np.shape(x))), host
+    )
     return jax.device_put(stacked, self._split)
 
   def first_replica(self, tree: Any) -> Any:
@@ -158,7 +184,9 @@ class DataParallel:
     def convert(x):
       shards = sorted(x.addressable_shards, key=lambda s: order[s.device])
       return jax.make_array_from_single_device_arrays(
-          x.shape[1:], self.replicated, [s.data[0] for s in shards])
+        x.shape[1:], self.replicated, [s.data[0] for s in shards]
+      )
+
     return jax.tree_util.tree_map(convert, tree)
 
   def abstract_global(self, tree: Any) -> Any:
@@ -167,8 +195,11 @@ class DataParallel:
     The restore target for Orbax: every process reads the whole state.
     """
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=self.replicated), tree)
+      lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=self.replicated
+      ),
+      tree,
+    )
 
   def any_process(self, flag: bool) -> Callable[[], bool]:
     """Starts an OR of `flag` over all processes; returns its getter.
@@ -179,8 +210,11 @@ class DataParallel:
     if self.num_processes == 1:
       return lambda: flag
     if self._any is None:
-      self._any = jax.pmap(lambda x: lax.pmax(x, AXIS_NAME),
-                           axis_name=AXIS_NAME, devices=self.devices)
+      self._any = jax.pmap(
+        lambda x: lax.pmax(x, AXIS_NAME),
+        axis_name=AXIS_NAME,
+        devices=self.devices,
+      )
     local = np.full((self.num_local_devices,), int(flag), np.int32)
     result = self._any(jax.device_put(local, self._split))
     return functools.cache(lambda: bool(local_value(result).max()))

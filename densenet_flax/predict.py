@@ -32,10 +32,28 @@ from collections.abc import Iterator
 
 import numpy as np
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff',
-                  '.webp', '.pgm', '.ppm')
-VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg',
-                  '.mpeg')
+IMAGE_SUFFIXES = (
+  '.png',
+  '.jpg',
+  '.jpeg',
+  '.bmp',
+  '.gif',
+  '.tif',
+  '.tiff',
+  '.webp',
+  '.pgm',
+  '.ppm',
+)
+VIDEO_SUFFIXES = (
+  '.mp4',
+  '.avi',
+  '.mov',
+  '.mkv',
+  '.webm',
+  '.m4v',
+  '.mpg',
+  '.mpeg',
+)
 
 
 class UnreadableFile(Exception):
@@ -48,14 +66,17 @@ def expand(paths: list[str]) -> list[str]:
   for path in paths:
     if os.path.isdir(path):
       found = sorted(
-          os.path.join(root, name) for root, _, names in os.walk(path)
-          for name in names
-          if name.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES)
-          and not name.startswith('.'))
+        os.path.join(root, name)
+        for root, _, names in os.walk(path)
+        for name in names
+        if name.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+        and not name.startswith('.')
+      )
       if not found:
         raise FileNotFoundError(
-            f'{path}: no images or videos in this folder (looked for '
-            f'{" ".join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}, recursively)')
+          f'{path}: no images or videos in this folder (looked for '
+          f'{" ".join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}, recursively)'
+        )
       files += found
     elif os.path.exists(path):
       files.append(path)
@@ -67,14 +88,14 @@ def expand(paths: list[str]) -> list[str]:
 # EXIF Orientation (tag 0x0112) -> the numpy view that shows the image as a
 # viewer does, one per value of the standard (1 is upright).
 _ORIENTATIONS = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],                    # mirrored left-right
-    3: lambda a: a[::-1, ::-1],                 # upside down
-    4: lambda a: a[::-1],                       # mirrored top-bottom
-    5: lambda a: a.swapaxes(0, 1),              # transposed
-    6: lambda a: np.rot90(a, -1),               # stored rotated 90 deg left
-    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # transversed
-    8: lambda a: np.rot90(a, 1),                # stored rotated 90 deg right
+  1: lambda a: a,
+  2: lambda a: a[:, ::-1],  # mirrored left-right
+  3: lambda a: a[::-1, ::-1],  # upside down
+  4: lambda a: a[::-1],  # mirrored top-bottom
+  5: lambda a: a.swapaxes(0, 1),  # transposed
+  6: lambda a: np.rot90(a, -1),  # stored rotated 90 deg left
+  7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # transversed
+  8: lambda a: np.rot90(a, 1),  # stored rotated 90 deg right
 }
 
 
@@ -103,8 +124,7 @@ def read_image(path: str) -> np.ndarray:
   if image is None:
     raise UnreadableFile(f'{path}: not an image OpenCV can decode')
   if image.dtype != np.uint8:
-    image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(
-        np.uint8)
+    image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
   if image.ndim == 3 and image.shape[2] == 4:
     image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
   elif image.ndim == 3:
@@ -112,9 +132,9 @@ def read_image(path: str) -> np.ndarray:
   return np.ascontiguousarray(_ORIENTATIONS[exif_orientation(path)](image))
 
 
-def frames(path: str, every: int = 1, progress: bool = False,
-           fps: float | None = None
-           ) -> Iterator[tuple[int | None, float | None, np.ndarray]]:
+def frames(
+  path: str, every: int = 1, progress: bool = False, fps: float | None = None
+) -> Iterator[tuple[int | None, float | None, np.ndarray]]:
   """(frame index, time in seconds, image) of a video's sampled frames (every
   Nth, or `fps` per second); (None, None, image) for an image file."""
   if not path.lower().endswith(VIDEO_SUFFIXES):
@@ -132,13 +152,20 @@ def frames(path: str, every: int = 1, progress: bool = False,
   if not video_fps > 0:
     if fps is not None:
       video.release()
-      raise UnreadableFile(f'{path}: the video does not say its frame rate, '
-                           f'so --fps cannot sample it (use --every)')
+      raise UnreadableFile(
+        f'{path}: the video does not say its frame rate, '
+        f'so --fps cannot sample it (use --every)'
+      )
     video_fps = None
   index = read = 0
-  bar = tqdm(total=int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None,
-             unit='frame', desc=os.path.basename(path), leave=False,
-             disable=not progress, file=sys.stderr)
+  bar = tqdm(
+    total=int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None,
+    unit='frame',
+    desc=os.path.basename(path),
+    leave=False,
+    disable=not progress,
+    file=sys.stderr,
+  )
   try:
     while True:
       ok = video.grab()
@@ -150,8 +177,11 @@ def frames(path: str, every: int = 1, progress: bool = False,
         if not ok:
           raise UnreadableFile(f'{path}: frame {index} cannot be decoded')
         read += 1
-        yield (index, None if video_fps is None else index / video_fps,
-               cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        yield (
+          index,
+          None if video_fps is None else index / video_fps,
+          cv2.cvtColor(frame, cv2.COLOR_BGR2RGB),
+        )
       index += 1
   finally:
     bar.close()
@@ -169,8 +199,13 @@ def read_boxes(path: str) -> dict[str, list[tuple[int, ...]]]:
   """
   with open(path, newline='') as f:
     rows = list(csv.reader(f))
-  if not rows or [c.strip().lower() for c in rows[0]] != ['path', 'x', 'y',
-                                                          'w', 'h']:
+  if not rows or [c.strip().lower() for c in rows[0]] != [
+    'path',
+    'x',
+    'y',
+    'w',
+    'h',
+  ]:
     raise ValueError(f'{path}: expected the header path,x,y,w,h on line 1')
   boxes: dict[str, list[tuple[int, ...]]] = {}
   for line, row in enumerate(rows[1:], start=2):
@@ -182,9 +217,11 @@ def read_boxes(path: str) -> dict[str, list[tuple[int, ...]]]:
       if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
         raise ValueError
     except ValueError:
-      raise ValueError(f'{path}: line {line}: expected an image path and x, '
-                       f'y, w, h with a positive width and height; got '
-                       f'{",".join(row)!r}') from None
+      raise ValueError(
+        f'{path}: line {line}: expected an image path and x, '
+        f'y, w, h with a positive width and height; got '
+        f'{",".join(row)!r}'
+      ) from None
     if not os.path.isabs(image) and not os.path.exists(image):
       beside = os.path.join(os.path.dirname(path), image)
       image = beside if os.path.exists(beside) else image
@@ -215,8 +252,21 @@ class Writer:
     self._csv = None
     if path and path.endswith('.csv'):
       self._csv = csv.writer(self._file)
-      self._csv.writerow(['path', 'frame', 'time_s', 'track', 'x', 'y', 'w',
-                          'h', 'label', 'score'] + self.class_names)
+      self._csv.writerow(
+        [
+          'path',
+          'frame',
+          'time_s',
+          'track',
+          'x',
+          'y',
+          'w',
+          'h',
+          'label',
+          'score',
+        ]
+        + self.class_names
+      )
     elif path and not path.endswith('.jsonl'):
       raise ValueError(f'--output {path}: expected a .jsonl or .csv file')
 
@@ -224,13 +274,18 @@ class Writer:
     if self._csv is not None:
       box = row['box'] or ('',) * 4
       blank = lambda v: '' if v is None else v  # noqa: E731
-      self._csv.writerow([row['path'], blank(row['frame']),
-                          '' if row['time_s'] is None else
-                          f'{row["time_s"]:.3f}', blank(row['track']),
-                          *box, row['label'],
-                          f'{row["score"]:.6f}'] +
-                         [f'{row["probabilities"][n]:.6f}'
-                          for n in self.class_names])
+      self._csv.writerow(
+        [
+          row['path'],
+          blank(row['frame']),
+          '' if row['time_s'] is None else f'{row["time_s"]:.3f}',
+          blank(row['track']),
+          *box,
+          row['label'],
+          f'{row["score"]:.6f}',
+        ]
+        + [f'{row["probabilities"][n]:.6f}' for n in self.class_names]
+      )
     elif self._file is not None:
       self._file.write(json.dumps(row) + '\n')
 
@@ -243,32 +298,53 @@ def annotate(image: np.ndarray, answers: list[dict], path: str) -> None:
   """Writes `image` with each answer's box and label drawn on it."""
   import cv2
 
-  canvas = image if image.ndim == 3 else cv2.cvtColor(image,
-                                                      cv2.COLOR_GRAY2RGB)
+  canvas = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
   canvas = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
   scale = max(canvas.shape[:2]) / 600
   for answer in answers:
     x, y, w, h = answer['box'] or (0, 0, canvas.shape[1], canvas.shape[0])
-    cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), (0, 200, 0),
-                  max(1, round(2 * scale)))
-    cv2.putText(canvas, f'{answer["label"]} {answer["score"]:.2f}',
-                (x, max(y - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX,
-                max(0.3, 0.6 * scale), (0, 200, 0), max(1, round(scale)))
+    cv2.rectangle(
+      canvas,
+      (x, y),
+      (x + w - 1, y + h - 1),
+      (0, 200, 0),
+      max(1, round(2 * scale)),
+    )
+    cv2.putText(
+      canvas,
+      f'{answer["label"]} {answer["score"]:.2f}',
+      (x, max(y - 4, 12)),
+      cv2.FONT_HERSHEY_SIMPLEX,
+      max(0.3, 0.6 * scale),
+      (0, 200, 0),
+      max(1, round(scale)),
+    )
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   cv2.imwrite(path, canvas)
 
 
 def annotated_name(directory: str, path: str, frame: int | None) -> str:
   stem = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join(directory, stem + ('' if frame is None else
-                                         f'-frame{frame:06d}') + '.png')
+  return os.path.join(
+    directory, stem + ('' if frame is None else f'-frame{frame:06d}') + '.png'
+  )
 
 
-def run(classifier, paths: list[str] | None = None, *, faces: bool = False,
-        every: int = 1, fps: float | None = None, boxes: str | None = None,
-        output: str | None = None, annotate_dir: str | None = None,
-        summary: str | None = None, timeline: str | None = None,
-        tta: str | None = None, progress: bool = True) -> tuple[list, list]:
+def run(
+  classifier,
+  paths: list[str] | None = None,
+  *,
+  faces: bool = False,
+  every: int = 1,
+  fps: float | None = None,
+  boxes: str | None = None,
+  output: str | None = None,
+  annotate_dir: str | None = None,
+  summary: str | None = None,
+  timeline: str | None = None,
+  tta: str | None = None,
+  progress: bool = True,
+) -> tuple[list, list]:
   """Predicts over `paths`; returns (rows, skipped 'path: reason' lines).
 
   Args:
@@ -299,8 +375,10 @@ def run(classifier, paths: list[str] | None = None, *, faces: bool = False,
   given = None
   if boxes:
     if paths:
-      raise ValueError(f'--boxes {boxes}: the images are the ones it names; '
-                       f'do not name others ({paths[0]}, ...)')
+      raise ValueError(
+        f'--boxes {boxes}: the images are the ones it names; '
+        f'do not name others ({paths[0]}, ...)'
+      )
     given = read_boxes(boxes)
     files, faces = list(given), True
   else:
@@ -310,11 +388,13 @@ def run(classifier, paths: list[str] | None = None, *, faces: bool = False,
   detector = None
   if faces:
     from densenet_flax.faces import FaceEmotionDetector
+
     detector = FaceEmotionDetector(classifier)
   writer = Writer(output, classifier.class_names)
   rows, skipped, videos = [], [], {}
-  bar = tqdm(files, unit='file', disable=not progress or len(files) < 2,
-             file=sys.stderr)
+  bar = tqdm(
+    files, unit='file', disable=not progress or len(files) < 2, file=sys.stderr
+  )
   try:
     for path in bar:
       is_video = path.lower().endswith(VIDEO_SUFFIXES)
@@ -332,36 +412,48 @@ def run(classifier, paths: list[str] | None = None, *, faces: bool = False,
             answers = detector.detect(image, tta=tta)
           else:
             answers = classify_whole(classifier, image, tta)
-          ids = (tracker.update([a['box'] for a in answers]) if tracker
-                 else [None] * len(answers))
+          ids = (
+            tracker.update([a['box'] for a in answers])
+            if tracker
+            else [None] * len(answers)
+          )
           for answer, track in zip(answers, ids):
-            row = {'path': path, 'frame': frame, 'time_s': time_s,
-                   'track': track, 'box': answer['box'],
-                   'probabilities': answer['emotions'],
-                   'label': answer['label'], 'score': answer['score']}
+            row = {
+              'path': path,
+              'frame': frame,
+              'time_s': time_s,
+              'track': track,
+              'box': answer['box'],
+              'probabilities': answer['emotions'],
+              'label': answer['label'],
+              'score': answer['score'],
+            }
             rows.append(row)
             writer.write(row)
           if annotate_dir:
-            annotate(image, answers, annotated_name(annotate_dir, path,
-                                                    frame))
+            annotate(image, answers, annotated_name(annotate_dir, path, frame))
       except UnreadableFile as e:
         skipped.append(str(e))
         bar.write(f'skipped {e}')
         continue
       if is_video:
-        videos[path] = {'path': path, 'frames_sampled': sampled,
-                        **video_lib.summarize(rows[first:],
-                                              classifier.class_names)}
+        videos[path] = {
+          'path': path,
+          'frames_sampled': sampled,
+          **video_lib.summarize(rows[first:], classifier.class_names),
+        }
   finally:
     writer.close()
   if videos:
-    _write_video_reports(videos, rows, classifier.class_names, output,
-                         summary, timeline)
+    _write_video_reports(
+      videos, rows, classifier.class_names, output, summary, timeline
+    )
   return rows, skipped
 
 
-def _write_video_reports(videos: dict, rows: list, class_names, output,
-                         summary, timeline) -> None:
+def _write_video_reports(
+  videos: dict, rows: list, class_names, output, summary, timeline
+) -> None:
   from densenet_flax import atomic
   from densenet_flax import video as video_lib
 
@@ -371,12 +463,22 @@ def _write_video_reports(videos: dict, rows: list, class_names, output,
     atomic.write_text(summary, json.dumps(list(videos.values()), indent=2))
   if timeline:
     for path in videos:
-      name = timeline if len(videos) == 1 else (
-          os.path.splitext(timeline)[0] + '-' +
-          os.path.splitext(os.path.basename(path))[0] + '.png')
-      video_lib.plot_timeline([r for r in rows if r['path'] == path],
-                              class_names, name,
-                              title=os.path.basename(path))
+      name = (
+        timeline
+        if len(videos) == 1
+        else (
+          os.path.splitext(timeline)[0]
+          + '-'
+          + os.path.splitext(os.path.basename(path))[0]
+          + '.png'
+        )
+      )
+      video_lib.plot_timeline(
+        [r for r in rows if r['path'] == path],
+        class_names,
+        name,
+        title=os.path.basename(path),
+      )
 
 
 def main(argv=None):
@@ -390,15 +492,26 @@ def main(argv=None):
   flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step.")
   flags.DEFINE_bool('faces', False, 'Find faces and classify each (FER).')
   flags.DEFINE_integer('every', 1, 'Read every Nth frame of a video.')
-  flags.DEFINE_float('fps', None, 'Read this many frames per second of a '
-                     'video (instead of --every).')
-  flags.DEFINE_string('boxes', None, 'A CSV (path,x,y,w,h) of face boxes to '
-                      'classify without detection; its images are the '
-                      'inputs.')
-  flags.DEFINE_string('summary', None, "Write each video's face tracks to "
-                      'this JSON (default: beside --output).')
-  flags.DEFINE_string('timeline', None, "Plot each video's emotions over "
-                      'time to this PNG.')
+  flags.DEFINE_float(
+    'fps',
+    None,
+    'Read this many frames per second of a video (instead of --every).',
+  )
+  flags.DEFINE_string(
+    'boxes',
+    None,
+    'A CSV (path,x,y,w,h) of face boxes to '
+    'classify without detection; its images are the '
+    'inputs.',
+  )
+  flags.DEFINE_string(
+    'summary',
+    None,
+    "Write each video's face tracks to this JSON (default: beside --output).",
+  )
+  flags.DEFINE_string(
+    'timeline', None, "Plot each video's emotions over time to this PNG."
+  )
   flags.DEFINE_string('output', None, 'Write rows to this .jsonl or .csv.')
   flags.DEFINE_string('annotate', None, 'Write annotated images here.')
   flags.DEFINE_enum('tta', None, ['ten_crop'], 'Test-time augmentation.')
@@ -415,22 +528,35 @@ def main(argv=None):
     accelerators.log_backend()
     try:
       classifier = Classifier.from_workdir(f.workdir, f.checkpoint)
-      rows, skipped = run(classifier, args[1:], faces=f.faces, every=f.every,
-                          fps=f.fps, boxes=f.boxes, output=f.output,
-                          annotate_dir=f.annotate, summary=f.summary,
-                          timeline=f.timeline, tta=f.tta)
+      rows, skipped = run(
+        classifier,
+        args[1:],
+        faces=f.faces,
+        every=f.every,
+        fps=f.fps,
+        boxes=f.boxes,
+        output=f.output,
+        annotate_dir=f.annotate,
+        summary=f.summary,
+        timeline=f.timeline,
+        tta=f.tta,
+      )
     except (FileNotFoundError, ValueError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     if not f.output:
       for row in rows:
         print(json.dumps(row))
-    print(f'{len(rows)} prediction(s)' + (f', written to {f.output}'
-                                           if f.output else ''),
-          file=sys.stderr)
+    print(
+      f'{len(rows)} prediction(s)'
+      + (f', written to {f.output}' if f.output else ''),
+      file=sys.stderr,
+    )
     if skipped:
-      print(f'skipped {len(skipped)} file(s):\n  ' + '\n  '.join(skipped),
-            file=sys.stderr)
+      print(
+        f'skipped {len(skipped)} file(s):\n  ' + '\n  '.join(skipped),
+        file=sys.stderr,
+      )
       sys.exit(1)
 
   app.run(command, argv=argv)

@@ -54,9 +54,10 @@ class Source:
     location: a KERAS_NAMES name (Keras), or a path with '~' expanded.
     checkpoint: workdir sources only: 'best', 'latest' or a step (int).
   """
-  kind: str                    # one of KINDS
-  location: str                # a Keras model name or a path
-  checkpoint: str | int = 'best'   # workdir sources only
+
+  kind: str  # one of KINDS
+  location: str  # a Keras model name or a path
+  checkpoint: str | int = 'best'  # workdir sources only
 
   def __str__(self) -> str:
     suffix = f':{self.checkpoint}' if self.kind == 'workdir' else ''
@@ -80,28 +81,36 @@ def parse(init_from: str) -> Source:
       that is neither one of KERAS_NAMES nor a path.
   """
   kind, sep, location = init_from.partition(':')
-  forms = ("'keras:DenseNet121' (or a path to a .h5 weights file), "
-           "'torchvision:/path/weights.pth' or 'workdir:/path/run[:best|"
-           "latest|STEP]'")
+  forms = (
+    "'keras:DenseNet121' (or a path to a .h5 weights file), "
+    "'torchvision:/path/weights.pth' or 'workdir:/path/run[:best|"
+    "latest|STEP]'"
+  )
   if not sep or kind not in KINDS or not location:
     raise ValueError(f'{_KEY}={init_from!r}: expected {forms}')
   if kind == 'keras' and not _is_path(location) and location not in KERAS_NAMES:
-    raise ValueError(f'{_KEY}={init_from!r}: {location!r} is neither a '
-                     f'keras.applications DenseNet ({", ".join(KERAS_NAMES)}) '
-                     f'nor a path to a weights file (.h5)')
+    raise ValueError(
+      f'{_KEY}={init_from!r}: {location!r} is neither a '
+      f'keras.applications DenseNet ({", ".join(KERAS_NAMES)}) '
+      f'nor a path to a weights file (.h5)'
+    )
   if kind == 'workdir':
     checkpoint: str | int = 'best'
     if m := _WHICH.match(location):
       location, checkpoint = m.group(1), m.group(2)
       checkpoint = int(checkpoint) if checkpoint.isdigit() else checkpoint
     return Source(kind, os.path.expanduser(location), checkpoint)
-  return Source(kind, os.path.expanduser(location) if _is_path(location)
-                else location)
+  return Source(
+    kind, os.path.expanduser(location) if _is_path(location) else location
+  )
 
 
 def _is_path(location: str) -> bool:
-  return (os.sep in location or location.endswith(('.h5', '.pth', '.pt')) or
-          location.startswith(('~', '.')))
+  return (
+    os.sep in location
+    or location.endswith(('.h5', '.pth', '.pt'))
+    or location.startswith(('~', '.'))
+  )
 
 
 def source_of(config) -> Source | None:
@@ -124,8 +133,9 @@ def source_of(config) -> Source | None:
   return None
 
 
-def resolve_config(config: ml_collections.ConfigDict,
-                   workdir: str | None = None) -> ml_collections.ConfigDict:
+def resolve_config(
+  config: ml_collections.ConfigDict, workdir: str | None = None
+) -> ml_collections.ConfigDict:
   """A copy of `config` that names its source's BN epsilon.
 
   `model_overrides.bn_epsilon` is set to the source's epsilon unless the
@@ -150,9 +160,12 @@ def resolve_config(config: ml_collections.ConfigDict,
   if source is None:
     return config
   if config.get('init_from_keras'):
-    log.warning("config.init_from_keras is deprecated: use "
-                "--config.init_from='keras:%s' (same weights, also takes a "
-                "local .h5 file)", config.init_from_keras)
+    log.warning(
+      'config.init_from_keras is deprecated: use '
+      "--config.init_from='keras:%s' (same weights, also takes a "
+      'local .h5 file)',
+      config.init_from_keras,
+    )
   epsilon = _recorded_epsilon(workdir, source)
   if epsilon is None:
     epsilon = source_bn_epsilon(source)
@@ -161,9 +174,14 @@ def resolve_config(config: ml_collections.ConfigDict,
   if 'bn_epsilon' not in overrides:
     overrides.bn_epsilon = epsilon
   elif overrides.bn_epsilon != epsilon:
-    log.warning('config.model_overrides.bn_epsilon=%g, while %s was trained '
-                'with %g: using %g', overrides.bn_epsilon, source, epsilon,
-                overrides.bn_epsilon)
+    log.warning(
+      'config.model_overrides.bn_epsilon=%g, while %s was trained '
+      'with %g: using %g',
+      overrides.bn_epsilon,
+      source,
+      epsilon,
+      overrides.bn_epsilon,
+    )
   return config
 
 
@@ -172,7 +190,8 @@ def _recorded_epsilon(workdir: str | None, source: Source) -> float | None:
   from densenet_flax import workdir as workdir_lib
 
   if not workdir or not os.path.exists(
-      os.path.join(workdir, workdir_lib.CONFIG_FILE)):
+    os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  ):
     return None
   recorded = workdir_lib.load_config(workdir)
   if source_of(recorded) != source:
@@ -194,6 +213,7 @@ def source_bn_epsilon(source: Source) -> float:
   if source.kind == 'torchvision':
     return convert.TORCHVISION_BN_EPSILON
   from densenet_flax import workdir as workdir_lib
+
   source_config = workdir_lib.load_config(source.location)
   return workdir_lib.build_model(source_config).bn_epsilon
 
@@ -210,14 +230,16 @@ class Weights:
       (Keras ImageNet weights by name, weights saved without a top).
     description: the source, for logs and errors.
   """
-  variables: dict              # {'params', 'batch_stats'}, host arrays
-  architecture: str | None     # a models.PRESETS name, when known
-  num_classes: int | None      # None: the source has no classifier
-  description: str             # for logs and errors
+
+  variables: dict  # {'params', 'batch_stats'}, host arrays
+  architecture: str | None  # a models.PRESETS name, when known
+  num_classes: int | None  # None: the source has no classifier
+  description: str  # for logs and errors
 
 
-def load(source: Source, *, sharding: jax.sharding.Sharding | None = None
-         ) -> Weights:
+def load(
+  source: Source, *, sharding: jax.sharding.Sharding | None = None
+) -> Weights:
   """The source's weights as they are (no adaptation).
 
   `sharding` places a workdir checkpoint as it is read (every process of a
@@ -241,24 +263,34 @@ def load(source: Source, *, sharding: jax.sharding.Sharding | None = None
   """
   if source.kind == 'torchvision':
     if not os.path.isfile(source.location):
-      raise FileNotFoundError(f'{_KEY}={str(source)!r}: no file '
-                              f'{source.location}')
+      raise FileNotFoundError(
+        f'{_KEY}={str(source)!r}: no file {source.location}'
+      )
     state = convert.torchvision_state_dict(source.location)
     name, classes, _ = convert.torchvision_architecture(state)
-    return Weights(convert.from_torchvision(state), name, classes,
-                   f'torchvision {name} ({source.location})')
+    return Weights(
+      convert.from_torchvision(state),
+      name,
+      classes,
+      f'torchvision {name} ({source.location})',
+    )
   if source.kind == 'keras':
     return _load_keras(source)
   from densenet_flax import workdir as workdir_lib
+
   source_config = workdir_lib.load_config(source.location)
   _, variables, step = workdir_lib.restore_variables(
-      source.location, source.checkpoint, config=source_config,
-      sharding=sharding)
+    source.location, source.checkpoint, config=source_config, sharding=sharding
+  )
   from densenet_flax import parallel
+
   variables = jax.tree_util.tree_map(parallel.local_value, variables)
-  return Weights(variables, source_config.model,
-                 workdir_lib.num_classes(source_config),
-                 f'{source_config.model} of {source.location} (step {step})')
+  return Weights(
+    variables,
+    source_config.model,
+    workdir_lib.num_classes(source_config),
+    f'{source_config.model} of {source.location} (step {step})',
+  )
 
 
 def _load_keras(source: Source) -> Weights:
@@ -269,23 +301,30 @@ def _load_keras(source: Source) -> Weights:
     what = f'Keras {name} ImageNet weights'
   else:
     if not os.path.isfile(source.location):
-      raise FileNotFoundError(f'{_KEY}={str(source)!r}: no file '
-                              f'{source.location}')
+      raise FileNotFoundError(
+        f'{_KEY}={str(source)!r}: no file {source.location}'
+      )
     name, classes = keras_file_architecture(source.location)
     weights = source.location
     what = f'Keras {name} ({source.location})'
-  kwargs = (dict(include_top=True, classes=classes) if classes else
-            dict(include_top=False, input_shape=(224, 224, 3)))
+  kwargs = (
+    dict(include_top=True, classes=classes)
+    if classes
+    else dict(include_top=False, input_shape=(224, 224, 3))
+  )
   keras_model = getattr(keras.applications, name)(weights=weights, **kwargs)
-  return Weights(convert.from_keras(keras_model), _KERAS_PRESET[name], classes,
-                 what)
+  return Weights(
+    convert.from_keras(keras_model), _KERAS_PRESET[name], classes, what
+  )
 
 
 # keras.applications DenseNets by dense layers per block (conv2..conv5), and
 # by their number of convolutions (a file written by Keras 3 names layers by
 # class, e.g. layers/conv2d_17, not by block).
-_KERAS_BY_BLOCKS = {tuple(models.PRESETS[preset]['block_sizes']): name
-                    for name, preset in _KERAS_PRESET.items()}
+_KERAS_BY_BLOCKS = {
+  tuple(models.PRESETS[preset]['block_sizes']): name
+  for name, preset in _KERAS_PRESET.items()
+}
 _KERAS_BY_CONVS = {1 + 2 * sum(b) + 3: n for b, n in _KERAS_BY_BLOCKS.items()}
 
 
@@ -315,8 +354,10 @@ def keras_file_architecture(path: str) -> tuple[str, int | None]:
       if 'model_weights' in f:  # a whole model saved by Keras 2 (model.save)
         f = f['model_weights']
       if 'layer_names' in f.attrs:  # the keras.applications release format
-        layer_names = [n.decode() if isinstance(n, bytes) else str(n)
-                       for n in f.attrs['layer_names']]
+        layer_names = [
+          n.decode() if isinstance(n, bytes) else str(n)
+          for n in f.attrs['layer_names']
+        ]
         blocks: dict[int, int] = {}
         for layer in layer_names:
           if m := re.match(r'conv(\d)_block(\d+)_', layer):
@@ -331,26 +372,37 @@ def keras_file_architecture(path: str) -> tuple[str, int | None]:
         what = f'dense blocks of {key} layers'
       else:  # Keras 3 .weights.h5
         layer_groups = list(f['layers']) if 'layers' in f else []
-        convs = sum(1 for g in layer_groups if re.fullmatch(r'conv2d(_\d+)?', g))
+        convs = sum(
+          1 for g in layer_groups if re.fullmatch(r'conv2d(_\d+)?', g)
+        )
         name = _KERAS_BY_CONVS.get(convs)
         dense = [g for g in layer_groups if re.fullmatch(r'dense(_\d+)?', g)]
-        classes = (int(f['layers'][dense[0]]['vars']['0'].shape[-1])
-                   if dense else None)
+        classes = (
+          int(f['layers'][dense[0]]['vars']['0'].shape[-1]) if dense else None
+        )
         what = f'{convs} convolutions'
   except OSError as e:
-    raise ValueError(f'{_KEY}: {path} is not an HDF5 weights file ({e})'
-                     ) from None
+    raise ValueError(
+      f'{_KEY}: {path} is not an HDF5 weights file ({e})'
+    ) from None
   if name is None:
-    raise ValueError(f'{_KEY}: {path} does not hold keras.applications '
-                     f'DenseNet weights ({what}; expected one of '
-                     f'{", ".join(KERAS_NAMES)})')
+    raise ValueError(
+      f'{_KEY}: {path} does not hold keras.applications '
+      f'DenseNet weights ({what}; expected one of '
+      f'{", ".join(KERAS_NAMES)})'
+    )
   return name, classes
 
 
 def _find_dataset(group, leaf: str):
   found = []
-  group.visititems(lambda n, obj: found.append(obj) if n.split('/')[-1]
-                   .startswith(leaf) and hasattr(obj, 'shape') else None)
+  group.visititems(
+    lambda n, obj: (
+      found.append(obj)
+      if n.split('/')[-1].startswith(leaf) and hasattr(obj, 'shape')
+      else None
+    )
+  )
   if not found:
     raise ValueError(f'No {leaf} under {group.name}')
   return found[0]
@@ -377,27 +429,44 @@ def fit_to_model(weights: Weights, config) -> dict:
 
   if weights.architecture and weights.architecture != config.model:
     raise ValueError(
-        f'{_KEY}={config.init_from or config.init_from_keras!r} holds '
-        f'{weights.architecture} weights, but config.model={config.model!r}: '
-        f'set --config.model={weights.architecture}')
+      f'{_KEY}={config.init_from or config.init_from_keras!r} holds '
+      f'{weights.architecture} weights, but config.model={config.model!r}: '
+      f'set --config.model={weights.architecture}'
+    )
   variables = weights.variables
   have = np.shape(variables['params']['conv0']['kernel'])[2]
   if have != config.channels:
     variables = convert.adapt_input_channels(variables, config.channels)
-    log.info('%s: stem adapted from %d to %d input channel(s) (%s)',
-             weights.description, have, config.channels,
-             'RGB kernels summed' if config.channels == 1 else
-             'kernel split evenly over RGB')
+    log.info(
+      '%s: stem adapted from %d to %d input channel(s) (%s)',
+      weights.description,
+      have,
+      config.channels,
+      'RGB kernels summed'
+      if config.channels == 1
+      else 'kernel split evenly over RGB',
+    )
   classes = workdir_lib.num_classes(config)
   if weights.num_classes is None:
-    log.info('%s: no classifier in the source; a new one (%d classes) is '
-             'initialised', weights.description, classes)
+    log.info(
+      '%s: no classifier in the source; a new one (%d classes) is initialised',
+      weights.description,
+      classes,
+    )
   elif weights.num_classes != classes:
-    variables = dict(variables, params={
-        k: v for k, v in variables['params'].items() if k != 'classifier'})
-    log.info('%s: classifier re-initialised (%d classes in the source, %d in '
-             '%s)', weights.description, weights.num_classes, classes,
-             config.dataset)
+    variables = dict(
+      variables,
+      params={
+        k: v for k, v in variables['params'].items() if k != 'classifier'
+      },
+    )
+    log.info(
+      '%s: classifier re-initialised (%d classes in the source, %d in %s)',
+      weights.description,
+      weights.num_classes,
+      classes,
+      config.dataset,
+    )
   else:
     log.info('%s: classifier kept (%d classes)', weights.description, classes)
   return variables
@@ -422,4 +491,3 @@ def initial_variables(config, *, sharding=None) -> dict | None:
   weights = load(source, sharding=sharding)
   log.info('Initialising from %s', weights.description)
   return fit_to_model(weights, config)
-

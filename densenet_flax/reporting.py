@@ -33,7 +33,7 @@ class MetricWriter:
     self.history_path = os.path.join(workdir, 'metrics.jsonl')
     self._tensorboard_dir = os.path.join(workdir, 'tensorboard')
     self._summary = None  # opened at the first row: a run that stops
-                          # before it leaves no empty event file
+    # before it leaves no empty event file
 
   def supersede_after(self, step: int) -> str | None:
     """Moves the rows past `step` (a resumed run redoes those steps; 0 for a
@@ -51,14 +51,21 @@ class MetricWriter:
     if not moved:
       return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
-        '%Y%m%dT%H%M%S.%fZ')
-    side = os.path.join(os.path.dirname(self.history_path),
-                        f'metrics.superseded-{stamp}.jsonl')
+      '%Y%m%dT%H%M%S.%fZ'
+    )
+    side = os.path.join(
+      os.path.dirname(self.history_path), f'metrics.superseded-{stamp}.jsonl'
+    )
     atomic.write_text(side, ''.join(json.dumps(r) + '\n' for r in moved))
-    atomic.write_text(self.history_path,
-                      ''.join(json.dumps(r) + '\n' for r in kept))
-    log.info('%d row(s) of metrics.jsonl past step %d moved to %s',
-             len(moved), step, side)
+    atomic.write_text(
+      self.history_path, ''.join(json.dumps(r) + '\n' for r in kept)
+    )
+    log.info(
+      '%d row(s) of metrics.jsonl past step %d moved to %s',
+      len(moved),
+      step,
+      side,
+    )
     return side
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
@@ -72,8 +79,9 @@ class MetricWriter:
       for name, value in scalars.items():
         tf.summary.scalar(name, value)
     self._summary.flush()
-    self._append({'step': int(step), **{k: float(v)
-                                        for k, v in scalars.items()}})
+    self._append(
+      {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    )
 
   def record(self, step: int, **fields) -> None:
     """A non-scalar event in metrics.jsonl (e.g. a config change on resume)."""
@@ -86,8 +94,11 @@ class MetricWriter:
       with open(self.history_path, 'a') as f:
         f.write(json.dumps(row) + '\n')
     except OSError as e:
-      raise OSError(e.errno, f'{self.history_path}: could not append the row '
-                             f'of step {row["step"]}: {e.strerror}') from e
+      raise OSError(
+        e.errno,
+        f'{self.history_path}: could not append the row '
+        f'of step {row["step"]}: {e.strerror}',
+      ) from e
 
   def close(self) -> None:
     if self._summary is not None:
@@ -100,8 +111,12 @@ def read_history(path: str) -> list[dict]:
   elsewhere is an error naming it."""
   rows, tail = _read_rows(path)
   if tail is not None:
-    log.warning('%s: its last line is incomplete (a write was cut short) and '
-                'is left out: %.80r', path, tail)
+    log.warning(
+      '%s: its last line is incomplete (a write was cut short) and '
+      'is left out: %.80r',
+      path,
+      tail,
+    )
   return rows
 
 
@@ -119,15 +134,18 @@ def _read_rows(path: str) -> tuple[list[dict], str | None]:
       if number == len(lines):  # no newline after it: cut short
         tail = line
         continue
-      raise ValueError(f'{path}, line {number}: not a JSON row ({e.msg}): '
-                       f'{line[:80]!r}') from None
+      raise ValueError(
+        f'{path}, line {number}: not a JSON row ({e.msg}): {line[:80]!r}'
+      ) from None
   return rows, tail
 
 
 def _pyplot():
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -139,8 +157,12 @@ def plot_training_curves(history: Sequence[dict], path: str) -> str:
     for prefix in ('train', 'eval'):
       rows = [r for r in history if f'{prefix}/{metric}' in r]
       if rows:
-        ax.plot([r['step'] for r in rows], [r[f'{prefix}/{metric}'] for r in rows],
-                label=prefix, marker='o' if prefix == 'eval' else None)
+        ax.plot(
+          [r['step'] for r in rows],
+          [r[f'{prefix}/{metric}'] for r in rows],
+          label=prefix,
+          marker='o' if prefix == 'eval' else None,
+        )
     ax.set_xlabel('step')
     ax.set_title(metric)
     ax.grid(alpha=0.3)
@@ -152,13 +174,16 @@ def plot_training_curves(history: Sequence[dict], path: str) -> str:
   return path
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
-                          path: str, title: str = '') -> str:
+def plot_confusion_matrix(
+  matrix: np.ndarray, class_names: Sequence[str], path: str, title: str = ''
+) -> str:
   """Row-normalised confusion matrix with counts, as a PNG."""
   plt = _pyplot()
   matrix = np.asarray(matrix)
   rows = matrix.sum(axis=1, keepdims=True)
-  normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+  normalised = np.divide(
+    matrix, rows, out=np.zeros(matrix.shape), where=rows > 0
+  )
   size = max(4, 0.6 * len(class_names) + 2)
   fig, ax = plt.subplots(figsize=(size, size))
   ax.imshow(normalised, cmap='Blues', vmin=0, vmax=1)
@@ -169,9 +194,15 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
   if len(class_names) <= 20:
     for i in range(len(class_names)):
       for j in range(len(class_names)):
-        ax.text(j, i, str(matrix[i, j]), ha='center', va='center',
-                color='white' if normalised[i, j] > 0.5 else 'black',
-                fontsize=8)
+        ax.text(
+          j,
+          i,
+          str(matrix[i, j]),
+          ha='center',
+          va='center',
+          color='white' if normalised[i, j] > 0.5 else 'black',
+          fontsize=8,
+        )
   ax.set_title(title)
   fig.tight_layout()
   with atomic.replacing(path) as temporary:

@@ -37,6 +37,7 @@ class TrainState(train_state.TrainState):
   gradients from underflowing). Its scale and count of finite steps are
   part of the state, and so of every checkpoint.
   """
+
   batch_stats: Any
   dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
 
@@ -48,12 +49,16 @@ class EMATrainState(TrainState):
   so that a run without an EMA saves exactly the state it saved before EMAs
   existed, and its older checkpoints restore.
   """
+
   ema: Any = None
 
   def ema_model(self) -> 'ModelState':
     """The EMA weights as a model `eval_step` takes."""
-    return ModelState(apply_fn=self.apply_fn, params=self.ema['params'],
-                      batch_stats=self.ema['batch_stats'])
+    return ModelState(
+      apply_fn=self.apply_fn,
+      params=self.ema['params'],
+      batch_stats=self.ema['batch_stats'],
+    )
 
 
 class ModelState(flax.struct.PyTreeNode):
@@ -62,16 +67,22 @@ class ModelState(flax.struct.PyTreeNode):
   A TrainState serves too; this one is for restored weights, with no
   optimizer state.
   """
+
   apply_fn: Any = flax.struct.field(pytree_node=False)
   params: Any
   batch_stats: Any
 
 
-def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
-                       image_shape: tuple[int, ...], *,
-                       use_dynamic_scale: bool = False,
-                       variables: dict | None = None,
-                       ema: bool = False) -> TrainState:
+def create_train_state(
+  rng: Array,
+  model,
+  tx: optax.GradientTransformation,
+  image_shape: tuple[int, ...],
+  *,
+  use_dynamic_scale: bool = False,
+  variables: dict | None = None,
+  ema: bool = False,
+) -> TrainState:
   """A fresh state; `variables` (e.g. imported weights) replace the init values.
 
   Args:
@@ -101,12 +112,16 @@ def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
     fresh = merge_variables(fresh, variables)
   batch_stats = fresh.get('batch_stats', {})
   kwargs = dict(
-      apply_fn=model.apply, params=fresh['params'], tx=tx,
-      batch_stats=batch_stats,
-      dynamic_scale=new_dynamic_scale() if use_dynamic_scale else None)
+    apply_fn=model.apply,
+    params=fresh['params'],
+    tx=tx,
+    batch_stats=batch_stats,
+    dynamic_scale=new_dynamic_scale() if use_dynamic_scale else None,
+  )
   if ema:
     return EMATrainState.create(
-        ema={'params': fresh['params'], 'batch_stats': batch_stats}, **kwargs)
+      ema={'params': fresh['params'], 'batch_stats': batch_stats}, **kwargs
+    )
   return TrainState.create(**kwargs)
 
 
@@ -115,9 +130,13 @@ def new_dynamic_scale(**kwargs) -> dynamic_scale_lib.DynamicScale:
   /2 after an overflow), its state as arrays so that it checkpoints and
   replicates like the rest of the state. kwargs: DynamicScale's fields."""
   fields = {'fin_steps': 0, 'scale': 65536.0, **kwargs}
-  return dynamic_scale_lib.DynamicScale(**dict(
-      fields, fin_steps=jnp.asarray(fields['fin_steps'], jnp.int32),
-      scale=jnp.asarray(fields['scale'], jnp.float32)))
+  return dynamic_scale_lib.DynamicScale(
+    **dict(
+      fields,
+      fin_steps=jnp.asarray(fields['fin_steps'], jnp.int32),
+      scale=jnp.asarray(fields['scale'], jnp.float32),
+    )
+  )
 
 
 def merge_variables(fresh: dict, loaded: dict) -> dict:
@@ -132,8 +151,10 @@ def merge_variables(fresh: dict, loaded: dict) -> dict:
     if key not in flat_fresh:
       raise ValueError(f'Loaded variable {key} does not exist in the model')
     if tuple(value.shape) != tuple(flat_fresh[key].shape):
-      raise ValueError(f'Loaded variable {key} has shape {tuple(value.shape)}; '
-                       f'the model expects {tuple(flat_fresh[key].shape)}')
+      raise ValueError(
+        f'Loaded variable {key} has shape {tuple(value.shape)}; '
+        f'the model expects {tuple(flat_fresh[key].shape)}'
+      )
     flat_fresh[key] = jnp.asarray(value, flat_fresh[key].dtype)
   return flax.traverse_util.unflatten_dict(flat_fresh, sep='/')
 
@@ -148,8 +169,9 @@ LABEL_MODES = fer_sources.FERPLUS_LABEL_MODES
 MULTI_TARGET_EPSILON = 0.001  # microsoft/FERPlus `_process_target`
 
 
-def multi_target_weights(distribution: Array,
-                         epsilon: float = MULTI_TARGET_EPSILON) -> Array:
+def multi_target_weights(
+  distribution: Array, epsilon: float = MULTI_TARGET_EPSILON
+) -> Array:
   """t = (1 - eps) * [d > 0] + eps: the classes a 'multi_target' row accepts."""
   accepted = (distribution > 0).astype(jnp.float32)
   return (1 - epsilon) * accepted + epsilon
@@ -164,11 +186,13 @@ def multi_target_loss(logits: Array, accepted: Array) -> Array:
   return -jnp.max(jnp.log(accepted) + jax.nn.log_softmax(logits), axis=-1)
 
 
-def soft_targets(labels: Array, num_classes: int,
-                 label_smoothing: float) -> Array:
+def soft_targets(
+  labels: Array, num_classes: int, label_smoothing: float
+) -> Array:
   onehot = jax.nn.one_hot(labels, num_classes)
-  return optax.smooth_labels(onehot, label_smoothing) if label_smoothing \
-      else onehot
+  return (
+    optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
+  )
 
 
 def mixup(rng: Array, images: Array, targets: Array, alpha: float):
@@ -185,13 +209,20 @@ def _mean(x: Array, axis_name: str | None) -> Array:
   return lax.pmean(x, axis_name) if axis_name else x
 
 
-def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
-               num_classes: int, axis_name: str | None = None,
-               label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-               class_weights: np.ndarray | None = None,
-               frozen: tuple[str, ...] = (), ema_decay: float = 0.0,
-               label_mode: str = 'majority',
-               ) -> tuple[TrainState, dict[str, Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, Array],
+  rng: Array,
+  *,
+  num_classes: int,
+  axis_name: str | None = None,
+  label_smoothing: float = 0.0,
+  mixup_alpha: float = 0.0,
+  class_weights: np.ndarray | None = None,
+  frozen: tuple[str, ...] = (),
+  ema_decay: float = 0.0,
+  label_mode: str = 'majority',
+) -> tuple[TrainState, dict[str, Array]]:
   """One SGD step on one device's share of the batch.
 
   The targets (one-hot labels, or the batch's target) are smoothed, then
@@ -237,8 +268,9 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
   dropout_rng, mixup_rng = jax.random.split(step_rng)
   images, labels = batch['image'], batch['label']
   if label_mode not in LABEL_MODES:
-    raise ValueError(f'label_mode={label_mode!r}: expected one of '
-                     f'{", ".join(LABEL_MODES)}')
+    raise ValueError(
+      f'label_mode={label_mode!r}: expected one of {", ".join(LABEL_MODES)}'
+    )
   if 'target' in batch:  # FER+ soft label modes
     targets = batch['target'].astype(jnp.float32)
     if label_smoothing:
@@ -248,17 +280,19 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
   accepted = None
   if label_mode == 'multi_target':  # smoothed and mixed as the targets are
     accepted = multi_target_weights(
-        batch['target'] if 'target' in batch
-        else jax.nn.one_hot(labels, num_classes))
+      batch['target']
+      if 'target' in batch
+      else jax.nn.one_hot(labels, num_classes)
+    )
     if label_smoothing:
       accepted = optax.smooth_labels(accepted, label_smoothing)
   if mixup_alpha:
     if accepted is None:
       images, targets = mixup(mixup_rng, images, targets, mixup_alpha)
     else:  # one draw mixes both
-      images, both = mixup(mixup_rng, images,
-                           jnp.concatenate([targets, accepted], -1),
-                           mixup_alpha)
+      images, both = mixup(
+        mixup_rng, images, jnp.concatenate([targets, accepted], -1), mixup_alpha
+      )
       targets, accepted = both[:, :num_classes], both[:, num_classes:]
 
   if class_weights is None:
@@ -270,9 +304,15 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {'params': _stop_gradient(params, frozen),
-         'batch_stats': state.batch_stats}, images,
-        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      {
+        'params': _stop_gradient(params, frozen),
+        'batch_stats': state.batch_stats,
+      },
+      images,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': dropout_rng},
+    )
     if accepted is None:
       per_example = cross_entropy(logits, targets)
     else:
@@ -283,27 +323,37 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
 
   if state.dynamic_scale is not None:
     grad_fn = state.dynamic_scale.value_and_grad(
-        loss_fn, has_aux=True, axis_name=axis_name)
+      loss_fn, has_aux=True, axis_name=axis_name
+    )
     dynamic_scale, grads_finite, (_, (loss, logits, batch_stats)), grads = (
-        grad_fn(state.params))
+      grad_fn(state.params)
+    )
   else:
     (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+      loss_fn, has_aux=True
+    )(state.params)
     grads = _mean(grads, axis_name)
 
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if isinstance(state, EMATrainState):
-    new_state = new_state.replace(ema=jax.tree_util.tree_map(
-        lambda avg, new: ema_decay * avg + (1 - ema_decay) * new, state.ema,
-        {'params': new_state.params, 'batch_stats': new_state.batch_stats}))
+    new_state = new_state.replace(
+      ema=jax.tree_util.tree_map(
+        lambda avg, new: ema_decay * avg + (1 - ema_decay) * new,
+        state.ema,
+        {'params': new_state.params, 'batch_stats': new_state.batch_stats},
+      )
+    )
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  metrics = {'loss': _mean(loss, axis_name),
-             'accuracy': _mean(accuracy, axis_name)}
+  metrics = {
+    'loss': _mean(loss, axis_name),
+    'accuracy': _mean(accuracy, axis_name),
+  }
   if state.dynamic_scale is not None:
     # The scaled gradients overflowed: skip the step, keeping everything the
     # update would have changed (an EMA and BN statistics too).
     new_state = _unless(grads_finite, new_state, state).replace(
-        step=new_state.step, dynamic_scale=dynamic_scale)
+      step=new_state.step, dynamic_scale=dynamic_scale
+    )
     metrics['grads_finite'] = grads_finite.astype(jnp.float32)
     metrics['loss_scale'] = state.dynamic_scale.scale  # this step's
   metrics['finite'] = all_finite(new_state.params, new_state.batch_stats)
@@ -312,16 +362,19 @@ def train_step(state: TrainState, batch: dict[str, Array], rng: Array, *,
 
 def _unless(condition: Array, new: TrainState, old: TrainState) -> TrainState:
   """`new` where `condition`, else `old`, leaf by leaf."""
-  return jax.tree_util.tree_map(functools.partial(jnp.where, condition), new,
-                                old)
+  return jax.tree_util.tree_map(
+    functools.partial(jnp.where, condition), new, old
+  )
 
 
 def _stop_gradient(params: dict, frozen: tuple[str, ...]) -> dict:
   """`params` with no gradient flowing into the frozen stages' leaves."""
   if not frozen:
     return params
-  return {name: (lax.stop_gradient(tree) if models.stage_of(name) in frozen
-                 else tree) for name, tree in params.items()}
+  return {
+    name: (lax.stop_gradient(tree) if models.stage_of(name) in frozen else tree)
+    for name, tree in params.items()
+  }
 
 
 def all_finite(*trees) -> Array:
@@ -340,8 +393,9 @@ def all_finite(*trees) -> Array:
   return jnp.all(jnp.isfinite(jnp.concatenate(leaves))).astype(jnp.float32)
 
 
-def eval_step(state: TrainState | ModelState,
-              batch: dict[str, Array]) -> dict[str, Array]:
+def eval_step(
+  state: TrainState | ModelState, batch: dict[str, Array]
+) -> dict[str, Array]:
   """Per-example predictions for one device's share of an eval batch.
 
   Args:
@@ -360,9 +414,13 @@ def eval_step(state: TrainState | ModelState,
   crops = images.shape[1] if images.ndim == 5 else 1
   flat = images.reshape(-1, *images.shape[-3:])
   logits = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats}, flat,
-      train=False)
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    flat,
+    train=False,
+  )
   probs = jax.nn.softmax(logits).reshape(images.shape[0], crops, -1).mean(1)
   label_prob = jnp.take_along_axis(probs, batch['label'][:, None], -1)[:, 0]
-  return {'prediction': jnp.argmax(probs, -1).astype(jnp.int32),
-          'loss': -jnp.log(jnp.maximum(label_prob, 1e-12))}
+  return {
+    'prediction': jnp.argmax(probs, -1).astype(jnp.int32),
+    'loss': -jnp.log(jnp.maximum(label_prob, 1e-12)),
+  }

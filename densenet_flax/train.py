@@ -78,8 +78,9 @@ class _StopRequest:
     if threading.current_thread() is not threading.main_thread():
       yield self
       return
-    previous = {s: signal.signal(s, self) for s in (signal.SIGTERM,
-                                                     signal.SIGINT)}
+    previous = {
+      s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
       yield self
     finally:
@@ -128,16 +129,21 @@ class _MetricBuffer:
       return None
     fetched = jax.device_get([first_replica(m) for m in self.items])
     stacked = {k: np.array([m[k] for m in fetched]) for k in fetched[0]}
-    bad = np.flatnonzero(~np.isfinite(stacked['loss']) |
-                         (stacked['finite'] == 0))
+    bad = np.flatnonzero(
+      ~np.isfinite(stacked['loss']) | (stacked['finite'] == 0)
+    )
     if bad.size:
       i = int(bad[0])
       loss = stacked['loss'][i]
-      what = (f'Loss is {loss}' if not np.isfinite(loss) else
-              f'Parameters or BN statistics are not finite (loss {loss:.4g})')
+      what = (
+        f'Loss is {loss}'
+        if not np.isfinite(loss)
+        else f'Parameters or BN statistics are not finite (loss {loss:.4g})'
+      )
       raise FloatingPointError(
-          f'{what} at step {self.first_step + i + 1}; training stopped and '
-          f'that state was not saved')
+        f'{what} at step {self.first_step + i + 1}; training stopped and '
+        f'that state was not saved'
+      )
     stacked['seconds'] = time.perf_counter() - self.start_time
     stacked['timed_steps'] = len(self.items) - self.untimed
     if self.untimed_seconds is not None:
@@ -151,15 +157,16 @@ class _MetricBuffer:
 @dataclasses.dataclass
 class _Run:
   """What one training run is built from; `_build_run` makes it."""
+
   config: ml_collections.ConfigDict
   workdir: str
   dp: parallel.DataParallel
-  data: Any                      # pipeline.InputPipeline
+  data: Any  # pipeline.InputPipeline
   model: Any
   tx: Any
   schedule: Any
-  train_step: Any                # compiled steps.train_step
-  eval_step: Any                 # compiled steps.eval_step
+  train_step: Any  # compiled steps.train_step
+  eval_step: Any  # compiled steps.eval_step
   ckpts: checkpointing.Checkpoints
   writer: reporting.MetricWriter
   identity: dict
@@ -173,18 +180,25 @@ class _Run:
   def save(self, state, step: int, eval_metrics=None) -> None:
     """Every process takes part; Orbax writes the global copy asynchronously."""
     meta = dict(self.identity, config=json.loads(self.config.to_json()))
-    self.ckpts.save(step, self.dp.global_copy(state), meta,
-                    eval_metrics=eval_metrics, force=True)
+    self.ckpts.save(
+      step,
+      self.dp.global_copy(state),
+      meta,
+      eval_metrics=eval_metrics,
+      force=True,
+    )
     self.last_saved = step
 
-  def evaluate(self, state, split: str, tta: str | None = None, *,
-               raw: bool = False) -> dict:
+  def evaluate(
+    self, state, split: str, tta: str | None = None, *, raw: bool = False
+  ) -> dict:
     """A report on `split` of the run's model: the EMA weights where the run
     keeps them (unless `raw`), else the trained weights."""
     if workdir_lib.uses_ema(self.config) and not raw:
       state = state.ema_model()
-    return evaluation.evaluate_split(self.eval_step, state, self.data, split,
-                                     self.dp, tta=tta)
+    return evaluation.evaluate_split(
+      self.eval_step, state, self.data, split, self.dp, tta=tta
+    )
 
   def say(self, message: str) -> None:
     """A line for the person watching: above the progress bar, or logged."""
@@ -203,8 +217,7 @@ class _Run:
       self.writer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
-                       ) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates every `eval_every_epochs`, checkpoints, and reports.
 
   Under many processes every process calls this with the same config.
@@ -240,8 +253,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   # The source's BN epsilon (a resume reads it from its own config.json).
   config = pretrained.resolve_config(config, workdir)
   if config.distributed:
-    parallel.initialize(config.coordinator_address, config.num_processes,
-                        config.process_id, config.distributed_timeout_s)
+    parallel.initialize(
+      config.coordinator_address,
+      config.num_processes,
+      config.process_id,
+      config.distributed_timeout_s,
+    )
   dp = parallel.DataParallel()
   accelerators.log_backend()
   config_checks.validate_devices(config, dp.num_devices)
@@ -251,19 +268,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     state, start_step = _restore_or_init(run)
     state, interrupted = _train(run, state, start_step)
     step = int(jax.device_get(dp.first_replica(state).step))
-    summary = {'step': step, 'total_steps': run.total_steps,
-               'eval': run.last_eval, 'interrupted': interrupted,
-               'workdir': run.workdir, 'checkpoints': run.ckpts.directory}
+    summary = {
+      'step': step,
+      'total_steps': run.total_steps,
+      'eval': run.last_eval,
+      'interrupted': interrupted,
+      'workdir': run.workdir,
+      'checkpoints': run.ckpts.directory,
+    }
     if not interrupted and config.test_split:
       summary['test'] = _final_test(run, state, step)
     if run.is_writer:
       _plot_curves(run)
   except Exception as e:
     if dp.num_processes > 1:
-      log.error('Process %d of %d stopped: %s. If another process died, its '
-                'log says why; rerun the same command on every process to '
-                'resume from the last checkpoint.', jax.process_index(),
-                dp.num_processes, e)
+      log.error(
+        'Process %d of %d stopped: %s. If another process died, its '
+        'log says why; rerun the same command on every process to '
+        'resume from the last checkpoint.',
+        jax.process_index(),
+        dp.num_processes,
+        e,
+      )
     raise
   finally:
     run.close()
@@ -278,30 +304,49 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
     os.makedirs(os.path.join(workdir, 'reports'), exist_ok=True)
 
   from densenet_flax.data import pipeline  # TensorFlow loads only here
+
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
   if is_writer:  # what inference and export normalise with
     workdir_lib.save_normalization(workdir, data.mean, data.std)
   model = workdir_lib.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
-  train_step = dp.compile(_keyed_by_data(functools.partial(
-      steps.train_step, num_classes=data.spec.num_classes,
-      axis_name=dp.axis_name, label_smoothing=config.label_smoothing,
-      mixup_alpha=config.mixup_alpha,
-      class_weights=class_weights(config, data),
-      frozen=optim.frozen_stages(config),
-      ema_decay=config.ema_decay, label_mode=config.label_mode),
-      config.rng_impl), num_args=3, broadcast=(2,), donate_state=True)
+  train_step = dp.compile(
+    _keyed_by_data(
+      functools.partial(
+        steps.train_step,
+        num_classes=data.spec.num_classes,
+        axis_name=dp.axis_name,
+        label_smoothing=config.label_smoothing,
+        mixup_alpha=config.mixup_alpha,
+        class_weights=class_weights(config, data),
+        frozen=optim.frozen_stages(config),
+        ema_decay=config.ema_decay,
+        label_mode=config.label_mode,
+      ),
+      config.rng_impl,
+    ),
+    num_args=3,
+    broadcast=(2,),
+    donate_state=True,
+  )
   return _Run(
-      config=config, workdir=workdir, dp=dp, data=data, model=model, tx=tx,
-      schedule=schedule, train_step=train_step,
-      eval_step=dp.compile(steps.eval_step, num_args=2),
-      ckpts=workdir_lib.open_checkpoints(config, workdir),
-      writer=reporting.MetricWriter(workdir, enabled=is_writer),
-      identity=workdir_lib.run_identity(config),
-      steps_per_epoch=steps_per_epoch,
-      total_steps=int(config.num_epochs * steps_per_epoch),
-      is_writer=is_writer)
+    config=config,
+    workdir=workdir,
+    dp=dp,
+    data=data,
+    model=model,
+    tx=tx,
+    schedule=schedule,
+    train_step=train_step,
+    eval_step=dp.compile(steps.eval_step, num_args=2),
+    ckpts=workdir_lib.open_checkpoints(config, workdir),
+    writer=reporting.MetricWriter(workdir, enabled=is_writer),
+    identity=workdir_lib.run_identity(config),
+    steps_per_epoch=steps_per_epoch,
+    total_steps=int(config.num_epochs * steps_per_epoch),
+    is_writer=is_writer,
+  )
 
 
 def _restore_or_init(run: _Run):
@@ -314,10 +359,14 @@ def _restore_or_init(run: _Run):
   """
   config, dp = run.config, run.dp
   make_state = functools.partial(
-      steps.create_train_state, _rngs(config)[0], run.model, run.tx,
-      workdir_lib.input_shape(config),
-      use_dynamic_scale=workdir_lib.dynamic_loss_scaling(config),
-      ema=workdir_lib.uses_ema(config))
+    steps.create_train_state,
+    _rngs(config)[0],
+    run.model,
+    run.tx,
+    workdir_lib.input_shape(config),
+    use_dynamic_scale=workdir_lib.dynamic_loss_scaling(config),
+    ema=workdir_lib.uses_ema(config),
+  )
   abstract = dp.abstract_global(jax.eval_shape(make_state))
 
   def restore(step):
@@ -326,35 +375,45 @@ def _restore_or_init(run: _Run):
     changes = _config_changes(run, run.ckpts.meta(step), step)
     state, _ = run.ckpts.restore(step, abstract, run.identity)
     return state, changes
+
   if config.restart:
     found = None
     moved = run.ckpts.set_all_aside('restart')
     if moved:
-      log.warning('config.restart: starting from step 0; the checkpoints '
-                  'there were moved to %s', moved)
+      log.warning(
+        'config.restart: starting from step 0; the checkpoints '
+        'there were moved to %s',
+        moved,
+      )
   else:
     try:
       found = run.ckpts.newest_restorable(restore, set_aside=True)
     except checkpointing.NoRestorableCheckpointError as e:
       raise checkpointing.NoRestorableCheckpointError(
-          f'{e} Training does not start again over them: pass '
-          f'--config.restart=True to start from step 0 (they move to '
-          f'checkpoints_set_aside/, as the history does to a side file).'
+        f'{e} Training does not start again over them: pass '
+        f'--config.restart=True to start from step 0 (they move to '
+        f'checkpoints_set_aside/, as the history does to a side file).'
       ) from None
   if found is None:
     state, start_step, changes = _fresh_state(run, make_state), 0, {}
   else:
     step, (state, changes) = found
     start_step = int(np.asarray(parallel.local_value(state.step)))
-    log.info('Resuming at step %d of %d from %s', start_step, run.total_steps,
-             run.ckpts.directory)
+    log.info(
+      'Resuming at step %d of %d from %s',
+      start_step,
+      run.total_steps,
+      run.ckpts.directory,
+    )
     run.last_saved = start_step
   if run.is_writer:
     workdir_lib.save_config(config, run.workdir)
   run.writer.supersede_after(start_step)
   if changes:
-    run.writer.record(start_step, config_change={
-        key: [old, new] for key, (old, new) in changes.items()})
+    run.writer.record(
+      start_step,
+      config_change={key: [old, new] for key, (old, new) in changes.items()},
+    )
   return dp.put_replicated(state), start_step
 
 
@@ -367,30 +426,38 @@ def _fresh_state(run: _Run, make_state):
   except ValueError as e:
     if variables is None:
       raise
-    raise ValueError(f'{pretrained.source_of(run.config)} does not fit '
-                     f'config.model={run.config.model!r} with '
-                     f'model_overrides={run.config.model_overrides.to_dict()}'
-                     f': {e}') from None
+    raise ValueError(
+      f'{pretrained.source_of(run.config)} does not fit '
+      f'config.model={run.config.model!r} with '
+      f'model_overrides={run.config.model_overrides.to_dict()}'
+      f': {e}'
+    ) from None
 
 
 def _config_changes(run: _Run, meta: dict, step: int) -> dict:
   """What differs from the checkpoint's config; raises unless allowed."""
   if 'config' not in meta:
-    log.info('Checkpoint %d records no config (an older version wrote it); '
-             'resuming without comparing configs', step)
+    log.info(
+      'Checkpoint %d records no config (an older version wrote it); '
+      'resuming without comparing configs',
+      step,
+    )
     return {}
   changes = workdir_lib.config_changes(meta['config'], run.config)
   if changes:
-    listing = '; '.join(f'{key}: {old!r} -> {new!r}'
-                        for key, (old, new) in changes.items())
+    listing = '; '.join(
+      f'{key}: {old!r} -> {new!r}' for key, (old, new) in changes.items()
+    )
     if not run.config.allow_config_change:
       raise workdir_lib.ConfigChangeError(
-          f'{run.workdir} was trained to step {step} with another config, and '
-          f'these changes alter the result (data order, schedule, model): '
-          f'{listing}. Use a new --workdir, put the values back, or pass '
-          f'--config.allow_config_change=True to resume with them anyway.')
-    log.warning('Resuming at step %d with a changed config (allowed): %s',
-                step, listing)
+        f'{run.workdir} was trained to step {step} with another config, and '
+        f'these changes alter the result (data order, schedule, model): '
+        f'{listing}. Use a new --workdir, put the values back, or pass '
+        f'--config.allow_config_change=True to resume with them anyway.'
+      )
+    log.warning(
+      'Resuming at step %d with a changed config (allowed): %s', step, listing
+    )
   return changes
 
 
@@ -400,8 +467,10 @@ def _keyed_by_data(step, rng_impl: str):
   DataParallel.put_broadcast places a key as its data, and jax.random reads
   raw data as the default PRNG's: the step wraps it back in its own.
   """
+
   def keyed_step(state, batch, key_data):
     return step(state, batch, jax.random.wrap_key_data(key_data, impl=rng_impl))
+
   return keyed_step
 
 
@@ -421,40 +490,59 @@ def _train(run: _Run, state, start_step: int):
   # each step.
   sync_each_step = jax.default_backend() == 'cpu'
   buffer = _MetricBuffer()
-  stop_at = (start_step + config.stop_after_steps if config.stop_after_steps
-             else None)
+  stop_at = (
+    start_step + config.stop_after_steps if config.stop_after_steps else None
+  )
   run.progress = _progress(config, run.is_writer, start_step, run.total_steps)
-  log.info('Training %s on %s: %d steps (%d epochs x %d), %d device(s) in %d '
-           'process(es), batch %d; workdir %s', config.model, config.dataset,
-           run.total_steps, config.num_epochs, run.steps_per_epoch,
-           dp.num_devices, dp.num_processes, config.batch_size, run.workdir)
-  log.info('Kernels: %s (%s=%s); compute dtype %s; loss scaling %s',
-           layers.kernel_set(), layers.KERNELS_ENV, layers.kernel_choice(),
-           workdir_lib.compute_dtype(config).dtype.name,
-           'dynamic' if state.dynamic_scale is not None else 'none')
+  log.info(
+    'Training %s on %s: %d steps (%d epochs x %d), %d device(s) in %d '
+    'process(es), batch %d; workdir %s',
+    config.model,
+    config.dataset,
+    run.total_steps,
+    config.num_epochs,
+    run.steps_per_epoch,
+    dp.num_devices,
+    dp.num_processes,
+    config.batch_size,
+    run.workdir,
+  )
+  log.info(
+    'Kernels: %s (%s=%s); compute dtype %s; loss scaling %s',
+    layers.kernel_set(),
+    layers.KERNELS_ENV,
+    layers.kernel_choice(),
+    workdir_lib.compute_dtype(config).dtype.name,
+    'dynamic' if state.dynamic_scale is not None else 'none',
+  )
 
   def log_train(step):
     stacked = buffer.flush(dp.first_replica)
     if stacked is None:
       return
-    scalars = {'train/loss': float(stacked['loss'].mean()),
-               'train/accuracy': float(stacked['accuracy'].mean()),
-               'train/learning_rate': float(run.schedule(step - 1))}
+    scalars = {
+      'train/loss': float(stacked['loss'].mean()),
+      'train/accuracy': float(stacked['accuracy'].mean()),
+      'train/learning_rate': float(run.schedule(step - 1)),
+    }
     if stacked['timed_steps']:
       scalars['train/images_per_second'] = (
-          stacked['timed_steps'] * config.batch_size / stacked['seconds'])
+        stacked['timed_steps'] * config.batch_size / stacked['seconds']
+      )
     if 'untimed_seconds' in stacked:  # the run's first step
       scalars['train/first_step_seconds'] = stacked['untimed_seconds']
     if 'loss_scale' in stacked:  # dynamic loss scaling
       scalars['train/loss_scale'] = float(stacked['loss_scale'][-1])
-      scalars['train/skipped_steps'] = float(np.sum(
-          stacked['grads_finite'] == 0))
+      scalars['train/skipped_steps'] = float(
+        np.sum(stacked['grads_finite'] == 0)
+      )
     run.writer.write(step, scalars)
     if run.progress is not None:
       run.progress.set_postfix(
-          loss=f'{scalars["train/loss"]:.4f}',
-          acc=f'{scalars["train/accuracy"]:.4f}',
-          img_s=f'{scalars["train/images_per_second"]:.0f}')
+        loss=f'{scalars["train/loss"]:.4f}',
+        acc=f'{scalars["train/accuracy"]:.4f}',
+        img_s=f'{scalars["train/images_per_second"]:.0f}',
+      )
 
   # Every process stops at the same step: after each step it reads the OR of
   # all processes' stop flags as they stood one step earlier (the collective
@@ -474,9 +562,12 @@ def _train(run: _Run, state, start_step: int):
       if step == start_step:
         seconds = time.perf_counter() - started
         buffer.restart_clock(seconds)
-        log.info('First step done in %.1f s, compiling the train step or '
-                 'loading it from the compilation cache (%s)', seconds,
-                 config.get('compilation_cache_dir') or 'off')
+        log.info(
+          'First step done in %.1f s, compiling the train step or '
+          'loading it from the compilation cache (%s)',
+          seconds,
+          config.get('compilation_cache_dir') or 'off',
+        )
       if run.progress is not None:
         run.progress.update(1)
       if signalled():
@@ -491,8 +582,10 @@ def _train(run: _Run, state, start_step: int):
         log_train(done)  # raises on NaN/Inf before anything is saved
         if run.last_saved != done:
           run.save(state, done)
-        run.say(f'{stop} at step {done}: checkpoint saved to '
-                f'{run.ckpts.directory}; run the same command to resume.')
+        run.say(
+          f'{stop} at step {done}: checkpoint saved to '
+          f'{run.ckpts.directory}; run the same command to resume.'
+        )
         break
       _log_evaluate_save(run, state, done, log_train)
   return state, stop
@@ -503,25 +596,31 @@ def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
   config = run.config
   epoch, within = divmod(done, run.steps_per_epoch)
   last = done == run.total_steps
-  evaluate_now = within == 0 and (epoch % config.eval_every_epochs == 0 or
-                                  last)
+  evaluate_now = within == 0 and (epoch % config.eval_every_epochs == 0 or last)
   checkpoint_now = done % config.checkpoint_every_steps == 0 or last
   if done % config.log_every_steps == 0 or evaluate_now or checkpoint_now:
     log_train(done)  # raises on NaN/Inf before anything is saved
   if evaluate_now:
     report = run.evaluate(state, config.eval_split)
-    metrics = {'accuracy': report['accuracy'], 'macro_f1': report['macro_f1'],
-               'loss': report['loss']}
+    metrics = {
+      'accuracy': report['accuracy'],
+      'macro_f1': report['macro_f1'],
+      'loss': report['loss'],
+    }
     scalars = {f'eval/{k}': v for k, v in metrics.items()}
-    if workdir_lib.uses_ema(config):  # the EMA is evaluated; the raw weights too
+    if workdir_lib.uses_ema(
+      config
+    ):  # the EMA is evaluated; the raw weights too
       raw = run.evaluate(state, config.eval_split, raw=True)
       scalars.update({f'eval/raw_{k}': raw[k] for k in metrics})
     run.writer.write(done, scalars)
     run.last_eval = metrics
     weights = ' (EMA weights)' if workdir_lib.uses_ema(config) else ''
-    run.say(f'epoch {epoch} (step {done}): {config.eval_split} accuracy '
-            f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, '
-            f'loss {report["loss"]:.4f}{weights}')
+    run.say(
+      f'epoch {epoch} (step {done}): {config.eval_split} accuracy '
+      f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, '
+      f'loss {report["loss"]:.4f}{weights}'
+    )
     run.save(state, done, eval_metrics=metrics)
   elif checkpoint_now:
     run.save(state, done)
@@ -543,20 +642,24 @@ def _final_test(run: _Run, state, last_step: int) -> dict:
   tta = config.test_tta or None
   report = run.evaluate(state, config.test_split, tta=tta)
   if run.is_writer:
-    paths = evaluation.write_report(report, run.workdir, config.test_split,
-                                    tested_step, tta=tta)
-    run.say(f'{config.test_split} (step {tested_step}'
-            f'{", " + config.test_tta if config.test_tta else ""}): accuracy '
-            f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}; '
-            f'report {paths[0]}')
+    paths = evaluation.write_report(
+      report, run.workdir, config.test_split, tested_step, tta=tta
+    )
+    run.say(
+      f'{config.test_split} (step {tested_step}'
+      f'{", " + config.test_tta if config.test_tta else ""}): accuracy '
+      f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}; '
+      f'report {paths[0]}'
+    )
   return report
 
 
 def _plot_curves(run: _Run) -> None:
   if os.path.exists(run.writer.history_path):
     path = reporting.plot_training_curves(
-        reporting.read_history(run.writer.history_path),
-        os.path.join(run.workdir, 'reports', 'training_curves.png'))
+      reporting.read_history(run.writer.history_path),
+      os.path.join(run.workdir, 'reports', 'training_curves.png'),
+    )
     log.info('Training curves: %s', path)
 
 
@@ -564,10 +667,12 @@ def _progress(config, enabled, start, total):
   if not (enabled and config.progress_bar):
     return None
   from tqdm import tqdm
+
   return tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
 
 
 # --- command line ---------------------------------------------------------------
+
 
 def default_config_path() -> str:
   """configs/default.py of this checkout (or of the current directory)."""
@@ -587,15 +692,18 @@ def main(argv=None):
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
   flags.mark_flag_as_required('workdir')
   config_flags.DEFINE_config_file(
-      'config', default_config_path(),
-      'Config file (configs/*.py); fields override as --config.key=value.')
+    'config',
+    default_config_path(),
+    'Config file (configs/*.py); fields override as --config.key=value.',
+  )
   cli.define_verbose_flag()
 
   def run(args):
     cli.start_command(args, flags.FLAGS.verbose)
     summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    print(json.dumps({k: v for k, v in summary.items() if k != 'test'},
-                     indent=2))
+    print(
+      json.dumps({k: v for k, v in summary.items() if k != 'test'}, indent=2)
+    )
 
   app.run(run, argv=argv)
 

@@ -53,9 +53,14 @@ class FaceTracker:
 
   def update(self, boxes: Sequence[Box]) -> list[int]:
     """The track id of each box of the next frame (new faces get new ids)."""
-    pairs = sorted(((iou(last, box), track_id, i)
-                    for track_id, (last, _) in self._live.items()
-                    for i, box in enumerate(boxes)), reverse=True)
+    pairs = sorted(
+      (
+        (iou(last, box), track_id, i)
+        for track_id, (last, _) in self._live.items()
+        for i, box in enumerate(boxes)
+      ),
+      reverse=True,
+    )
     ids: list[int | None] = [None] * len(boxes)
     for overlap, track_id, i in pairs:
       if overlap < self.min_iou:
@@ -87,33 +92,45 @@ def summarize(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
       `probabilities` (or `emotions`).
     class_names: the model's classes, in order.
   """
+
   def probabilities(row):
     p = row.get('probabilities', row.get('emotions'))
     return np.array([p[name] for name in class_names], np.float64)
 
   def means(group):
     mean = np.mean([probabilities(r) for r in group], axis=0)
-    return ({name: float(v) for name, v in zip(class_names, mean)},
-            class_names[int(np.argmax(mean))])
+    return (
+      {name: float(v) for name, v in zip(class_names, mean)},
+      class_names[int(np.argmax(mean))],
+    )
 
   tracks = {}
   for row in rows:
     tracks.setdefault(row['track'], []).append(row)
   summary = []
-  for track_id, group in sorted(tracks.items(),
-                                key=lambda item: (item[0] is None, item[0])):
+  for track_id, group in sorted(
+    tracks.items(), key=lambda item: (item[0] is None, item[0])
+  ):
     emotions, label = means(group)
-    summary.append({
-        'track': track_id, 'first_s': group[0]['time_s'],
-        'last_s': group[-1]['time_s'], 'first_frame': group[0]['frame'],
-        'last_frame': group[-1]['frame'], 'frames': len(group),
-        'emotions': emotions, 'dominant': label})
+    summary.append(
+      {
+        'track': track_id,
+        'first_s': group[0]['time_s'],
+        'last_s': group[-1]['time_s'],
+        'first_frame': group[0]['frame'],
+        'last_frame': group[-1]['frame'],
+        'frames': len(group),
+        'emotions': emotions,
+        'dominant': label,
+      }
+    )
   overall, dominant = means(rows) if rows else (None, None)
   return {'tracks': summary, 'emotions': overall, 'dominant': dominant}
 
 
-def plot_timeline(rows: Sequence[dict], class_names: Sequence[str],
-                  path: str, title: str = '') -> str:
+def plot_timeline(
+  rows: Sequence[dict], class_names: Sequence[str], path: str, title: str = ''
+) -> str:
   """Each track's emotion probabilities against time, one panel per track,
   written as a PNG at `path`."""
   import matplotlib
@@ -127,24 +144,37 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str],
   for row in rows:
     tracks.setdefault(row['track'], []).append(row)
   panels = max(len(tracks), 1)
-  figure, axes = plt.subplots(panels, 1, sharex=True, squeeze=False,
-                              figsize=(8, 1.2 + 1.8 * panels))
+  figure, axes = plt.subplots(
+    panels, 1, sharex=True, squeeze=False, figsize=(8, 1.2 + 1.8 * panels)
+  )
   colors = plt.get_cmap('tab10')
-  for ax, (track_id, group) in zip(axes[:, 0], sorted(
-      tracks.items(), key=lambda item: (item[0] is None, item[0]))):
-    times = [r['time_s'] if r['time_s'] is not None else r['frame']
-             for r in group]
+  for ax, (track_id, group) in zip(
+    axes[:, 0],
+    sorted(tracks.items(), key=lambda item: (item[0] is None, item[0])),
+  ):
+    times = [
+      r['time_s'] if r['time_s'] is not None else r['frame'] for r in group
+    ]
     for k, name in enumerate(class_names):
-      ax.plot(times, [r['probabilities'][name] for r in group], marker='.',
-              color=colors(k % 10), label=name)
+      ax.plot(
+        times,
+        [r['probabilities'][name] for r in group],
+        marker='.',
+        color=colors(k % 10),
+        label=name,
+      )
     ax.set_ylim(0, 1)
     ax.set_ylabel('whole frame' if track_id is None else f'track {track_id}')
   if not tracks:
     axes[0, 0].text(0.5, 0.5, 'no faces', ha='center', va='center')
   timed = any(r['time_s'] is not None for r in rows)
   axes[-1, 0].set_xlabel('time (s)' if timed else 'frame')
-  axes[0, 0].legend(ncol=min(len(class_names), 7), fontsize='small',
-                    loc='lower left', bbox_to_anchor=(0, 1.02))
+  axes[0, 0].legend(
+    ncol=min(len(class_names), 7),
+    fontsize='small',
+    loc='lower left',
+    bbox_to_anchor=(0, 1.02),
+  )
   if title:
     figure.suptitle(title)
   figure.tight_layout()
@@ -155,8 +185,9 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str],
   return path
 
 
-def sampled(index: int, video_fps: float, every: int,
-            fps: float | None) -> bool:
+def sampled(
+  index: int, video_fps: float, every: int, fps: float | None
+) -> bool:
   """Whether frame `index` is read: every Nth frame, or `fps` per second of
   video (the first frame at or after each multiple of 1/fps)."""
   if fps is None:

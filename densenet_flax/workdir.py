@@ -33,14 +33,18 @@ NORMALIZATION_FILE = 'normalization.json'
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  atomic.write_text(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
+  atomic.write_text(
+    os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2)
+  )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config; keys added to the project since it ran get defaults."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
+    raise FileNotFoundError(
+      f'{path} not found: is {workdir} a training workdir?'
+    )
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   _fill_missing(config, config_lib.base_config())
@@ -48,9 +52,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def save_normalization(workdir: str, mean, std) -> None:
-  atomic.write_text(os.path.join(workdir, NORMALIZATION_FILE), json.dumps(
+  atomic.write_text(
+    os.path.join(workdir, NORMALIZATION_FILE),
+    json.dumps(
       {'mean': [float(m) for m in mean], 'std': [float(s) for s in std]},
-      indent=2))
+      indent=2,
+    ),
+  )
 
 
 def normalization(config, workdir: str) -> tuple[list[float], list[float]]:
@@ -64,16 +72,19 @@ def normalization(config, workdir: str) -> tuple[list[float], list[float]]:
   if spec.mean is not None:
     return list(spec.mean), list(spec.std)
   raise FileNotFoundError(
-      f'{path} not found: {workdir} was trained before runs recorded the '
-      f'normalisation of {spec.name}: rerun its training command once (a '
-      f'finished run only writes this file and re-evaluates)')
+    f'{path} not found: {workdir} was trained before runs recorded the '
+    f'normalisation of {spec.name}: rerun its training command once (a '
+    f'finished run only writes this file and re-evaluates)'
+  )
 
 
 def _fill_missing(config, defaults) -> None:
   for key, value in defaults.items():
     if key not in config:
       config[key] = value
-    elif isinstance(value, ml_collections.ConfigDict) and key != 'model_overrides':
+    elif (
+      isinstance(value, ml_collections.ConfigDict) and key != 'model_overrides'
+    ):
       _fill_missing(config[key], value)
 
 
@@ -81,26 +92,72 @@ def _fill_missing(config, defaults) -> None:
 # data and its order (shuffle_buffer: ImageNet's), the loss, the optimizer
 # and its schedule. Checked on resume.
 RESULT_KEYS = (
-    'model', 'model_overrides', 'memory_efficient', 'half_precision',
-    'half_precision_dtype', 'loss_scaling', 'init_from', 'init_from_keras', 'freeze',
-    'freeze_batch_stats', 'head_lr_multiplier', 'layer_lr_decay', 'ema_decay',
-    'label_mode', 'dataset', 'train_split',
-    'eval_split', 'test_split', 'test_tta', 'image_size', 'channels',
-    'augment', 'batch_size', 'num_epochs', 'optimizer', 'learning_rate',
-    'lr_batch_reference', 'schedule', 'lr_boundaries', 'lr_decay',
-    'warmup_epochs', 'momentum', 'nesterov', 'weight_decay',
-    'weight_decay_mode', 'label_smoothing', 'mixup_alpha', 'class_weighting',
-    'grad_clip_norm', 'seed', 'rng_impl', 'shuffle_buffer')
+  'model',
+  'model_overrides',
+  'memory_efficient',
+  'half_precision',
+  'half_precision_dtype',
+  'loss_scaling',
+  'init_from',
+  'init_from_keras',
+  'freeze',
+  'freeze_batch_stats',
+  'head_lr_multiplier',
+  'layer_lr_decay',
+  'ema_decay',
+  'label_mode',
+  'dataset',
+  'train_split',
+  'eval_split',
+  'test_split',
+  'test_tta',
+  'image_size',
+  'channels',
+  'augment',
+  'batch_size',
+  'num_epochs',
+  'optimizer',
+  'learning_rate',
+  'lr_batch_reference',
+  'schedule',
+  'lr_boundaries',
+  'lr_decay',
+  'warmup_epochs',
+  'momentum',
+  'nesterov',
+  'weight_decay',
+  'weight_decay_mode',
+  'label_smoothing',
+  'mixup_alpha',
+  'class_weighting',
+  'grad_clip_norm',
+  'seed',
+  'rng_impl',
+  'shuffle_buffer',
+)
 # The keys that may change between invocations of one run: where things are,
 # how often to log, evaluate and save, how to start processes. Every key of
 # config.base_config() is in exactly one of the two (tested).
 BOOKKEEPING_KEYS = (
-    'data_dir', 'manual_dir', 'eval_batch_size', 'log_every_steps',
-    'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
-    'select_metric', 'progress_bar', 'distributed', 'coordinator_address',
-    'num_processes', 'process_id', 'distributed_timeout_s',
-    'allow_config_change', 'stop_after_steps', 'compilation_cache_dir',
-    'restart')
+  'data_dir',
+  'manual_dir',
+  'eval_batch_size',
+  'log_every_steps',
+  'eval_every_epochs',
+  'checkpoint_every_steps',
+  'keep_checkpoints',
+  'select_metric',
+  'progress_bar',
+  'distributed',
+  'coordinator_address',
+  'num_processes',
+  'process_id',
+  'distributed_timeout_s',
+  'allow_config_change',
+  'stop_after_steps',
+  'compilation_cache_dir',
+  'restart',
+)
 
 
 class ConfigChangeError(checkpointing.CheckpointMismatchError):
@@ -110,8 +167,9 @@ class ConfigChangeError(checkpointing.CheckpointMismatchError):
   """
 
 
-def config_changes(stored: dict, config: ml_collections.ConfigDict
-                   ) -> dict[str, tuple[Any, Any]]:
+def config_changes(
+  stored: dict, config: ml_collections.ConfigDict
+) -> dict[str, tuple[Any, Any]]:
   """'key' (dotted for nested keys) -> (stored, current), for RESULT_KEYS.
 
   `stored` is a config as JSON recorded it. A key it does not have was added
@@ -145,8 +203,10 @@ def _as_today(recorded: dict) -> dict:
   overrides = config.get('model_overrides') or {}
   if config['init_from'].startswith('keras:') and 'bn_epsilon' not in overrides:
     from densenet_flax import convert
-    config['model_overrides'] = dict(overrides,
-                                     bn_epsilon=convert.KERAS_BN_EPSILON)
+
+    config['model_overrides'] = dict(
+      overrides, bn_epsilon=convert.KERAS_BN_EPSILON
+    )
   return config
 
 
@@ -162,7 +222,9 @@ def compute_dtype(config):
   """The dtype convolutions and BN compute in (params stay float32)."""
   if not config.half_precision:
     return jnp.float32
-  return jnp.float16 if config.half_precision_dtype == 'float16' else jnp.bfloat16
+  return (
+    jnp.float16 if config.half_precision_dtype == 'float16' else jnp.bfloat16
+  )
 
 
 def dynamic_loss_scaling(config, backend: str | None = None) -> bool:
@@ -188,13 +250,18 @@ def build_model(config, axis_name: str | None = None):
   overrides = dict(config.model_overrides)
   if config.get('init_from_keras'):
     from densenet_flax import convert
+
     overrides.setdefault('bn_epsilon', convert.KERAS_BN_EPSILON)
   if config.get('freeze_batch_stats'):
     overrides.setdefault('frozen_bn_through', config.freeze)
   return models.create_model(
-      config.model, num_classes=num_classes(config),
-      dtype=compute_dtype(config), memory_efficient=config.memory_efficient,
-      bn_axis_name=axis_name, **overrides)
+    config.model,
+    num_classes=num_classes(config),
+    dtype=compute_dtype(config),
+    memory_efficient=config.memory_efficient,
+    bn_axis_name=axis_name,
+    **overrides,
+  )
 
 
 def uses_ema(config) -> bool:
@@ -209,27 +276,38 @@ def input_shape(config) -> tuple[int, int, int]:
 
 def run_identity(config) -> dict:
   """What a checkpoint must match to be restored into this run."""
-  return {'model': config.model, 'num_classes': num_classes(config),
-          'dataset': config.dataset,
-          'model_overrides': config.model_overrides.to_dict()}
+  return {
+    'model': config.model,
+    'num_classes': num_classes(config),
+    'dataset': config.dataset,
+    'model_overrides': config.model_overrides.to_dict(),
+  }
 
 
-def open_checkpoints(config, workdir: str, *, read_only: bool = False
-                     ) -> checkpointing.Checkpoints:
+def open_checkpoints(
+  config, workdir: str, *, read_only: bool = False
+) -> checkpointing.Checkpoints:
   """The checkpoints of a training workdir, kept as the config says.
 
   Readers (evaluation, inference) open them `read_only`: they never touch a
   save that a training run may have in flight.
   """
   return checkpointing.Checkpoints(
-      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-      select_metric=config.select_metric, read_only=read_only)
+    os.path.join(workdir, 'checkpoints'),
+    keep=config.keep_checkpoints,
+    select_metric=config.select_metric,
+    read_only=read_only,
+  )
 
 
-def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
-                      config: ml_collections.ConfigDict | None = None,
-                      sharding: jax.sharding.Sharding | None = None,
-                      ema: bool | None = None):
+def restore_variables(
+  workdir: str,
+  checkpoint: str | int = 'latest',
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  sharding: jax.sharding.Sharding | None = None,
+  ema: bool | None = None,
+):
   """A checkpoint's variables, with no optimizer built.
 
   Returns (model, {'params', 'batch_stats'}, step). A run with an EMA of its
@@ -245,17 +323,25 @@ def restore_variables(workdir: str, checkpoint: str | int = 'latest', *,
   if ema is None:
     ema = uses_ema(config)
   elif ema and not uses_ema(config):
-    raise ValueError(f'{workdir} was trained without an EMA of its weights '
-                     f'(config.ema_decay=0)')
+    raise ValueError(
+      f'{workdir} was trained without an EMA of its weights '
+      f'(config.ema_decay=0)'
+    )
   model = build_model(config)
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, *input_shape(config)), jnp.float32),
-      train=False))
+  abstract = jax.eval_shape(
+    lambda: model.init(
+      jax.random.key(0),
+      jnp.zeros((1, *input_shape(config)), jnp.float32),
+      train=False,
+    )
+  )
   ckpts = open_checkpoints(config, workdir, read_only=True)
 
   def restore(step):
-    return ckpts.restore_variables(step, abstract, run_identity(config),
-                                   sharding=sharding, ema=ema)
+    return ckpts.restore_variables(
+      step, abstract, run_identity(config), sharding=sharding, ema=ema
+    )
+
   try:
     if checkpoint != 'latest':
       step = ckpts.resolve(checkpoint)

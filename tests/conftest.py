@@ -32,8 +32,9 @@ if 'jax' in sys.modules:  # imported before this file (by a plugin)
 # inherit it, but for the multi-process runs, whose environment drops
 # XLA_FLAGS (tests/multiprocess.py).
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_backend_optimization_level=1').strip()
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=1'
+  ).strip()
 
 import pytest  # noqa: E402
 
@@ -42,6 +43,7 @@ def pytest_unconfigure(config):
   if not _WORKER:
     shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
+
 # Test helpers (fakedata.py) live beside the tests.
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -49,6 +51,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 @pytest.fixture(scope='session')
 def fer_rows():
   import fakedata
+
   return fakedata.fer_rows()
 
 
@@ -62,8 +65,9 @@ def fer_dirs(fer_rows, tmp_path_factory):
   manual = root / 'manual'
   os.makedirs(manual)
   fakedata.write_fer_csv(manual / 'fer2013.csv', fer_rows)
-  prepare.load_builder('fer2013', data_dir=str(root / 'data'),
-                       manual_dir=str(manual))
+  prepare.load_builder(
+    'fer2013', data_dir=str(root / 'data'), manual_dir=str(manual)
+  )
   return str(root / 'data'), str(manual)
 
 
@@ -83,8 +87,10 @@ def digits_run(digits_dir, tmp_path_factory):
   from densenet_flax import train
 
   workdir = str(tmp_path_factory.mktemp('digits_run'))
-  train.train_and_evaluate(trainutil.tiny_config(
-      digits_dir, image_size=16, **{'augment.resize': 16}), workdir)
+  train.train_and_evaluate(
+    trainutil.tiny_config(digits_dir, image_size=16, **{'augment.resize': 16}),
+    workdir,
+  )
   return workdir
 
 

@@ -19,8 +19,9 @@ def fer_rows(per_class=(4, 2, 2), seed=0):
   for usage, count in zip(USAGES, per_class):
     for _ in range(count):
       for label in range(7):
-        rows.append((label, rng.randint(0, 256, (48, 48), dtype=np.uint8),
-                     usage))
+        rows.append(
+          (label, rng.randint(0, 256, (48, 48), dtype=np.uint8), usage)
+        )
   order = rng.permutation(len(rows))  # splits interleaved, as in the real file
   return [rows[i] for i in order]
 
@@ -72,7 +73,8 @@ def write_folder_release(root, rows, suffix='.png'):
     class_dir = os.path.join(root, top, fer_sources.EMOTIONS[label])
     os.makedirs(class_dir, exist_ok=True)
     Image.fromarray(pixels, mode='L').save(
-        os.path.join(class_dir, f'{usage}_{i:05d}{suffix}'))
+      os.path.join(class_dir, f'{usage}_{i:05d}{suffix}')
+    )
   return root
 
 
@@ -83,12 +85,12 @@ def ferplus_votes(rows, seed=1):
   for i in range(len(rows)):
     votes = np.zeros(10, np.int64)
     kind = i % 5
-    if kind == 3:      # no majority: 4-4 tie, plus single outlier votes
+    if kind == 3:  # no majority: 4-4 tie, plus single outlier votes
       votes[rng.choice(8, 2, replace=False)] = 4
       votes[9] = 1
-    elif kind == 4 and i % 10 == 9:   # not a face
+    elif kind == 4 and i % 10 == 9:  # not a face
       votes[9] = 10
-    else:              # clear majority, with an outlier vote of 1
+    else:  # clear majority, with an outlier vote of 1
       top = rng.randint(8)
       votes[top] = 7
       votes[(top + 1) % 8] = 2

@@ -22,23 +22,38 @@ def free_port() -> int:
 
 
 def cpu_env(devices: int = 1) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices),
-             TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    JAX_NUM_CPU_DEVICES=str(devices),
+    TF_CPP_MIN_LOG_LEVEL='2',
+  )
   env.pop('XLA_FLAGS', None)
   return env
 
 
 def train_command(workdir, config_file, *flags) -> list[str]:
-  return [sys.executable, os.path.join(trainutil.REPO, 'train.py'),
-          '--workdir', str(workdir), '--config', str(config_file), *flags]
+  return [
+    sys.executable,
+    os.path.join(trainutil.REPO, 'train.py'),
+    '--workdir',
+    str(workdir),
+    '--config',
+    str(config_file),
+    *flags,
+  ]
 
 
-def distributed_train_flags(port: int, n: int, i: int,
-                            timeout_s: int = 60) -> list[str]:
-  return ['--config.distributed=True',
-          f'--config.coordinator_address=127.0.0.1:{port}',
-          f'--config.num_processes={n}', f'--config.process_id={i}',
-          f'--config.distributed_timeout_s={timeout_s}']
+def distributed_train_flags(
+  port: int, n: int, i: int, timeout_s: int = 60
+) -> list[str]:
+  return [
+    '--config.distributed=True',
+    f'--config.coordinator_address=127.0.0.1:{port}',
+    f'--config.num_processes={n}',
+    f'--config.process_id={i}',
+    f'--config.distributed_timeout_s={timeout_s}',
+  ]
 
 
 class Processes:
@@ -53,9 +68,15 @@ class Processes:
     self.procs = []
     for i in range(n):
       with open(self.paths[i], 'w') as log:
-        self.procs.append(subprocess.Popen(
-            command(i), stdout=log, stderr=subprocess.STDOUT,
-            env=env(i) if env else cpu_env(), cwd=trainutil.REPO))
+        self.procs.append(
+          subprocess.Popen(
+            command(i),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env(i) if env else cpu_env(),
+            cwd=trainutil.REPO,
+          )
+        )
 
   def output(self, i: int) -> str:
     with open(self.paths[i]) as f:
@@ -82,6 +103,7 @@ class Processes:
   def check(self, timeout: float) -> None:
     """Waits; asserts that every process exited 0, showing the failures."""
     codes = self.wait(timeout)
-    failed = [(i, c, self.output(i)[-3000:]) for i, c in enumerate(codes)
-              if c != 0]
+    failed = [
+      (i, c, self.output(i)[-3000:]) for i, c in enumerate(codes) if c != 0
+    ]
     assert not failed, failed

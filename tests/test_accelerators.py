@@ -21,9 +21,9 @@ def stand_in_nvidia_smi(tmp_path):
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   script = bin_dir / 'nvidia-smi'
-  script.write_text('#!/bin/sh\n'
-                    f'[ "$1" = "-L" ] && echo "{GPU_LINE}" && exit 0\n'
-                    'exit 9\n')
+  script.write_text(
+    f'#!/bin/sh\n[ "$1" = "-L" ] && echo "{GPU_LINE}" && exit 0\nexit 9\n'
+  )
   script.chmod(0o755)
   return str(bin_dir)
 
@@ -41,18 +41,30 @@ def no_hardware(tmp_path, monkeypatch):
 
 
 def test_predict_warns_of_an_unused_gpu_with_the_install_command(
-    stand_in_nvidia_smi):
-  env = dict(os.environ, PATH=stand_in_nvidia_smi + os.pathsep +
-             os.environ['PATH'])
+  stand_in_nvidia_smi,
+):
+  env = dict(
+    os.environ, PATH=stand_in_nvidia_smi + os.pathsep + os.environ['PATH']
+  )
   env.pop('JAX_PLATFORMS', None)  # nothing asked JAX for the CPU
   out = subprocess.run(
-      [sys.executable, os.path.join(trainutil.REPO, 'predict.py'),
-       '--workdir', '/nonexistent', 'photo.png'],
-      capture_output=True, text=True, timeout=120, env=env)
+    [
+      sys.executable,
+      os.path.join(trainutil.REPO, 'predict.py'),
+      '--workdir',
+      '/nonexistent',
+      'photo.png',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=env,
+  )
   assert out.returncode == 2  # the workdir, after the start-up lines
   assert 'JAX' in out.stderr and 'on cpu' in out.stderr
-  assert (f'This machine has 1 NVIDIA GPU(s) ({GPU_LINE}) but JAX runs on '
-          f'the CPU') in out.stderr, out.stderr[-2000:]
+  assert (
+    f'This machine has 1 NVIDIA GPU(s) ({GPU_LINE}) but JAX runs on the CPU'
+  ) in out.stderr, out.stderr[-2000:]
   assert 'Run `pip install -U "jax[cuda12]"` and start again' in out.stderr
 
 
@@ -69,7 +81,8 @@ def test_device_files_reveal_gpus_and_tpus(no_hardware, caplog):
   (dev / 'nvidia0').touch()
   (dev / 'nvidiactl').touch()  # not a GPU
   assert accelerators.unused_accelerators('cpu') == {
-      'gpu': [str(dev / 'nvidia0')]}
+    'gpu': [str(dev / 'nvidia0')]
+  }
   assert accelerators.unused_accelerators('gpu') == {}  # JAX uses them
   # TPU v5e and later: /dev/vfio/N on a machine with a Google PCI device.
   (dev / 'vfio').mkdir()

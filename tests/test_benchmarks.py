@@ -11,12 +11,12 @@ from densenet_flax import shared_buffer
 
 def test_layer_free_names_add_up_over_layers():
   assert step_profile.layer_free(
-      'jit(train_step)/transpose(jvp(DenseNet))/denseblock2/denselayer13/'
-      'norm1/reduce_sum') == ('transpose(jvp(DenseNet))/denseblock*/'
-                              'denselayer*/norm1/reduce_sum')
+    'jit(train_step)/transpose(jvp(DenseNet))/denseblock2/denselayer13/'
+    'norm1/reduce_sum'
+  ) == ('transpose(jvp(DenseNet))/denseblock*/denselayer*/norm1/reduce_sum')
   assert step_profile.layer_free(
-      'jit(train_step)/jvp(DenseNet)/transition3/Dropout_0/div') == (
-          'jvp(DenseNet)/transition*/Dropout_*/div')
+    'jit(train_step)/jvp(DenseNet)/transition3/Dropout_0/div'
+  ) == ('jvp(DenseNet)/transition*/Dropout_*/div')
 
 
 def test_traced_kernels_are_attributed_to_their_op_names(tmp_path):
@@ -38,38 +38,54 @@ def test_traced_kernels_are_attributed_to_their_op_names(tmp_path):
   for _ in range(3):
     jax.block_until_ready(compiled(x, x))
   jax.profiler.stop_trace()
-  times = step_profile.kernel_times(str(tmp_path),
-                                    step_profile.op_names(compiled.as_text()))
-  scopes = {scope for scope in ('matmul_part', 'reduce_part')
-            if any(scope in op and us > 0 for (_, op), us in times.items())}
+  times = step_profile.kernel_times(
+    str(tmp_path), step_profile.op_names(compiled.as_text())
+  )
+  scopes = {
+    scope
+    for scope in ('matmul_part', 'reduce_part')
+    if any(scope in op and us > 0 for (_, op), us in times.items())
+  }
   assert scopes == {'matmul_part', 'reduce_part'}, times
 
 
 def test_memory_efficient_layer_names_its_parts_in_the_program():
   """The shared-buffer layer's ops carry DenseLayer's module names (the list
   path gets them from Flax), so a profile attributes its kernels."""
-  spec = shared_buffer.BlockSpec(num_layers=2, growth_rate=4, bottleneck=True,
-                                 drop_rate=0.5, epsilon=1e-5,
-                                 dtype=jnp.float32)
+  spec = shared_buffer.BlockSpec(
+    num_layers=2,
+    growth_rate=4,
+    bottleneck=True,
+    drop_rate=0.5,
+    epsilon=1e-5,
+    dtype=jnp.float32,
+  )
   keys = iter(jax.random.split(jax.random.key(0), 16))
   normal = lambda shape: jax.random.normal(next(keys), shape)  # noqa: E731
-  per_layer = [{'norm1': {'scale': normal((c,)), 'bias': normal((c,))},
-                'conv1': {'kernel': normal((1, 1, c, 16))},
-                'norm2': {'scale': normal((16,)), 'bias': normal((16,))},
-                'conv2': {'kernel': normal((3, 3, 16, 4))}} for c in (6, 10)]
+  per_layer = [
+    {
+      'norm1': {'scale': normal((c,)), 'bias': normal((c,))},
+      'conv1': {'kernel': normal((1, 1, c, 16))},
+      'norm2': {'scale': normal((16,)), 'bias': normal((16,))},
+      'conv2': {'kernel': normal((3, 3, 16, 4))},
+    }
+    for c in (6, 10)
+  ]
   x0 = normal((2, 5, 5, 6))
 
   def loss(per_layer):
     params = shared_buffer.stack_params(spec, per_layer, 6)
-    return jnp.sum(shared_buffer.dense_block(
-        spec, params, x0, jax.random.key(1)).buffer ** 2)
+    return jnp.sum(
+      shared_buffer.dense_block(spec, params, x0, jax.random.key(1)).buffer ** 2
+    )
 
   hlo = jax.jit(jax.grad(loss)).lower(per_layer).compile().as_text()
   names = set(step_profile.op_names(hlo).values())
   for part in ('norm1', 'conv1', 'dropout', 'norm2', 'conv2'):
     # forward: '.../conv1/dot_general'; backward: 'transpose(jvp(conv1))/...'
-    assert any(f'/{part}/' in op and 'transpose(' not in op
-               for op in names), part
+    assert any(f'/{part}/' in op and 'transpose(' not in op for op in names), (
+      part
+    )
     assert any(f'transpose(jvp({part}))' in op for op in names), part
 
 
@@ -85,17 +101,34 @@ def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
 
   report_path = tmp_path / 'check.json'
   out = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.accelerator_check',
-       '--case', 'densenet_bc_100_12@16x1:16', '--dtypes', 'bfloat16',
-       '--overrides', '{"block_sizes": [2, 2], "growth_rate": 4}',
-       '--steps', '12', '--json', str(report_path)],
-      capture_output=True, text=True, timeout=600,
-      cwd=accelerator_check.REPO, env=dict(os.environ))
+    [
+      sys.executable,
+      '-m',
+      'benchmarks.accelerator_check',
+      '--case',
+      'densenet_bc_100_12@16x1:16',
+      '--dtypes',
+      'bfloat16',
+      '--overrides',
+      '{"block_sizes": [2, 2], "growth_rate": 4}',
+      '--steps',
+      '12',
+      '--json',
+      str(report_path),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=accelerator_check.REPO,
+    env=dict(os.environ),
+  )
   assert out.returncode == 0, out.stdout + out.stderr[-2000:]
   assert 'all checks passed' in out.stdout
   report = json.loads(report_path.read_text())
   assert [(r['mode'], r['dtype']) for r in report['rows']] == [
-      ('plain', 'bfloat16'), ('memory_efficient', 'bfloat16')]
+    ('plain', 'bfloat16'),
+    ('memory_efficient', 'bfloat16'),
+  ]
   for row in report['rows']:
     assert row['backend'] == 'cpu' and row['loss_falls']
     assert len(row['losses']) == 12 and row['images_per_s'] > 0
@@ -106,8 +139,9 @@ def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
   assert gradients['relative'] <= accelerator_check.GRADIENT_TOLERANCE
 
 
-def test_inference_benchmark_times_onnxruntime_beside_ours(tmp_path,
-                                                           monkeypatch):
+def test_inference_benchmark_times_onnxruntime_beside_ours(
+  tmp_path, monkeypatch
+):
   """The onnxruntime column on a tiny preset: exported and run at the batch."""
   import json
 
@@ -115,13 +149,37 @@ def test_inference_benchmark_times_onnxruntime_beside_ours(tmp_path,
   from benchmarks import inference
   from densenet_flax import models
 
-  monkeypatch.setitem(models.PRESETS, 'tiny', dict(
-      growth_rate=4, block_sizes=(1, 1), num_init_features=8, bn_size=4,
-      compression=0.5, stem='cifar'))
+  monkeypatch.setitem(
+    models.PRESETS,
+    'tiny',
+    dict(
+      growth_rate=4,
+      block_sizes=(1, 1),
+      num_init_features=8,
+      bn_size=4,
+      compression=0.5,
+      stem='cifar',
+    ),
+  )
   report_path = tmp_path / 'report.json'
-  inference.main(['--cases', 'tiny@8x3', '--batches', '2', '--rounds', '1',
-                  '--calls', '1', '--peers', 'ours', 'onnxruntime',
-                  '--no-faces', '--json', str(report_path)])
+  inference.main(
+    [
+      '--cases',
+      'tiny@8x3',
+      '--batches',
+      '2',
+      '--rounds',
+      '1',
+      '--calls',
+      '1',
+      '--peers',
+      'ours',
+      'onnxruntime',
+      '--no-faces',
+      '--json',
+      str(report_path),
+    ]
+  )
   report = json.loads(report_path.read_text())
   results = report['cases'][0]['results']
   assert set(results) == {'ours', 'ours-e2e', 'onnxruntime'}

@@ -18,18 +18,29 @@ def test_default_config_reaches_97_percent_on_digits(digits_dir, tmp_path):
   """Both runs at once, in their own processes (DENSENET_FLAX_KERNELS=auto,
   which is 'cpu' here, and 'generic'): much of a run is single-threaded."""
   runs = multiprocess.Processes(
-      lambda i: [sys.executable, os.path.join(trainutil.REPO, 'train.py'),
-                 '--workdir', str(tmp_path / KERNELS[i]),
-                 f'--config.data_dir={digits_dir}',
-                 '--config.progress_bar=False'],
-      len(KERNELS), tmp_path / 'logs', 'demo',
-      env=lambda i: dict(os.environ, DENSENET_FLAX_KERNELS=KERNELS[i]))
+    lambda i: [
+      sys.executable,
+      os.path.join(trainutil.REPO, 'train.py'),
+      '--workdir',
+      str(tmp_path / KERNELS[i]),
+      f'--config.data_dir={digits_dir}',
+      '--config.progress_bar=False',
+    ],
+    len(KERNELS),
+    tmp_path / 'logs',
+    'demo',
+    env=lambda i: dict(os.environ, DENSENET_FLAX_KERNELS=KERNELS[i]),
+  )
   runs.check(timeout=900)
   for i, kernels in enumerate(KERNELS):
     output = runs.output(i)
-    assert (f'Kernels: {"cpu" if kernels == "auto" else kernels} '
-            f'(DENSENET_FLAX_KERNELS={kernels})') in output
-    summary = json.loads(output[output.index('{\n  "step"'):output.rindex('}') + 1])
+    assert (
+      f'Kernels: {"cpu" if kernels == "auto" else kernels} '
+      f'(DENSENET_FLAX_KERNELS={kernels})'
+    ) in output
+    summary = json.loads(
+      output[output.index('{\n  "step"') : output.rindex('}') + 1]
+    )
     assert summary['step'] == summary['total_steps']
     workdir = tmp_path / kernels
     reports = sorted(os.listdir(workdir / 'eval'))

@@ -28,8 +28,9 @@ def fer_classifier():
   config.image_size, config.channels = 44, 1
   config.augment.crop = 'random'
   model = workdir_lib.build_model(config)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 44, 44, 1)),
-                         train=False)
+  variables = model.init(
+    jax.random.key(0), jnp.zeros((1, 44, 44, 1)), train=False
+  )
   return Classifier(model, variables, config, [0.5], [0.25])
 
 
@@ -95,15 +96,16 @@ def store_with_orientation(upright, orientation, path):
     stored.save(path, exif=exif, quality=95)
     with Image.open(path) as saved:
       shown = ImageOps.exif_transpose(saved)
-      if shown.size == image.size and np.abs(
-          np.asarray(shown, np.int16) - upright).mean() < 3:
+      if (
+        shown.size == image.size
+        and np.abs(np.asarray(shown, np.int16) - upright).mean() < 3
+      ):
         return
   raise AssertionError(f'no stored form for orientation {orientation}')
 
 
 @pytest.mark.parametrize('orientation', range(1, 9))
-def test_jpeg_is_read_upright_for_every_exif_orientation(tmp_path,
-                                                         orientation):
+def test_jpeg_is_read_upright_for_every_exif_orientation(tmp_path, orientation):
   path = str(tmp_path / f'photo{orientation}.jpg')
   store_with_orientation(upright_photo(), orientation, path)
   assert predict.exif_orientation(path) == orientation
@@ -117,7 +119,8 @@ def test_jpeg_is_read_upright_for_every_exif_orientation(tmp_path,
 
 
 def test_a_sideways_photo_gives_its_face_in_upright_coordinates(
-    fer_classifier, tmp_path):
+  fer_classifier, tmp_path
+):
   upright = upright_photo()
   path = str(tmp_path / 'phone.jpg')
   store_with_orientation(upright, 6, path)
@@ -125,23 +128,31 @@ def test_a_sideways_photo_gives_its_face_in_upright_coordinates(
     assert saved.size == (512, 400)  # stored on its side
   detector = FaceEmotionDetector(fer_classifier)
   (want,) = detector.detect(upright)
-  rows, skipped = predict.run(fer_classifier, [path], faces=True,
-                              annotate_dir=str(tmp_path / 'annotated'),
-                              progress=False)
+  rows, skipped = predict.run(
+    fer_classifier,
+    [path],
+    faces=True,
+    annotate_dir=str(tmp_path / 'annotated'),
+    progress=False,
+  )
   assert skipped == [] and len(rows) == 1
   assert video_lib.iou(rows[0]['box'], want['box']) > 0.8
   drawn = cv2.imread(str(tmp_path / 'annotated' / 'phone.png'))
   assert drawn.shape[:2] == upright.shape[:2]
   # Read as stored, the face is on its side and the cascade misses it.
-  stored = cv2.imread(path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+  stored = cv2.imread(
+    path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+  )
   assert detector.detect(stored[..., ::-1]) == []
 
 
 # ---------------------------------------------------------------------------
 # Boxes found by another detector.
 
+
 def test_given_boxes_skip_detection_and_match_the_detected_face(
-    fer_classifier, tmp_path):
+  fer_classifier, tmp_path
+):
   image = skimage_data.astronaut()
   (found,) = FaceEmotionDetector(fer_classifier).detect(image)
 
@@ -163,15 +174,16 @@ def test_given_boxes_skip_detection_and_match_the_detected_face(
   photo.parent.mkdir()
   cv2.imwrite(str(photo), image[..., ::-1])
   boxes = tmp_path / 'photos' / 'boxes.csv'
-  boxes.write_text(f'path,x,y,w,h\nastronaut.png,{x},{y},{w},{h}\n'
-                   f'astronaut.png,0,0,100,120\n')
-  rows, skipped = predict.run(fer_classifier, boxes=str(boxes),
-                              progress=False)
-  assert skipped == [] and [r['box'] for r in rows] == [found['box'],
-                                                        (0, 0, 100, 120)]
+  boxes.write_text(
+    f'path,x,y,w,h\nastronaut.png,{x},{y},{w},{h}\nastronaut.png,0,0,100,120\n'
+  )
+  rows, skipped = predict.run(fer_classifier, boxes=str(boxes), progress=False)
+  assert skipped == [] and [r['box'] for r in rows] == [
+    found['box'],
+    (0, 0, 100, 120),
+  ]
   # Batched with the second box: equal to float32 rounding.
-  assert rows[0]['probabilities'] == pytest.approx(found['emotions'],
-                                                   abs=1e-6)
+  assert rows[0]['probabilities'] == pytest.approx(found['emotions'], abs=1e-6)
 
   boxes.write_text('path,x,y,w,h\nastronaut.png,1,2,3\n')
   with pytest.raises(ValueError, match=r'boxes.csv: line 2: expected'):
@@ -190,30 +202,39 @@ FPS = 10
 def write_face_video(path, seconds=2.5, blank_frame=12):
   """The astronaut's face sliding across a grey background, one frame
   (`blank_frame`) without it: MJPG, FPS frames a second."""
-  face = cv2.resize(skimage_data.astronaut()[:300, 100:350], (150, 180),
-                    interpolation=cv2.INTER_AREA)
+  face = cv2.resize(
+    skimage_data.astronaut()[:300, 100:350],
+    (150, 180),
+    interpolation=cv2.INTER_AREA,
+  )
   count = int(seconds * FPS)
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), FPS,
-                           (480, 270))
+  writer = cv2.VideoWriter(
+    path, cv2.VideoWriter_fourcc(*'MJPG'), FPS, (480, 270)
+  )
   for i in range(count):
     frame = np.full((270, 480, 3), 120, np.uint8)
     if i != blank_frame:
       x = round(i * (480 - 150) / (count - 1))
-      frame[45:225, x:x + 150] = face
+      frame[45:225, x : x + 150] = face
     writer.write(frame[..., ::-1])
   writer.release()
   return count
 
 
 def test_a_face_in_a_video_is_one_track_with_its_summary_and_timeline(
-    fer_classifier, tmp_path):
+  fer_classifier, tmp_path
+):
   path = str(tmp_path / 'clip.avi')
   count = write_face_video(path)
   output = str(tmp_path / 'rows.jsonl')
-  rows, skipped = predict.run(fer_classifier, [path], faces=True,
-                              output=output,
-                              timeline=str(tmp_path / 'timeline.png'),
-                              progress=False)
+  rows, skipped = predict.run(
+    fer_classifier,
+    [path],
+    faces=True,
+    output=output,
+    timeline=str(tmp_path / 'timeline.png'),
+    progress=False,
+  )
   assert skipped == []
   frames = [r['frame'] for r in rows]
   assert 12 not in frames and len(frames) >= count - 3
@@ -228,8 +249,9 @@ def test_a_face_in_a_video_is_one_track_with_its_summary_and_timeline(
   assert track['last_s'] == rows[-1]['time_s']
   names = fer_classifier.class_names
   mean = np.mean([[r['probabilities'][n] for n in names] for r in rows], 0)
-  np.testing.assert_allclose([track['emotions'][n] for n in names], mean,
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    [track['emotions'][n] for n in names], mean, rtol=1e-12
+  )
   assert track['dominant'] == names[int(mean.argmax())]
   assert summary['dominant'] == track['dominant']
   with open(str(tmp_path / 'timeline.png'), 'rb') as f:
@@ -237,37 +259,47 @@ def test_a_face_in_a_video_is_one_track_with_its_summary_and_timeline(
 
   # The same tracks from Python, and --fps samples by time.
   detector = FaceEmotionDetector(fer_classifier)
-  answers = [a for frame in detector.track(
-      ((f, image) for f, _, image in predict.frames(path)), fps=FPS)
-      for a in frame]
+  answers = [
+    a
+    for frame in detector.track(
+      ((f, image) for f, _, image in predict.frames(path)), fps=FPS
+    )
+    for a in frame
+  ]
   assert [(a['frame'], a['track'], a['box']) for a in answers] == [
-      (r['frame'], r['track'], r['box']) for r in rows]
-  sampled, _ = predict.run(fer_classifier, [path], faces=True, fps=4,
-                           progress=False)
-  assert [r['frame'] for r in sampled] == [0, 3, 5, 8, 10, 13, 15, 18, 20,
-                                           23]
+    (r['frame'], r['track'], r['box']) for r in rows
+  ]
+  sampled, _ = predict.run(
+    fer_classifier, [path], faces=True, fps=4, progress=False
+  )
+  assert [r['frame'] for r in sampled] == [0, 3, 5, 8, 10, 13, 15, 18, 20, 23]
   assert [r['time_s'] for r in sampled] == pytest.approx(
-      [0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8, 2.0, 2.3])
+    [0, 0.3, 0.5, 0.8, 1.0, 1.3, 1.5, 1.8, 2.0, 2.3]
+  )
 
 
 def test_tracks_end_where_faces_jump_or_stay_away():
   tracker = video_lib.FaceTracker(min_iou=0.3, max_missed=1)
   assert tracker.update([(0, 0, 10, 10), (50, 0, 10, 10)]) == [0, 1]
   assert tracker.update([(52, 1, 10, 10), (1, 0, 10, 10)]) == [1, 0]
-  assert tracker.update([(1, 1, 10, 10)]) == [0]       # 1 missed once
+  assert tracker.update([(1, 1, 10, 10)]) == [0]  # 1 missed once
   assert tracker.update([(1, 1, 10, 10), (52, 1, 10, 10)]) == [0, 1]
-  assert tracker.update([(30, 30, 10, 10)]) == [2]     # a jump: a new track
+  assert tracker.update([(30, 30, 10, 10)]) == [2]  # a jump: a new track
   tracker.update([])
   tracker.update([])
-  assert tracker.update([(30, 30, 10, 10)]) == [3]     # away too long
+  assert tracker.update([(30, 30, 10, 10)]) == [3]  # away too long
 
 
-@pytest.mark.parametrize('video_fps,fps,want', [
+@pytest.mark.parametrize(
+  'video_fps,fps,want',
+  [
     (10, 4, [0, 3, 5, 8, 10]),
     (30, 1, [0, 30]),
     (10, 20, list(range(11))),
-])
+  ],
+)
 def test_fps_takes_the_first_frame_at_each_sample_time(video_fps, fps, want):
   n = want[-1] + 1
-  assert [i for i in range(n) if video_lib.sampled(i, video_fps, 1, fps)
-          ] == want
+  assert [
+    i for i in range(n) if video_lib.sampled(i, video_fps, 1, fps)
+  ] == want

@@ -47,7 +47,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
     stack.append(module)
     for used in sorted(graph[module]):
       if state.get(used) == 'open':
-        return stack[stack.index(used):] + [used]
+        return stack[stack.index(used) :] + [used]
       if used not in state:
         found = visit(used)
         if found:
@@ -68,8 +68,10 @@ def test_the_package_has_no_import_circle():
   files = modules()
   # A package's own __init__ is where `from densenet_flax import x` starts,
   # not a module that uses x.
-  graph = {name: imports(path, set(files)) - {name, PACKAGE}
-           for name, path in files.items()}
+  graph = {
+    name: imports(path, set(files)) - {name, PACKAGE}
+    for name, path in files.items()
+  }
   found = cycle(graph)
   assert found is None, 'import circle: ' + ' -> '.join(found)
 
@@ -93,5 +95,6 @@ def test_a_deprecation_raised_from_our_code_fails_the_test():
 
   for module in ('densenet_flax.models', 'jax._src.api', 'orbax.checkpoint'):
     with pytest.raises(DeprecationWarning, match='old'):
-      warnings.warn_explicit('old', DeprecationWarning, 'x.py', 1,
-                             module=module)
+      warnings.warn_explicit(
+        'old', DeprecationWarning, 'x.py', 1, module=module
+      )

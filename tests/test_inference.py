@@ -24,8 +24,9 @@ def stored_test_split(digits_dir):
   from densenet_flax.datasets import prepare
 
   builder = prepare.load_builder('digits', data_dir=digits_dir)
-  data = tfds.as_numpy(builder.as_dataset(split='test', batch_size=-1,
-                                          shuffle_files=False))
+  data = tfds.as_numpy(
+    builder.as_dataset(split='test', batch_size=-1, shuffle_files=False)
+  )
   return data['image'], data['label']
 
 
@@ -34,8 +35,9 @@ def classifier(digits_run):
   return Classifier.from_workdir(digits_run, 'latest')
 
 
-def test_predict_gives_the_accuracy_evaluate_reports(classifier, digits_run,
-                                                     digits_dir):
+def test_predict_gives_the_accuracy_evaluate_reports(
+  classifier, digits_run, digits_dir
+):
   images, labels = stored_test_split(digits_dir)
   probabilities = classifier.predict(images)
   assert probabilities.shape == (359, 10)
@@ -49,13 +51,15 @@ def test_predict_gives_the_accuracy_evaluate_reports(classifier, digits_run,
   assert confusion.tolist() == report['confusion_matrix']
 
 
-def test_batches_of_any_size_compile_once_per_fixed_size(classifier,
-                                                         digits_dir):
+def test_batches_of_any_size_compile_once_per_fixed_size(
+  classifier, digits_dir
+):
   images, _ = stored_test_split(digits_dir)
   whole = classifier.predict(images[:70])
   for n in (1, 2, 7, 9, 65):  # padded to 1, 8, 64; 65 = 64 + 1
-    np.testing.assert_allclose(classifier.predict(images[:n]), whole[:n],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      classifier.predict(images[:n]), whole[:n], atol=1e-6
+    )
   assert classifier._apply._cache_size() <= len(classifier.batch_sizes)
   assert classifier.predict(images[:0]).shape == (0, 10)
 
@@ -67,11 +71,13 @@ def test_preprocessing_is_the_evaluation_pipelines(digits_run):
 
   rng = np.random.RandomState(0)
   base = workdir_lib.load_config(digits_run)
-  cases = [('fer2013', 44, 'random', 0, 48, 48, 1),     # FER: centre 44 of 48
-           ('fer2013', 40, 'random', 0, 100, 80, 1),    # a photo, any size
-           ('fer2013', 48, 'none', 64, 48, 48, 3),      # resize, gray -> RGB
-           ('imagenet2012', 32, 'resized', 0, 50, 70, 3),
-           ('digits', 16, 'pad', 16, 8, 8, 1)]
+  cases = [
+    ('fer2013', 44, 'random', 0, 48, 48, 1),  # FER: centre 44 of 48
+    ('fer2013', 40, 'random', 0, 100, 80, 1),  # a photo, any size
+    ('fer2013', 48, 'none', 64, 48, 48, 3),  # resize, gray -> RGB
+    ('imagenet2012', 32, 'resized', 0, 50, 70, 3),
+    ('digits', 16, 'pad', 16, 8, 8, 1),
+  ]
   for dataset, size, crop, resize, height, width, channels in cases:
     config = base.copy_and_resolve_references()
     config.dataset, config.image_size, config.channels = dataset, size, channels
@@ -84,26 +90,37 @@ def test_preprocessing_is_the_evaluation_pipelines(digits_run):
     for tta in tta_modes:
       want = []
       for image in images:
-        if dataset != 'imagenet2012' and image.shape[:2] != (clf.stored_size,) * 2:
-          image = tf.image.resize(tf.cast(image, tf.float32),
-                                  [clf.stored_size] * 2).numpy()
+        if (
+          dataset != 'imagenet2012'
+          and image.shape[:2] != (clf.stored_size,) * 2
+        ):
+          image = tf.image.resize(
+            tf.cast(image, tf.float32), [clf.stored_size] * 2
+          ).numpy()
         fn = augment.ten_crop if tta else augment.eval_image
-        view = fn(tf.constant(image), image_size=size, crop=crop,
-                  resize=resize)
+        view = fn(tf.constant(image), image_size=size, crop=crop, resize=resize)
         want.append(augment.normalize(view, mean, std, channels).numpy())
-      np.testing.assert_allclose(clf.preprocess(images, tta), np.stack(want),
-                                 atol=2e-4, err_msg=f'{dataset} {crop} {tta}')
+      np.testing.assert_allclose(
+        clf.preprocess(images, tta),
+        np.stack(want),
+        atol=2e-4,
+        err_msg=f'{dataset} {crop} {tta}',
+      )
 
 
 def test_bad_input_is_named(classifier, digits_run, tmp_path):
-  with pytest.raises(ValueError, match='images have 4 channels; digits '
-                     r'models take 1 \(or 3, converted to grayscale\)'):
+  with pytest.raises(
+    ValueError,
+    match='images have 4 channels; digits '
+    r'models take 1 \(or 3, converted to grayscale\)',
+  ):
     classifier.predict(np.zeros((2, 8, 8, 4), np.uint8))
   with pytest.raises(ValueError, match=r'\[N, H, W\] or \[N, H, W, C\]'):
     classifier.predict(np.zeros((8, 8), np.uint8))
   (tmp_path / 'checkpoints').mkdir()
   (tmp_path / 'config.json').write_text(
-      workdir_lib.load_config(digits_run).to_json())
+    workdir_lib.load_config(digits_run).to_json()
+  )
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):
     Classifier.from_workdir(str(tmp_path), 'latest')
   with pytest.raises(FileNotFoundError, match='config.json not found'):
@@ -112,31 +129,47 @@ def test_bad_input_is_named(classifier, digits_run, tmp_path):
 
 def test_no_tensorflow_on_the_inference_path(digits_run):
   code = (
-      'import sys, numpy as np\n'
-      'from densenet_flax.inference import Classifier\n'
-      f'clf = Classifier.from_workdir({digits_run!r}, "latest")\n'
-      'p = clf.predict(np.zeros((3, 8, 8), np.uint8))\n'
-      'assert p.shape == (3, 10)\n'
-      'loaded = sorted(m for m in sys.modules if m.split(".")[0] in '
-      '("tensorflow", "keras", "tensorflow_datasets"))\n'
-      'print(loaded)\n')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                       text=True, timeout=300,
-                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    'import sys, numpy as np\n'
+    'from densenet_flax.inference import Classifier\n'
+    f'clf = Classifier.from_workdir({digits_run!r}, "latest")\n'
+    'p = clf.predict(np.zeros((3, 8, 8), np.uint8))\n'
+    'assert p.shape == (3, 10)\n'
+    'loaded = sorted(m for m in sys.modules if m.split(".")[0] in '
+    '("tensorflow", "keras", "tensorflow_datasets"))\n'
+    'print(loaded)\n'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip() == '[]', out.stdout
 
 
 def run_predict(digits_run, *args):
   return subprocess.run(
-      [sys.executable, os.path.join(trainutil.REPO, 'predict.py'),
-       '--workdir', digits_run, '--checkpoint', 'latest', *map(str, args)],
-      capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [
+      sys.executable,
+      os.path.join(trainutil.REPO, 'predict.py'),
+      '--workdir',
+      digits_run,
+      '--checkpoint',
+      'latest',
+      *map(str, args),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
 
 
 def test_predict_command_on_pngs_a_video_and_a_bad_file(
-    classifier, digits_run, digits_dir, tmp_path):
+  classifier, digits_run, digits_dir, tmp_path
+):
   images, _ = stored_test_split(digits_dir)
   folder = tmp_path / 'in' / 'nested'
   folder.mkdir(parents=True)
@@ -148,22 +181,35 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
   broken = tmp_path / 'broken.png'
   broken.write_text('not a png')
   video = str(tmp_path / 'clip.avi')
-  writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*'MJPG'), 5,
-                           (32, 32), isColor=True)
+  writer = cv2.VideoWriter(
+    video, cv2.VideoWriter_fourcc(*'MJPG'), 5, (32, 32), isColor=True
+  )
   for i in range(6):
-    frame = cv2.resize(images[i][..., 0], (32, 32),
-                       interpolation=cv2.INTER_NEAREST)
+    frame = cv2.resize(
+      images[i][..., 0], (32, 32), interpolation=cv2.INTER_NEAREST
+    )
     writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
   writer.release()
 
-  out = run_predict(digits_run, tmp_path / 'in', broken, video, '--every', 2,
-                    '--output', tmp_path / 'rows.jsonl',
-                    '--annotate', tmp_path / 'annotated')
+  out = run_predict(
+    digits_run,
+    tmp_path / 'in',
+    broken,
+    video,
+    '--every',
+    2,
+    '--output',
+    tmp_path / 'rows.jsonl',
+    '--annotate',
+    tmp_path / 'annotated',
+  )
   assert out.returncode == 1, out.stderr[-3000:]  # the broken file
   assert f'{broken}: not an image' in out.stderr
   assert 'skipped 1 file(s)' in out.stderr
-  rows = [json.loads(line) for line in
-          (tmp_path / 'rows.jsonl').read_text().splitlines()]
+  rows = [
+    json.loads(line)
+    for line in (tmp_path / 'rows.jsonl').read_text().splitlines()
+  ]
   assert [r['path'] for r in rows[:5]] == paths
   want = classifier.predict(images[:5])
   for row, p in zip(rows[:5], want):
@@ -172,19 +218,33 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
     assert row['label'] == classifier.class_names[int(p.argmax())]
     assert row['frame'] is None and row['box'] is None
   assert [(r['path'], r['frame']) for r in rows[5:]] == [
-      (video, 0), (video, 2), (video, 4)]
+    (video, 0),
+    (video, 2),
+    (video, 4),
+  ]
   assert len(os.listdir(tmp_path / 'annotated')) == 5 + 3
 
   # --fps samples by time (2.5 a second of a 5 fps video: every other frame);
   # the summary and the timeline of the video are written where asked.
-  out = run_predict(digits_run, video, '--fps', 2.5, '--summary',
-                    tmp_path / 'summary.json', '--timeline',
-                    tmp_path / 'timeline.png')
+  out = run_predict(
+    digits_run,
+    video,
+    '--fps',
+    2.5,
+    '--summary',
+    tmp_path / 'summary.json',
+    '--timeline',
+    tmp_path / 'timeline.png',
+  )
   assert out.returncode == 0, out.stderr[-3000:]
-  timed = [json.loads(line) for line in out.stdout.splitlines()
-           if line.startswith('{')]
+  timed = [
+    json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')
+  ]
   assert [(r['frame'], r['time_s'], r['track']) for r in timed] == [
-      (0, 0.0, None), (2, 0.4, None), (4, 0.8, None)]
+    (0, 0.0, None),
+    (2, 0.4, None),
+    (4, 0.8, None),
+  ]
   (summary,) = json.loads((tmp_path / 'summary.json').read_text())
   assert summary['frames_sampled'] == 3 and summary['tracks'][0]['frames'] == 3
   assert (tmp_path / 'timeline.png').read_bytes()[:4] == b'\x89PNG'
@@ -193,7 +253,8 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
   assert out.returncode == 0, out.stderr[-3000:]
   lines = (tmp_path / 'rows.csv').read_text().splitlines()
   assert lines[0].startswith(
-      'path,frame,time_s,track,x,y,w,h,label,score,0,1,2')
+    'path,frame,time_s,track,x,y,w,h,label,score,0,1,2'
+  )
   assert len(lines) == 2
 
   empty = tmp_path / 'empty'
@@ -203,7 +264,8 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
 
 
 def test_predict_on_one_image_prints_its_answer_and_little_else(
-    digits_run, digits_dir, tmp_path):
+  digits_run, digits_dir, tmp_path
+):
   images, _ = stored_test_split(digits_dir)
   path = str(tmp_path / 'digit.png')
   cv2.imwrite(path, images[0][..., 0])
@@ -231,7 +293,8 @@ def test_export_round_trip(classifier, digits_dir, tmp_path):
   got = loaded.signatures['serving_default'](pixels=tf.constant(pixels))
   np.testing.assert_allclose(list(got.values())[0].numpy(), want, atol=1e-4)
   assert (tmp_path / 'saved_model' / 'labels.txt').read_text().split() == [
-      str(i) for i in range(10)]
+    str(i) for i in range(10)
+  ]
 
   lite = export.export(classifier, str(tmp_path / 'model.tflite'), 'tflite')
   interpreter = tf.lite.Interpreter(model_path=lite)
@@ -241,5 +304,4 @@ def test_export_round_trip(classifier, digits_dir, tmp_path):
   for pixel, p in zip(pixels, want):
     interpreter.set_tensor(entry, pixel[None])
     interpreter.invoke()
-    np.testing.assert_allclose(interpreter.get_tensor(result)[0], p,
-                               atol=1e-4)
+    np.testing.assert_allclose(interpreter.get_tensor(result)[0], p, atol=1e-4)

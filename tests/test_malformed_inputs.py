@@ -24,9 +24,14 @@ HEADER = 'emotion,pixels,Usage'
 PIXELS = ' '.join(['7'] * 2304)
 ROW = f'3,{PIXELS},Training'
 VALID = f'{HEADER}\n{ROW}\n{ROW}\n'
-FILE_LEVEL = ('the file is empty', 'no rows after the header', 'the file is ',
-              'unreadable archive', 'have different row counts',
-              'the folder release has no images')
+FILE_LEVEL = (
+  'the file is empty',
+  'no rows after the header',
+  'the file is ',
+  'unreadable archive',
+  'have different row counts',
+  'the folder release has no images',
+)
 
 
 def assert_located(error, path):
@@ -53,36 +58,69 @@ def zipped(text):
   return buffer.getvalue()
 
 
-@pytest.mark.parametrize('data,message', [
+@pytest.mark.parametrize(
+  'data,message',
+  [
     (b'', 'the file is empty'),
     (f'{HEADER}\n'.encode(), 'no rows after the header'),
     (b'\x00\x01\xff\xfe binary \x80\x81', 'line 1: not UTF-8 text'),
-    (f'{HEADER}\n{ROW}\n3,7 7 \xff,Training\n'.encode('latin-1'),
-     'line 3: not UTF-8 text'),
+    (
+      f'{HEADER}\n{ROW}\n3,7 7 \xff,Training\n'.encode('latin-1'),
+      'line 3: not UTF-8 text',
+    ),
     (gzipped(VALID), 'the file is gzip-compressed'),
     (zipped(VALID), 'the file is a zip archive'),
-    (VALID[:len(VALID) // 2].encode(), 'line 2: 2 fields; expected 3'),
+    (VALID[: len(VALID) // 2].encode(), 'line 2: 2 fields; expected 3'),
     (f'{HEADER}\n{ROW},extra\n'.encode(), 'line 2: 4 fields; expected 3'),
     (f'{HEADER}\n3,{PIXELS}\n'.encode(), 'line 2: 2 fields; expected 3'),
     (f'{HEADER}\n9,{PIXELS},Training\n'.encode(), "unknown emotion id '9'"),
     (f'{HEADER}\n-1,{PIXELS},Training\n'.encode(), "unknown emotion id '-1'"),
     (f'{HEADER}\nx,{PIXELS},Training\n'.encode(), "unknown emotion id 'x'"),
     (f'{HEADER}\n٣,{PIXELS},Training\n'.encode(), "unknown emotion id '٣'"),
-    (f'{HEADER}\n3,{PIXELS[:-1]}300,Training\n'.encode(),
-     'pixel value 300 is out of range'),
-    (f'{HEADER}\n3,{PIXELS[:-1]}a,Training\n'.encode(),
-     "pixel value 'a' is not an integer"),
-    (f'{HEADER}\n3,{PIXELS[:-1]}٣,Training\n'.encode(),
-     "pixel value '٣' is not an integer"),
-    (f'{HEADER}\n3,{PIXELS[:-1]}+7,Training\n'.encode(),
-     "pixel value '+7' is not an integer"),
-    (f'{HEADER}\n3,{PIXELS},Validation\n'.encode(), "unknown Usage 'Validation'"),
+    (
+      f'{HEADER}\n3,{PIXELS[:-1]}300,Training\n'.encode(),
+      'pixel value 300 is out of range',
+    ),
+    (
+      f'{HEADER}\n3,{PIXELS[:-1]}a,Training\n'.encode(),
+      "pixel value 'a' is not an integer",
+    ),
+    (
+      f'{HEADER}\n3,{PIXELS[:-1]}٣,Training\n'.encode(),
+      "pixel value '٣' is not an integer",
+    ),
+    (
+      f'{HEADER}\n3,{PIXELS[:-1]}+7,Training\n'.encode(),
+      "pixel value '+7' is not an integer",
+    ),
+    (
+      f'{HEADER}\n3,{PIXELS},Validation\n'.encode(),
+      "unknown Usage 'Validation'",
+    ),
     (b'emotion,Usage\n3,Training\n', "missing column(s) ['pixels']"),
-], ids=['empty', 'header_only', 'binary', 'binary_row', 'gzip', 'zip',
-        'truncated', 'extra_column', 'missing_column_value', 'label_9',
-        'label_negative', 'label_text', 'label_unicode_digit', 'pixel_300',
-        'pixel_text', 'pixel_unicode_digit', 'pixel_signed', 'usage',
-        'no_pixels_column'])
+  ],
+  ids=[
+    'empty',
+    'header_only',
+    'binary',
+    'binary_row',
+    'gzip',
+    'zip',
+    'truncated',
+    'extra_column',
+    'missing_column_value',
+    'label_9',
+    'label_negative',
+    'label_text',
+    'label_unicode_digit',
+    'pixel_300',
+    'pixel_text',
+    'pixel_unicode_digit',
+    'pixel_signed',
+    'usage',
+    'no_pixels_column',
+  ],
+)
 def test_fer2013_csv_corpus(tmp_path, data, message):
   path = write_bytes(tmp_path, data)
   with pytest.raises(fer_sources.DataFormatError) as info:
@@ -95,17 +133,22 @@ def test_a_truncated_archive_is_named(tmp_path, fer_rows):
   path = tmp_path / fer_sources.TAR_NAME
   fakedata.write_fer_tar(path, fer_rows)
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
-  with pytest.raises(fer_sources.DataFormatError,
-                     match='unreadable archive') as info:
+  path.write_bytes(data[: len(data) // 2])
+  with pytest.raises(
+    fer_sources.DataFormatError, match='unreadable archive'
+  ) as info:
     list(fer_sources.read_csv_source(str(path)))
   assert_located(info.value, path)
 
 
-@pytest.mark.parametrize('change,message', [
+@pytest.mark.parametrize(
+  'change,message',
+  [
     (lambda votes: votes[:-1], 'have different row counts'),
     (lambda votes: votes + votes[-1:], 'have different row counts'),
-], ids=['ferplus_shorter', 'ferplus_longer'])
+  ],
+  ids=['ferplus_shorter', 'ferplus_longer'],
+)
 def test_ferplus_file_of_another_length(tmp_path, fer_rows, change, message):
   fer = tmp_path / 'fer2013.csv'
   fakedata.write_fer_csv(fer, fer_rows)
@@ -117,19 +160,30 @@ def test_ferplus_file_of_another_length(tmp_path, fer_rows, change, message):
     fer_sources.join_ferplus(str(fer), str(votes))
 
 
-@pytest.mark.parametrize('body,message', [
+@pytest.mark.parametrize(
+  'body,message',
+  [
     ('', 'no rows after the header'),
-    ('Training,fer0000000.png,4,0,0,0,0,0,0,0,x,0\n',
-     "line 2: unknown vote count 'x' is not a non-negative integer"),
-    ('Training,fer0000000.png,4,0,0,0,0,0,0,0,0\n',
-     'line 2: 11 fields; expected 12'),
-    ('Validation,fer0000000.png,4,0,0,0,0,0,0,0,0,0\n',
-     "line 2: unknown Usage 'Validation'"),
-], ids=['header_only', 'vote_text', 'missing_vote', 'usage'])
+    (
+      'Training,fer0000000.png,4,0,0,0,0,0,0,0,x,0\n',
+      "line 2: unknown vote count 'x' is not a non-negative integer",
+    ),
+    (
+      'Training,fer0000000.png,4,0,0,0,0,0,0,0,0\n',
+      'line 2: 11 fields; expected 12',
+    ),
+    (
+      'Validation,fer0000000.png,4,0,0,0,0,0,0,0,0,0\n',
+      "line 2: unknown Usage 'Validation'",
+    ),
+  ],
+  ids=['header_only', 'vote_text', 'missing_vote', 'usage'],
+)
 def test_ferplus_votes_corpus(tmp_path, body, message):
   header = 'Usage,Image name,' + ','.join(fer_sources.FERPLUS_VOTE_COLUMNS)
-  path = write_bytes(tmp_path, f'{header}\n{body}'.encode(),
-                     fer_sources.FERPLUS_NAME)
+  path = write_bytes(
+    tmp_path, f'{header}\n{body}'.encode(), fer_sources.FERPLUS_NAME
+  )
   with pytest.raises(fer_sources.DataFormatError) as info:
     list(fer_sources.read_ferplus_votes(path))
   assert message in str(info.value)
@@ -137,19 +191,23 @@ def test_ferplus_votes_corpus(tmp_path, body, message):
 
 
 def test_folder_release_ignores_hidden_files_and_names_other_files(
-    tmp_path, fer_rows):
+  tmp_path, fer_rows
+):
   fakedata.write_folder_release(tmp_path, fer_rows)
-  clean = [(e.key, e.label) for e in
-           fer_sources.read_folder_release(str(tmp_path))]
+  clean = [
+    (e.key, e.label) for e in fer_sources.read_folder_release(str(tmp_path))
+  ]
   (tmp_path / 'train' / '.DS_Store').write_bytes(b'\x00\x01')
   (tmp_path / 'train' / 'happy' / '._Training_1.png').write_bytes(b'\x00')
   os.makedirs(tmp_path / 'test' / '.ipynb_checkpoints')
-  assert [(e.key, e.label) for e in
-          fer_sources.read_folder_release(str(tmp_path))] == clean
+  assert [
+    (e.key, e.label) for e in fer_sources.read_folder_release(str(tmp_path))
+  ] == clean
   stray = tmp_path / 'train' / 'happy' / 'notes.txt'
   stray.write_text('not an image')
-  with pytest.raises(fer_sources.DataFormatError,
-                     match='notes.txt: not an image'):
+  with pytest.raises(
+    fer_sources.DataFormatError, match='notes.txt: not an image'
+  ):
     list(fer_sources.read_folder_release(str(tmp_path)))
 
 
@@ -161,6 +219,7 @@ def test_a_folder_release_without_images_is_named(tmp_path):
 
 
 # --- fuzzing -------------------------------------------------------------------
+
 
 def _count(text):
   return text.isascii() and text.isdigit()
@@ -195,23 +254,44 @@ def fer_oracle(data: bytes):
     usage = row['Usage'].strip()
     label = row['emotion'].strip()
     pixels = row['pixels'].split()
-    if (usage not in ('Training', 'PublicTest', 'PrivateTest') or
-        not _count(label) or int(label) > 6 or len(pixels) != 2304 or
-        not all(_count(p) and int(p) <= 255 for p in pixels)):
+    if (
+      usage not in ('Training', 'PublicTest', 'PrivateTest')
+      or not _count(label)
+      or int(label) > 6
+      or len(pixels) != 2304
+      or not all(_count(p) and int(p) <= 255 for p in pixels)
+    ):
       return None
     out.append((int(label), usage, [int(p) for p in pixels]))
   return out
 
 
-BYTES = st.sampled_from([b'0', b'7', b'9', b' ', b',', b'"', b'\n', b'\r',
-                         b'-', b'x', b'\xff', b'\x00', b'\t', b'3', b'25'])
+BYTES = st.sampled_from(
+  [
+    b'0',
+    b'7',
+    b'9',
+    b' ',
+    b',',
+    b'"',
+    b'\n',
+    b'\r',
+    b'-',
+    b'x',
+    b'\xff',
+    b'\x00',
+    b'\t',
+    b'3',
+    b'25',
+  ]
+)
 MUTATION = st.one_of(
-    st.tuples(st.just('insert'), st.floats(0, 1), BYTES),
-    st.tuples(st.just('replace'), st.floats(0, 1), BYTES),
-    st.tuples(st.just('delete'), st.floats(0, 1), st.integers(1, 8)),
-    st.tuples(st.just('truncate'), st.floats(0, 1), st.just(0)),
-    st.tuples(st.just('duplicate_line'), st.floats(0, 1), st.just(0)),
-    st.tuples(st.just('drop_line'), st.floats(0, 1), st.just(0)),
+  st.tuples(st.just('insert'), st.floats(0, 1), BYTES),
+  st.tuples(st.just('replace'), st.floats(0, 1), BYTES),
+  st.tuples(st.just('delete'), st.floats(0, 1), st.integers(1, 8)),
+  st.tuples(st.just('truncate'), st.floats(0, 1), st.just(0)),
+  st.tuples(st.just('duplicate_line'), st.floats(0, 1), st.just(0)),
+  st.tuples(st.just('drop_line'), st.floats(0, 1), st.just(0)),
 )
 
 
@@ -221,35 +301,42 @@ def mutate(data: bytes, mutations) -> bytes:
     if kind == 'insert':
       data = data[:i] + arg + data[i:]
     elif kind == 'replace':
-      data = data[:i] + arg + data[i + 1:]
+      data = data[:i] + arg + data[i + 1 :]
     elif kind == 'delete':
-      data = data[:i] + data[i + arg:]
+      data = data[:i] + data[i + arg :]
     elif kind == 'truncate':
       data = data[:i]
     else:
       lines = data.split(b'\n')
       j = min(int(where * len(lines)), len(lines) - 1)
-      lines[j:j + 1] = [lines[j]] * (2 if kind == 'duplicate_line' else 0)
+      lines[j : j + 1] = [lines[j]] * (2 if kind == 'duplicate_line' else 0)
       data = b'\n'.join(lines)
   return data
 
 
 # Three rows (three splits); most mutations land in the pixels.
-FUZZ_TEXT = fakedata.fer_csv_text(fakedata.fer_rows(per_class=(1, 1, 1))[:3]
-                                  ).encode()
+FUZZ_TEXT = fakedata.fer_csv_text(
+  fakedata.fer_rows(per_class=(1, 1, 1))[:3]
+).encode()
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+  max_examples=150,
+  deadline=None,
+  suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(mutations=st.lists(MUTATION, min_size=1, max_size=3))
 def test_mutated_fer2013_csv_gives_the_oracles_rows_or_a_located_error(
-    tmp_path, mutations):
+  tmp_path, mutations
+):
   data = mutate(FUZZ_TEXT, mutations)
   path = write_bytes(tmp_path, data)
   want = fer_oracle(data)
   try:
-    got = [(e.label, e.split, e.image.ravel().tolist())
-           for e in fer_sources.read_csv_source(path)]
+    got = [
+      (e.label, e.split, e.image.ravel().tolist())
+      for e in fer_sources.read_csv_source(path)
+    ]
   except fer_sources.DataFormatError as e:
     assert want is None, f'rejected a valid file: {e}'
     assert_located(e, path)

@@ -15,20 +15,25 @@ def test_report_matches_scikit_learn():
   predictions[predictions == 1] = 0  # class 1 never predicted
   matrix = metrics.confusion_matrix(labels, predictions, 7)
   np.testing.assert_array_equal(
-      matrix, sk.confusion_matrix(labels, predictions, labels=range(7)))
+    matrix, sk.confusion_matrix(labels, predictions, labels=range(7))
+  )
   report = metrics.classification_report(matrix, [f'c{i}' for i in range(7)])
   p, r, f, s = sk.precision_recall_fscore_support(
-      labels, predictions, labels=range(7), zero_division=0)
+    labels, predictions, labels=range(7), zero_division=0
+  )
   for i in range(7):
     row = report['per_class'][f'c{i}']
     assert row['precision'] == pytest.approx(p[i])
     assert row['recall'] == pytest.approx(r[i])
     assert row['f1'] == pytest.approx(f[i])
     assert row['support'] == s[i]
-  assert report['accuracy'] == pytest.approx(sk.accuracy_score(labels,
-                                                               predictions))
+  assert report['accuracy'] == pytest.approx(
+    sk.accuracy_score(labels, predictions)
+  )
   assert report['macro_f1'] == pytest.approx(
-      sk.f1_score(labels, predictions, average='macro', labels=range(7),
-                  zero_division=0))
+    sk.f1_score(
+      labels, predictions, average='macro', labels=range(7), zero_division=0
+    )
+  )
   table = metrics.format_table(report)
   assert 'c6' in table and 'macro-F1' in table

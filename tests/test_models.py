@@ -21,17 +21,17 @@ from densenet_flax import models
 # Table 1 for ImageNet, Section 3 for CIFAR) and agree with the paper's
 # rounded figures in Table 2 (1.0M, 7.0M, 27.2M, 0.8M, 15.3M, 25.6M).
 REFERENCE_PARAMS = {
-    ('densenet121', 1000): 7_978_856,
-    ('densenet169', 1000): 14_149_480,
-    ('densenet201', 1000): 20_013_928,
-    ('densenet161', 1000): 28_681_000,
-    ('densenet264', 1000): 33_337_704,
-    ('densenet_40_12', 10): 1_019_722,
-    ('densenet_100_12', 10): 6_979_642,
-    ('densenet_100_24', 10): 27_249_082,
-    ('densenet_bc_100_12', 10): 769_162,
-    ('densenet_bc_250_24', 10): 15_324_406,
-    ('densenet_bc_190_40', 10): 25_624_430,
+  ('densenet121', 1000): 7_978_856,
+  ('densenet169', 1000): 14_149_480,
+  ('densenet201', 1000): 20_013_928,
+  ('densenet161', 1000): 28_681_000,
+  ('densenet264', 1000): 33_337_704,
+  ('densenet_40_12', 10): 1_019_722,
+  ('densenet_100_12', 10): 6_979_642,
+  ('densenet_100_24', 10): 27_249_082,
+  ('densenet_bc_100_12', 10): 769_162,
+  ('densenet_bc_250_24', 10): 15_324_406,
+  ('densenet_bc_190_40', 10): 25_624_430,
 }
 
 
@@ -51,8 +51,9 @@ def _abstract_variables(model, size, channels):
   return jax.eval_shape(model.init, jax.random.key(0), x)
 
 
-def counted_params(growth, blocks, init, bn_size, compression, stem, channels,
-                   classes) -> int:
+def counted_params(
+  growth, blocks, init, bn_size, compression, stem, channels, classes
+) -> int:
   """Parameter count from the paper's layer recipe, written independently of
   the Flax modules: conv kernels + 2 per BN channel (scale, bias) + dense."""
   total = (7 * 7 if stem == 'imagenet' else 3 * 3) * channels * init
@@ -77,8 +78,10 @@ def counted_params(growth, blocks, init, bn_size, compression, stem, channels,
 @pytest.mark.parametrize('name,num_classes', sorted(REFERENCE_PARAMS))
 def test_reference_parameter_counts(name, num_classes):
   model = models.create_model(name, num_classes=num_classes)
-  assert count(abstract_variables(model)['params']) == REFERENCE_PARAMS[
-      (name, num_classes)]
+  assert (
+    count(abstract_variables(model)['params'])
+    == REFERENCE_PARAMS[(name, num_classes)]
+  )
 
 
 @pytest.mark.parametrize('name', sorted(models.PRESETS))
@@ -88,13 +91,24 @@ def test_independent_count_agrees_with_every_preset(name):
   f = models.PRESETS[name]
   # The classes of its REFERENCE_PARAMS row where it has one (the traced
   # variables are then test_reference_parameter_counts').
-  channels, classes = ((1, 7) if name == 'fer_densenet' else
-                       (3, 1000) if (name, 1000) in REFERENCE_PARAMS else
-                       (3, 10))
+  channels, classes = (
+    (1, 7)
+    if name == 'fer_densenet'
+    else (3, 1000)
+    if (name, 1000) in REFERENCE_PARAMS
+    else (3, 10)
+  )
   model = models.create_model(name, num_classes=classes)
-  want = counted_params(f['growth_rate'], f['block_sizes'],
-                        f['num_init_features'], f['bn_size'], f['compression'],
-                        f['stem'], channels, classes)
+  want = counted_params(
+    f['growth_rate'],
+    f['block_sizes'],
+    f['num_init_features'],
+    f['bn_size'],
+    f['compression'],
+    f['stem'],
+    channels,
+    classes,
+  )
   got = count(abstract_variables(model, 64, channels)['params'])
   assert got == want
   if (name, classes) in REFERENCE_PARAMS:
@@ -109,23 +123,37 @@ def test_densenet121_with_bn_statistics_matches_keras_count():
 
 
 def test_preset_functions_and_overrides():
-  deeper = models.create_model('densenet_bc_100_12', num_classes=10,
-                               block_sizes=(40, 40, 40))
+  deeper = models.create_model(
+    'densenet_bc_100_12', num_classes=10, block_sizes=(40, 40, 40)
+  )
   assert deeper.block_sizes == (40, 40, 40) and deeper.growth_rate == 12
   assert models.densenet121().num_classes == 1000
   assert models.densenet_bc_100_12().num_classes == 10
   assert models.fer_densenet().num_classes == 7
   assert models.fer_densenet(num_classes=8, drop_rate=0.0).drop_rate == 0.0
-  fields = {'growth_rate', 'block_sizes', 'num_init_features', 'bn_size',
-            'compression', 'drop_rate', 'stem', 'memory_efficient', 'dtype',
-            'bn_epsilon', 'bn_momentum', 'bn_axis_name'}
+  fields = {
+    'growth_rate',
+    'block_sizes',
+    'num_init_features',
+    'bn_size',
+    'compression',
+    'drop_rate',
+    'stem',
+    'memory_efficient',
+    'dtype',
+    'bn_epsilon',
+    'bn_momentum',
+    'bn_axis_name',
+  }
   assert fields <= set(models.MODEL_FIELDS)
 
 
 def test_unknown_preset_and_field_are_named():
-  with pytest.raises(ValueError, match="Unknown model 'densenet122'.*densenet121"):
+  with pytest.raises(
+    ValueError, match="Unknown model 'densenet122'.*densenet121"
+  ):
     models.create_model('densenet122', num_classes=10)
-  with pytest.raises(ValueError, match="growthrate"):
+  with pytest.raises(ValueError, match='growthrate'):
     models.create_model('densenet121', num_classes=10, growthrate=12)
   with pytest.raises(ValueError, match='segment_size=0: expected at least 1'):
     jax.eval_shape(tiny(segment_size=0).init, jax.random.key(0), images())
@@ -133,8 +161,10 @@ def test_unknown_preset_and_field_are_named():
     models.create_model('densenet121', num_classes=10, stem='vgg')
 
 
-@pytest.mark.parametrize('name', ['densenet121', 'densenet_bc_100_12',
-                                  'densenet_40_12', 'fer_densenet'])
+@pytest.mark.parametrize(
+  'name',
+  ['densenet121', 'densenet_bc_100_12', 'densenet_40_12', 'fer_densenet'],
+)
 @pytest.mark.parametrize('size', [32, 48, 64, 224])
 @pytest.mark.parametrize('channels', [1, 3])
 def test_output_shapes(name, size, channels):
@@ -155,9 +185,10 @@ def test_feature_map_sizes_follow_torchvision_padding():
   assert models.spatial_sizes('cifar', 2, 32) == [32, 16, 8]
 
 
-@pytest.mark.parametrize('name,minimum', [('densenet121', 29),
-                                          ('densenet_bc_100_12', 4),
-                                          ('fer_densenet', 16)])
+@pytest.mark.parametrize(
+  'name,minimum',
+  [('densenet121', 29), ('densenet_bc_100_12', 4), ('fer_densenet', 16)],
+)
 def test_too_small_input_names_the_minimum(name, minimum):
   model = models.create_model(name, num_classes=3)
   assert model.min_input_size == minimum
@@ -176,17 +207,37 @@ def test_non_image_input_is_rejected():
 def test_parameter_names_follow_torchvision():
   v = abstract_variables(models.densenet121())
   p = v['params']
-  assert set(p) == {'conv0', 'norm0', 'denseblock1', 'denseblock2',
-                    'denseblock3', 'denseblock4', 'transition1', 'transition2',
-                    'transition3', 'norm_final', 'classifier'}
-  assert set(p['denseblock1']['denselayer1']) == {'norm1', 'conv1', 'norm2',
-                                                  'conv2'}
-  assert p['denseblock1']['denselayer1']['conv2']['kernel'].shape == (3, 3, 128, 32)
+  assert set(p) == {
+    'conv0',
+    'norm0',
+    'denseblock1',
+    'denseblock2',
+    'denseblock3',
+    'denseblock4',
+    'transition1',
+    'transition2',
+    'transition3',
+    'norm_final',
+    'classifier',
+  }
+  assert set(p['denseblock1']['denselayer1']) == {
+    'norm1',
+    'conv1',
+    'norm2',
+    'conv2',
+  }
+  assert p['denseblock1']['denselayer1']['conv2']['kernel'].shape == (
+    3,
+    3,
+    128,
+    32,
+  )
   assert set(p['transition1']) == {'norm', 'conv'}
   assert set(v['batch_stats']['norm0']) == {'mean', 'var'}
 
 
 # --- behaviour on a tiny DenseNet-BC ---------------------------------------
+
 
 def tiny(**overrides):
   fields = dict(num_classes=5, block_sizes=(3, 3), growth_rate=4)
@@ -234,21 +285,30 @@ def test_dropout_requires_and_uses_a_dropout_rng():
   variables = init(model, x)
   with pytest.raises(Exception, match='dropout'):
     apply(model, variables, x, train=True, mutable=['batch_stats'])
-  run = lambda seed: apply(model, variables, x, rngs={
-      'dropout': jax.random.key(seed)}, train=True, mutable=['batch_stats'])[0]
+  run = lambda seed: apply(
+    model,
+    variables,
+    x,
+    rngs={'dropout': jax.random.key(seed)},
+    train=True,
+    mutable=['batch_stats'],
+  )[0]
   np.testing.assert_array_equal(run(1), run(1))
   assert not np.allclose(run(1), run(2))
-  no_dropout = apply(tiny(drop_rate=0.0), variables, x, train=True,
-                     mutable=['batch_stats'])[0]
+  no_dropout = apply(
+    tiny(drop_rate=0.0), variables, x, train=True, mutable=['batch_stats']
+  )[0]
   assert not np.allclose(run(1), no_dropout)
   # Eval mode needs no rng and is deterministic.
-  np.testing.assert_array_equal(apply(model, variables, x),
-                                apply(tiny(drop_rate=0.0), variables, x))
+  np.testing.assert_array_equal(
+    apply(model, variables, x), apply(tiny(drop_rate=0.0), variables, x)
+  )
 
 
 @pytest.mark.parametrize('memory_efficient', [False, True])
-def test_dropout_draws_jax_random_bernoulli_masks(memory_efficient,
-                                                  monkeypatch):
+def test_dropout_draws_jax_random_bernoulli_masks(
+  memory_efficient, monkeypatch
+):
   """Both blocks' dropout masks (layers.Dropout, shared_buffer's) are
   jax.random.bernoulli's: runs keep the random streams they had when the
   masks were drawn by it (nn.Dropout), though CPU now hashes them inline."""
@@ -257,58 +317,88 @@ def test_dropout_draws_jax_random_bernoulli_masks(memory_efficient,
   variables = init(model, x)
 
   def forward():  # traced afresh: jit caches the trace of a function it saw
-    return jax.jit(lambda: model.apply(
-        variables, x, train=True, mutable=['batch_stats'],
-        rngs={'dropout': jax.random.key(4)})[0])()
+    return jax.jit(
+      lambda: model.apply(
+        variables,
+        x,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': jax.random.key(4)},
+      )[0]
+    )()
 
   ours = forward()
   monkeypatch.setattr(layers, 'bernoulli', jax.random.bernoulli)
   np.testing.assert_array_equal(ours, forward())
 
 
-@pytest.mark.parametrize('bn_size,block_sizes,segment_size', [
-    (4, (3, 3), 8), (None, (3, 3), 8),
+@pytest.mark.parametrize(
+  'bn_size,block_sizes,segment_size',
+  [
+    (4, (3, 3), 8),
+    (None, (3, 3), 8),
     # Loops of 2 + 1 layers per block.
     (4, (3, 3), 2),
     # Two loops (8 + 1 layers) against the list path; 21 s: second tier.
-    pytest.param(4, (9,), 8, marks=pytest.mark.slow)])
+    pytest.param(4, (9,), 8, marks=pytest.mark.slow),
+  ],
+)
 def test_memory_efficient_gives_identical_outputs_and_gradients(
-    bn_size, block_sizes, segment_size, kernel_set):
+  bn_size, block_sizes, segment_size, kernel_set
+):
   plain = tiny(bn_size=bn_size, block_sizes=block_sizes)
-  efficient = tiny(bn_size=bn_size, block_sizes=block_sizes,
-                   memory_efficient=True, segment_size=segment_size)
+  efficient = tiny(
+    bn_size=bn_size,
+    block_sizes=block_sizes,
+    memory_efficient=True,
+    segment_size=segment_size,
+  )
   x = images()
   labels = jnp.arange(4) % 5
   variables = init(plain, x)
   # A checkpoint of one mode is a checkpoint of the other.
-  assert (jax.tree_util.tree_structure(variables) ==
-          jax.tree_util.tree_structure(jax.eval_shape(
-              efficient.init, jax.random.key(0), x)))
+  assert jax.tree_util.tree_structure(
+    variables
+  ) == jax.tree_util.tree_structure(
+    jax.eval_shape(efficient.init, jax.random.key(0), x)
+  )
 
   def loss_fn(model, params):
     logits, updates = model.apply(
-        {'params': params, 'batch_stats': variables['batch_stats']}, x,
-        train=True, mutable=['batch_stats'])
+      {'params': params, 'batch_stats': variables['batch_stats']},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+    )
     loss = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
     return loss, (logits, updates)
 
-  grad_fn = jax.jit(jax.grad(loss_fn, argnums=1, has_aux=True),
-                    static_argnums=0)
+  grad_fn = jax.jit(
+    jax.grad(loss_fn, argnums=1, has_aux=True), static_argnums=0
+  )
   # The block runs in loops of segment_size layers, forward and backward.
   loops = 2 * sum(math.ceil(n / segment_size) for n in block_sizes)
-  assert grad_fn.lower(efficient, variables['params']).as_text().count(
-      'stablehlo.while') == loops
+  assert (
+    grad_fn.lower(efficient, variables['params'])
+    .as_text()
+    .count('stablehlo.while')
+    == loops
+  )
   results = [grad_fn(m, variables['params']) for m in (plain, efficient)]
   (g_plain, (out_plain, upd_plain)), (g_eff, (out_eff, upd_eff)) = results
   np.testing.assert_allclose(out_plain, out_eff, atol=1e-5, rtol=0)
-  for a, b in zip(jax.tree_util.tree_leaves(g_plain),
-                  jax.tree_util.tree_leaves(g_eff)):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(g_plain), jax.tree_util.tree_leaves(g_eff)
+  ):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-  for a, b in zip(jax.tree_util.tree_leaves(upd_plain),
-                  jax.tree_util.tree_leaves(upd_eff)):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(upd_plain), jax.tree_util.tree_leaves(upd_eff)
+  ):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
-  assert max(float(jnp.abs(g).max())
-             for g in jax.tree_util.tree_leaves(g_plain)) > 1e-3
+  assert (
+    max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g_plain))
+    > 1e-3
+  )
 
 
 def test_bfloat16_compute_keeps_float32_params_and_stays_close():
@@ -340,9 +430,13 @@ def test_memory_efficient_compiled_memory_grows_linearly_with_depth():
 
   def temp(num_layers, efficient):
     model = models.create_model(
-        'densenet_bc_100_12', num_classes=10, growth_rate=8,
-        num_init_features=16, block_sizes=(num_layers,),
-        memory_efficient=efficient)
+      'densenet_bc_100_12',
+      num_classes=10,
+      growth_rate=8,
+      num_init_features=16,
+      block_sizes=(num_layers,),
+      memory_efficient=efficient,
+    )
     return memory.compiled_memory(model, 16, (16, 16, 3))['xla_temp_bytes']
 
   efficient = [temp(8, True), temp(16, True)]

@@ -15,8 +15,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def fake_devices_env(devices: int) -> dict:
   env = dict(os.environ)
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      f' --xla_force_host_platform_device_count={devices}')
+  env['XLA_FLAGS'] = (
+    env.get('XLA_FLAGS', '')
+    + f' --xla_force_host_platform_device_count={devices}'
+  )
   return env
 
 
@@ -26,12 +28,21 @@ def run_checks(logs, name, *checks, kernels='auto'):
   all at once: much of a run is single-threaded (imports, compiles), so on 2
   cores the two training runs below take 36 s side by side, 56 s one after
   the other."""
+
   def env(i):
     return dict(fake_devices_env(checks[i][1]), DENSENET_FLAX_KERNELS=kernels)
+
   multiprocess.Processes(
-      lambda i: [sys.executable, os.path.join(HERE, 'multidevice_check.py'),
-                 *checks[i][0]],
-      len(checks), logs, name, env=env).check(timeout=600)
+    lambda i: [
+      sys.executable,
+      os.path.join(HERE, 'multidevice_check.py'),
+      *checks[i][0],
+    ],
+    len(checks),
+    logs,
+    name,
+    env=env,
+  ).check(timeout=600)
 
 
 @pytest.mark.parametrize('kernels', ['cpu', 'generic'])
@@ -45,27 +56,45 @@ def test_pmapped_step_equals_single_device_step(tmp_path, mode, kernels):
   and TPUs run.
   """
   path = tmp_path / 'step.npz'
-  run_checks(tmp_path / 'logs', 'step',
-             (('step', str(path), *([mode] if mode != 'plain' else [])), 8),
-             kernels=kernels)
+  run_checks(
+    tmp_path / 'logs',
+    'step',
+    (('step', str(path), *([mode] if mode != 'plain' else [])), 8),
+    kernels=kernels,
+  )
   diffs = np.load(path)
   for name in ('params', 'batch_stats', 'loss'):
     assert diffs[name] < 1e-5, (name, float(diffs[name]))
 
 
 def test_training_on_8_devices_matches_1_device(digits_dir, tmp_path):
-  run_checks(tmp_path / 'logs', 'train', *[
-      (('train', digits_dir, str(tmp_path / f'run{devices}'),
-        str(tmp_path / f'train{devices}.npz')), devices)
-      for devices in (1, 8)])
-  one, eight = (dict(np.load(tmp_path / f'train{devices}.npz'))
-                for devices in (1, 8))
+  run_checks(
+    tmp_path / 'logs',
+    'train',
+    *[
+      (
+        (
+          'train',
+          digits_dir,
+          str(tmp_path / f'run{devices}'),
+          str(tmp_path / f'train{devices}.npz'),
+        ),
+        devices,
+      )
+      for devices in (1, 8)
+    ],
+  )
+  one, eight = (
+    dict(np.load(tmp_path / f'train{devices}.npz')) for devices in (1, 8)
+  )
   assert one['devices'] == 1 and eight['devices'] == 8
   assert one['test_examples'] == eight['test_examples'] == 359
   keys = [k for k in one if k.startswith('[')]
   assert keys and set(keys) == {k for k in eight if k.startswith('[')}
   for key in keys:
-    np.testing.assert_allclose(one[key], eight[key], atol=2e-4, rtol=2e-4,
-                               err_msg=key)
+    np.testing.assert_allclose(
+      one[key], eight[key], atol=2e-4, rtol=2e-4, err_msg=key
+    )
   assert abs(float(one['eval_accuracy']) - float(eight['eval_accuracy'])) <= (
-      1 / 359)
+    1 / 359
+  )

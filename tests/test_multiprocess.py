@@ -43,21 +43,35 @@ TIMEOUT = 300
 def config_file(digits_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp('multiprocess')
   return trainutil.write_config_file(
-      root / 'config.py', digits_dir, train_split='train', image_size=16,
-      **{'augment.resize': 16}, num_epochs=2, log_every_steps=2,
-      checkpoint_every_steps=1000, eval_batch_size=50,
-      # The runs compile the same programs: share XLA's cache between them.
-      compilation_cache_dir=str(root / 'xla'))
+    root / 'config.py',
+    digits_dir,
+    train_split='train',
+    image_size=16,
+    **{'augment.resize': 16},
+    num_epochs=2,
+    log_every_steps=2,
+    checkpoint_every_steps=1000,
+    eval_batch_size=50,
+    # The runs compile the same programs: share XLA's cache between them.
+    compilation_cache_dir=str(root / 'xla'),
+  )
 
 
-def train_on_two_processes(workdir, config_file, logs, name, *flags,
-                           timeout_s=60):
+def train_on_two_processes(
+  workdir, config_file, logs, name, *flags, timeout_s=60
+):
   port = multiprocess.free_port()
   return multiprocess.Processes(
-      lambda i: multiprocess.train_command(
-          workdir, config_file, *multiprocess.distributed_train_flags(
-              port, 2, i, timeout_s), *flags),
-      2, logs, name)
+    lambda i: multiprocess.train_command(
+      workdir,
+      config_file,
+      *multiprocess.distributed_train_flags(port, 2, i, timeout_s),
+      *flags,
+    ),
+    2,
+    logs,
+    name,
+  )
 
 
 def wait_for_training(workdir, procs, timeout=TIMEOUT):
@@ -75,8 +89,9 @@ def wait_for_training(workdir, procs, timeout=TIMEOUT):
 def two_process_run(config_file, tmp_path_factory):
   """An uninterrupted 2-process run: its workdir."""
   workdir = str(tmp_path_factory.mktemp('two_processes') / 'run')
-  train_on_two_processes(workdir, config_file, workdir + '-logs',
-                         'train').check(TIMEOUT)
+  train_on_two_processes(
+    workdir, config_file, workdir + '-logs', 'train'
+  ).check(TIMEOUT)
   return workdir
 
 
@@ -84,9 +99,13 @@ def two_process_run(config_file, tmp_path_factory):
 def one_process_run(config_file, tmp_path_factory):
   """The same config in one process with 2 devices: its workdir."""
   workdir = str(tmp_path_factory.mktemp('one_process') / 'run')
-  out = subprocess.run(multiprocess.train_command(workdir, config_file),
-                       env=multiprocess.cpu_env(devices=2),
-                       capture_output=True, text=True, timeout=TIMEOUT)
+  out = subprocess.run(
+    multiprocess.train_command(workdir, config_file),
+    env=multiprocess.cpu_env(devices=2),
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert '2 device(s) in 1 process(es)' in out.stderr
   return workdir
@@ -105,7 +124,8 @@ def assert_same_variables(a, b, **tolerance):
 
 
 def test_two_processes_compute_what_one_process_with_two_devices_does(
-    two_process_run, one_process_run):
+  two_process_run, one_process_run
+):
   # The checkpoint written by 2 processes restores here, in one.
   step_two, two = trainutil.final_variables(two_process_run)
   step_one, one = trainutil.final_variables(one_process_run)
@@ -120,22 +140,38 @@ def test_two_processes_compute_what_one_process_with_two_devices_does(
 
 
 def test_evaluate_on_two_processes_counts_every_example_once(
-    one_process_run, tmp_path):
+  one_process_run, tmp_path
+):
   # A checkpoint written by one process, restored by two.
   workdir = str(tmp_path / 'run')
   shutil.copytree(one_process_run, workdir)
   shutil.rmtree(os.path.join(workdir, 'eval'))
   port = multiprocess.free_port()
-  procs = multiprocess.Processes(lambda i: [
+  procs = multiprocess.Processes(
+    lambda i: [
       sys.executable,
-      os.path.join(trainutil.REPO, 'evaluate.py'), '--workdir', workdir,
-      '--checkpoint', 'latest', '--split', 'test', '--distributed',
-      f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-      f'--process_id={i}'], 2, str(tmp_path / 'logs'), 'evaluate')
+      os.path.join(trainutil.REPO, 'evaluate.py'),
+      '--workdir',
+      workdir,
+      '--checkpoint',
+      'latest',
+      '--split',
+      'test',
+      '--distributed',
+      f'--coordinator_address=127.0.0.1:{port}',
+      '--num_processes=2',
+      f'--process_id={i}',
+    ],
+    2,
+    str(tmp_path / 'logs'),
+    'evaluate',
+  )
   procs.check(TIMEOUT)
   assert 'wrote' in procs.output(0) and 'wrote' not in procs.output(1)
   assert sorted(os.listdir(os.path.join(workdir, 'eval'))) == [
-      f'test-{STEPS}.json', f'test-{STEPS}.png']
+    f'test-{STEPS}.json',
+    f'test-{STEPS}.png',
+  ]
   with open(os.path.join(workdir, 'eval', f'test-{STEPS}.json')) as f:
     two = json.load(f)
   assert two['num_examples'] == np.sum(two['confusion_matrix']) == 359
@@ -146,7 +182,8 @@ def test_evaluate_on_two_processes_counts_every_example_once(
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
-    two_process_run, config_file, tmp_path):
+  two_process_run, config_file, tmp_path
+):
   workdir = str(tmp_path / 'run')
   logs = str(tmp_path / 'logs')
   procs = train_on_two_processes(workdir, config_file, logs, 'first')
@@ -154,8 +191,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
   procs.signal(1, signal.SIGTERM)
   procs.check(TIMEOUT)  # both exit 0
   stopped = re.search(r'SIGTERM at step (\d+)', procs.output(1))
-  other = re.search(r'a stop signal to another process at step (\d+)',
-                    procs.output(0))
+  other = re.search(
+    r'a stop signal to another process at step (\d+)', procs.output(0)
+  )
   assert stopped and other, (procs.output(0)[-2000:], procs.output(1)[-2000:])
   step = int(stopped.group(1))
   assert int(other.group(1)) == step and 0 < step < STEPS
@@ -174,21 +212,22 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
 
 @pytest.mark.parametrize('killed', [0, 1], ids=['coordinator', 'worker'])
 def test_a_killed_process_makes_the_other_exit_with_an_error(
-    config_file, tmp_path, killed):
+  config_file, tmp_path, killed
+):
   timeout_s = 10
   workdir = str(tmp_path / 'run')
   logs = str(tmp_path / 'logs')
   every = '--config.checkpoint_every_steps=4'
-  procs = train_on_two_processes(workdir, config_file, logs, 'train', every,
-                                 timeout_s=timeout_s)
+  procs = train_on_two_processes(
+    workdir, config_file, logs, 'train', every, timeout_s=timeout_s
+  )
   history = os.path.join(workdir, 'metrics.jsonl')
   wait_for_training(workdir, procs)
   # After step 6, and once the asynchronous save of step 4 is committed (the
   # step's directory gets its final name): a kill before the commit leaves
   # nothing to resume from.
   committed = os.path.join(workdir, 'checkpoints', '4')
-  while ('"step": 6' not in open(history).read() or
-         not os.path.isdir(committed)):
+  while '"step": 6' not in open(history).read() or not os.path.isdir(committed):
     assert procs.procs[0].poll() is None, procs.output(0)[-3000:]
     time.sleep(0.05)
   procs.signal(killed, signal.SIGKILL)
@@ -199,9 +238,11 @@ def test_a_killed_process_makes_the_other_exit_with_an_error(
   assert codes[survivor] is not None, 'the survivor hung'
   assert codes[survivor] != 0
   assert elapsed < timeout_s + 5, elapsed
-  assert (f'Process {survivor} of 2 stopped' in procs.output(survivor) or
-          'another task died' in procs.output(survivor)), (
-              procs.output(survivor)[-3000:])
+  assert f'Process {survivor} of 2 stopped' in procs.output(
+    survivor
+  ) or 'another task died' in procs.output(survivor), procs.output(survivor)[
+    -3000:
+  ]
   if killed == 0:  # the same command again resumes from the last checkpoint
     rerun = train_on_two_processes(workdir, config_file, logs, 'rerun', every)
     rerun.check(TIMEOUT)

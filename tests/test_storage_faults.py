@@ -26,7 +26,8 @@ import trainutil  # noqa: E402
 
 STATE = {'params': {'w': jnp.arange(1000.0)}, 'batch_stats': {'m': jnp.ones(3)}}
 ABSTRACT = jax.tree_util.tree_map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), STATE)
+  lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), STATE
+)
 
 
 def two_checkpoints(directory):
@@ -39,8 +40,9 @@ def two_checkpoints(directory):
 
 
 def _files(step_dir, pattern):
-  found = [p for p in glob.glob(os.path.join(step_dir, pattern))
-           if os.path.isfile(p)]
+  found = [
+    p for p in glob.glob(os.path.join(step_dir, pattern)) if os.path.isfile(p)
+  ]
   assert found, pattern
   return found
 
@@ -69,6 +71,7 @@ def garble(pattern):
     for path in _files(step_dir, pattern):
       with open(path, 'wb') as f:
         f.write(b'\x00\xff not what was written {{')
+
   damage.__name__ = f'garble {pattern}'
   return damage
 
@@ -78,10 +81,17 @@ def empty_the_directory(step_dir):
   os.makedirs(step_dir)
 
 
-DAMAGE = [truncate_chunks, delete_a_chunk, delete_the_manifest,
-          delete_the_array_metadata, garble('state/_METADATA'),
-          garble('state/_sharding'), garble('state/manifest.ocdbt'),
-          garble('meta/metadata'), empty_the_directory]
+DAMAGE = [
+  truncate_chunks,
+  delete_a_chunk,
+  delete_the_manifest,
+  delete_the_array_metadata,
+  garble('state/_METADATA'),
+  garble('state/_sharding'),
+  garble('state/manifest.ocdbt'),
+  garble('meta/metadata'),
+  empty_the_directory,
+]
 
 
 def restore_with_record(ckpts):
@@ -90,13 +100,15 @@ def restore_with_record(ckpts):
 
 @pytest.mark.parametrize('damage', DAMAGE, ids=lambda d: d.__name__)
 def test_each_kind_of_damage_falls_back_to_the_previous_checkpoint(
-    tmp_path, damage, caplog):
+  tmp_path, damage, caplog
+):
   """From the errors Orbax and TensorStore really raise for each kind."""
   ckpts = two_checkpoints(tmp_path / 'checkpoints')
   damage(str(tmp_path / 'checkpoints' / '2'))
   with caplog.at_level('WARNING', logger='densenet_flax'):
-    step, (_, state) = ckpts.newest_restorable(restore_with_record(ckpts),
-                                               set_aside=True)
+    step, (_, state) = ckpts.newest_restorable(
+      restore_with_record(ckpts), set_aside=True
+    )
   assert step == 1
   np.testing.assert_array_equal(state['params']['w'], STATE['params']['w'])
   assert 'Checkpoint 2' in caplog.text and 'cannot be restored' in caplog.text
@@ -105,22 +117,29 @@ def test_each_kind_of_damage_falls_back_to_the_previous_checkpoint(
   ckpts.close()
 
 
-@pytest.mark.parametrize('error', [
+@pytest.mark.parametrize(
+  'error',
+  [
     OSError(errno.EIO, 'Input/output error'),
     PermissionError(errno.EACCES, 'Permission denied'),
     MemoryError('out of memory while restoring'),
     TypeError("'NoneType' object is not subscriptable"),
     KeyError('params'),
     # What TensorStore says when the operating system fails a read.
-    ValueError('UNAVAILABLE: Error reading local file "x": [OS error: '
-               'Input/output error]'),
+    ValueError(
+      'UNAVAILABLE: Error reading local file "x": [OS error: '
+      'Input/output error]'
+    ),
     ValueError('RESOURCE_EXHAUSTED: Out of memory'),
-], ids=lambda e: type(e).__name__ + ':' + str(e)[:20])
+  ],
+  ids=lambda e: type(e).__name__ + ':' + str(e)[:20],
+)
 def test_an_error_that_is_not_damage_stops_and_moves_nothing(tmp_path, error):
   ckpts = two_checkpoints(tmp_path / 'checkpoints')
 
   def restore(step):
     raise error
+
   with pytest.raises(checkpointing.CheckpointReadError) as info:
     ckpts.newest_restorable(restore, set_aside=True)
   message = str(info.value)
@@ -133,8 +152,10 @@ def test_an_error_that_is_not_damage_stops_and_moves_nothing(tmp_path, error):
 
 
 def test_the_classification_follows_the_chain_of_causes():
-  truncated = ValueError('OUT_OF_RANGE: Error reading "params.w/0": Requested '
-                         'byte range [0, 2291) is not valid')
+  truncated = ValueError(
+    'OUT_OF_RANGE: Error reading "params.w/0": Requested '
+    'byte range [0, 2291) is not valid'
+  )
   try:
     try:
       raise truncated
@@ -173,7 +194,8 @@ def snapshot(workdir):
 
 
 def test_a_failing_read_leaves_everything_and_the_next_run_resumes(
-    trained, digits_dir, tmp_path, monkeypatch):
+  trained, digits_dir, tmp_path, monkeypatch
+):
   """Every restore raising OSError(EIO): the run stops naming the step, the
   path and the error; no checkpoint moves and no file changes."""
   workdir = copy_of(trained, tmp_path)
@@ -181,26 +203,33 @@ def test_a_failing_read_leaves_everything_and_the_next_run_resumes(
 
   def failing(self, step, *args, **kwargs):
     raise OSError(errno.EIO, 'Input/output error', f'{self.directory}/{step}')
+
   with monkeypatch.context() as patch:
     patch.setattr(checkpointing.Checkpoints, 'restore', failing)
-    with pytest.raises(checkpointing.CheckpointReadError,
-                       match=r'Checkpoint 16 in .*checkpoints could not be '
-                             r'read: OSError: \[Errno 5\] Input/output error'):
+    with pytest.raises(
+      checkpointing.CheckpointReadError,
+      match=r'Checkpoint 16 in .*checkpoints could not be '
+      r'read: OSError: \[Errno 5\] Input/output error',
+    ):
       train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
   after = snapshot(workdir)
   assert after.keys() == before.keys()
   for name in ('metrics.jsonl', 'config.json', 'normalization.json'):
     assert after[name] == before[name], name
   assert {p.split('/')[1] for p in after if p.startswith('checkpoints/')} == {
-      '15', '16'}
+    '15',
+    '16',
+  }
   summary = train_lib.train_and_evaluate(
-      trainutil.tiny_config(digits_dir, num_epochs=3,
-                            allow_config_change=True), workdir)
+    trainutil.tiny_config(digits_dir, num_epochs=3, allow_config_change=True),
+    workdir,
+  )
   assert summary['step'] == 24  # resumed at 16, not retrained from 0
 
 
 def test_all_checkpoints_damaged_stops_until_a_deliberate_restart(
-    trained, digits_dir, tmp_path):
+  trained, digits_dir, tmp_path
+):
   workdir = copy_of(trained, tmp_path)
   checkpoints = os.path.join(workdir, 'checkpoints')
   for step in ('15', '16'):
@@ -212,15 +241,18 @@ def test_all_checkpoints_damaged_stops_until_a_deliberate_restart(
   assert 'step 16: ' in message and 'step 15: ' in message
   assert 'OUT_OF_RANGE' in message and '--config.restart=True' in message
   assert sorted(os.listdir(checkpoints)) == ['15', '16']  # nothing moved
-  assert reporting.read_history(
-      os.path.join(workdir, 'metrics.jsonl')) == history
+  assert (
+    reporting.read_history(os.path.join(workdir, 'metrics.jsonl')) == history
+  )
 
   summary = train_lib.train_and_evaluate(
-      trainutil.tiny_config(digits_dir, restart=True), workdir)
+    trainutil.tiny_config(digits_dir, restart=True), workdir
+  )
   assert summary['step'] == 16
   [aside] = os.listdir(os.path.join(workdir, 'checkpoints_set_aside'))
-  assert aside.startswith('restart-') and sorted(os.listdir(os.path.join(
-      workdir, 'checkpoints_set_aside', aside))) == ['15', '16']
+  assert aside.startswith('restart-') and sorted(
+    os.listdir(os.path.join(workdir, 'checkpoints_set_aside', aside))
+  ) == ['15', '16']
   [side] = glob.glob(os.path.join(workdir, 'metrics.superseded-*.jsonl'))
   assert reporting.read_history(side) == history  # every old row, kept
   live = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
@@ -228,7 +260,8 @@ def test_all_checkpoints_damaged_stops_until_a_deliberate_restart(
 
 
 def test_a_rewinding_resume_moves_the_rows_it_redoes_to_a_side_file(
-    trained, digits_dir, tmp_path):
+  trained, digits_dir, tmp_path
+):
   """Checkpoint 16 lost (a crash before it committed): the run resumes at
   15, and the rows of step 16 it is about to redo move aside."""
   workdir = copy_of(trained, tmp_path)
@@ -240,7 +273,8 @@ def test_a_rewinding_resume_moves_the_rows_it_redoes_to_a_side_file(
   assert moved and moved == [r for r in history if r['step'] > 15]
   live = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   assert [r for r in live if r['step'] <= 15] == [
-      r for r in history if r['step'] <= 15]
+    r for r in history if r['step'] <= 15
+  ]
   assert [r['step'] for r in live if r['step'] > 15] == [16, 16]  # redone
 
 
@@ -248,36 +282,45 @@ def test_an_incomplete_last_row_is_left_out_and_kept(tmp_path, caplog):
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "tra')
   with caplog.at_level('WARNING', logger='densenet_flax'):
-    assert reporting.read_history(str(path)) == [
-        {'step': 1, 'train/loss': 2.0}]
+    assert reporting.read_history(str(path)) == [{'step': 1, 'train/loss': 2.0}]
   assert 'incomplete' in caplog.text
   writer = reporting.MetricWriter.__new__(reporting.MetricWriter)
   writer.enabled, writer.history_path = True, str(path)
   side = writer.supersede_after(1)
   assert reporting.read_history(side) == [
-      {'incomplete_line': '{"step": 2, "tra'}]
+    {'incomplete_line': '{"step": 2, "tra'}
+  ]
   assert path.read_text() == '{"step": 1, "train/loss": 2.0}\n'
   path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
-  with pytest.raises(ValueError, match=r'metrics.jsonl, line 2: not a JSON '
-                                       r'row'):
+  with pytest.raises(
+    ValueError,
+    match=r'metrics.jsonl, line 2: not a JSON '
+    r'row',
+  ):
     reporting.read_history(str(path))
 
 
 def test_every_config_key_is_classified():
   keys = set(config_lib.base_config())
-  result, bookkeeping = (set(workdir_lib.RESULT_KEYS),
-                         set(workdir_lib.BOOKKEEPING_KEYS))
+  result, bookkeeping = (
+    set(workdir_lib.RESULT_KEYS),
+    set(workdir_lib.BOOKKEEPING_KEYS),
+  )
   assert not result & bookkeeping
-  assert keys == result | bookkeeping, (keys - result - bookkeeping,
-                                        (result | bookkeeping) - keys)
+  assert keys == result | bookkeeping, (
+    keys - result - bookkeeping,
+    (result | bookkeeping) - keys,
+  )
   config = config_lib.base_config()
   stored = json.loads(config.to_json())
   config.shuffle_buffer = 1024
   assert workdir_lib.config_changes(stored, config) == {
-      'shuffle_buffer': (16384, 1024)}
+    'shuffle_buffer': (16384, 1024)
+  }
 
 
 # --- a full disk -------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_disk(tmp_path):
@@ -286,8 +329,11 @@ def small_disk(tmp_path):
   mount.mkdir()
   if os.geteuid() != 0:
     pytest.skip('mounting a small tmpfs to fill needs root')
-  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=8m', 'tmpfs',
-                         str(mount)], capture_output=True, text=True)
+  done = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', str(mount)],
+    capture_output=True,
+    text=True,
+  )
   if done.returncode != 0:
     pytest.skip(f'mount -t tmpfs failed here: {done.stderr.strip()}')
   yield mount
@@ -309,11 +355,14 @@ SLACK = 64 * 1024
 
 
 def test_a_disk_filled_during_a_run_stops_it_loses_nothing_and_resumes(
-    digits_dir, small_disk, monkeypatch):
+  digits_dir, small_disk, monkeypatch
+):
   from densenet_flax.data import pipeline
+
   workdir = str(small_disk / 'run')
   config = lambda: trainutil.tiny_config(  # noqa: E731
-      digits_dir, checkpoint_every_steps=1, test_split='')
+    digits_dir, checkpoint_every_steps=1, test_split=''
+  )
   batches = pipeline.InputPipeline.train_batches
   filler = []
 
@@ -322,16 +371,17 @@ def test_a_disk_filled_during_a_run_stops_it_loses_nothing_and_resumes(
       if i == 7:
         filler.append(fill(small_disk, SLACK))
       yield batch
+
   with monkeypatch.context() as patch:
-    patch.setattr(pipeline.InputPipeline, 'train_batches',
-                  filled_at_the_eighth)
+    patch.setattr(pipeline.InputPipeline, 'train_batches', filled_at_the_eighth)
     with pytest.raises(checkpointing.CheckpointSaveError) as info:
       train_lib.train_and_evaluate(config(), workdir)
   message = str(info.value)
   assert 'the disk is full' in message and 'No space left' in message
   unsaved = int(message.split('Checkpoint ')[1].split()[0])
-  last = int(message.split('last complete checkpoint is step ')[1][:-1]
-             .split('.')[0])
+  last = int(
+    message.split('last complete checkpoint is step ')[1][:-1].split('.')[0]
+  )
   assert 1 <= last < unsaved <= 16
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   assert max(ckpts.all_steps()) == last
@@ -340,7 +390,8 @@ def test_a_disk_filled_during_a_run_stops_it_loses_nothing_and_resumes(
   ckpts.close()
   history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   assert [r['step'] for r in history if 'train/loss' in r][:last] == list(
-      range(1, last + 1))
+    range(1, last + 1)
+  )
 
   os.remove(filler[0])  # space freed: the same command resumes and finishes
   summary = train_lib.train_and_evaluate(config(), workdir)
@@ -349,21 +400,32 @@ def test_a_disk_filled_during_a_run_stops_it_loses_nothing_and_resumes(
 
 
 def test_train_py_on_a_full_disk_exits_non_zero_naming_the_step(
-    digits_dir, small_disk, tmp_path):
+  digits_dir, small_disk, tmp_path
+):
   workdir = small_disk / 'run'
   config_file = trainutil.write_config_file(
-      tmp_path / 'config.py', digits_dir, checkpoint_every_steps=1,
-      test_split='')
+    tmp_path / 'config.py', digits_dir, checkpoint_every_steps=1, test_split=''
+  )
   fill(small_disk, SLACK)
   out = subprocess.run(
-      [sys.executable, os.path.join(trainutil.REPO, 'train.py'),
-       '--workdir', str(workdir), '--config', config_file,
-       '--config.progress_bar=False'],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      os.path.join(trainutil.REPO, 'train.py'),
+      '--workdir',
+      str(workdir),
+      '--config',
+      config_file,
+      '--config.progress_bar=False',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode != 0
-  assert ('CheckpointSaveError: Checkpoint 1 could not be written to '
-          f'{workdir / "checkpoints"}: the disk is full') in out.stderr, (
-              out.stderr[-3000:])
+  assert (
+    'CheckpointSaveError: Checkpoint 1 could not be written to '
+    f'{workdir / "checkpoints"}: the disk is full'
+  ) in out.stderr, out.stderr[-3000:]
   assert 'There is no complete checkpoint yet' in out.stderr
 
 
@@ -371,11 +433,17 @@ def test_an_asynchronous_save_error_surfaces_at_the_wait_and_once(small_disk):
   fill(small_disk, SLACK)
   ckpts = checkpointing.Checkpoints(str(small_disk / 'checkpoints'))
   # 800 kB that do not compress, against 64 kB free.
-  big = {'params': {'w': jnp.asarray(np.random.default_rng(0).random(
-      200_000, np.float32))}, 'batch_stats': {}}
+  big = {
+    'params': {
+      'w': jnp.asarray(np.random.default_rng(0).random(200_000, np.float32))
+    },
+    'batch_stats': {},
+  }
   ckpts.save(1, big, {'model': 'm'})  # starts in the background
-  with pytest.raises(checkpointing.CheckpointSaveError,
-                     match='Checkpoint 1 could not be written.*disk is full'):
+  with pytest.raises(
+    checkpointing.CheckpointSaveError,
+    match='Checkpoint 1 could not be written.*disk is full',
+  ):
     ckpts.wait()
   ckpts.close()  # already reported: closing does not raise it again
 
@@ -388,5 +456,7 @@ def test_files_written_whole_get_the_permissions_of_plain_writes(tmp_path):
   atomic.write_text(str(whole), '{}')
   assert whole.read_text() == '{}'
   assert whole.stat().st_mode == plain.stat().st_mode
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['plain.json',
-                                                        'whole.json']
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    'plain.json',
+    'whole.json',
+  ]

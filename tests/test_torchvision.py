@@ -22,21 +22,29 @@ def torch_logits(model, images):
 
 
 def images(channels=3, seed=0):
-  return np.random.RandomState(seed).normal(
-      size=(2, 64, 64, channels)).astype(np.float32)
+  return (
+    np.random.RandomState(seed)
+    .normal(size=(2, 64, 64, channels))
+    .astype(np.float32)
+  )
 
 
 def apply(model, variables, x):
-  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      variables, x))
+  return np.asarray(
+    jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  )
 
 
-@pytest.mark.parametrize('name', [
+@pytest.mark.parametrize(
+  'name',
+  [
     'densenet121',
     # The larger three run in the second tier (.ci/run runs it every time).
     pytest.param('densenet161', marks=pytest.mark.slow),
     pytest.param('densenet169', marks=pytest.mark.slow),
-    pytest.param('densenet201', marks=pytest.mark.slow)])
+    pytest.param('densenet201', marks=pytest.mark.slow),
+  ],
+)
 def test_logits_equal_torchvision(name):
   reference = torchvision_reference.randomized(name, num_classes=7)
   x = images()
@@ -46,7 +54,9 @@ def test_logits_equal_torchvision(name):
   assert model.num_classes == 7 and model.bn_epsilon == 1e-5
   got = apply(model, convert.from_torchvision(state), x)
   assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (
-      np.abs(got - want).max(), np.abs(want).max())
+    np.abs(got - want).max(),
+    np.abs(want).max(),
+  )
 
 
 def test_a_pth_file_with_module_prefix_and_old_names(tmp_path):
@@ -76,8 +86,9 @@ def test_weights_without_a_classifier_give_a_backbone():
 def test_unknown_weights_and_architectures_are_named():
   state = torchvision_reference.randomized('densenet121').state_dict()
   state['features.extra.weight'] = torch.zeros(3)
-  with pytest.raises(ValueError, match="'features.extra.weight' has no "
-                     'counterpart'):
+  with pytest.raises(
+    ValueError, match="'features.extra.weight' has no counterpart"
+  ):
     convert.from_torchvision(state)
   with pytest.raises(ValueError, match='Not a torchvision DenseNet'):
     convert.from_torchvision({'fc.weight': np.zeros((2, 2))})

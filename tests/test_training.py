@@ -29,8 +29,9 @@ import trainutil  # noqa: E402
 @pytest.fixture(scope='module')
 def uninterrupted(digits_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  summary = train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir),
-                                         workdir)
+  summary = train_lib.train_and_evaluate(
+    trainutil.tiny_config(digits_dir), workdir
+  )
   return workdir, summary
 
 
@@ -39,15 +40,23 @@ def test_a_run_produces_checkpoints_logs_and_reports(uninterrupted):
   assert summary['step'] == summary['total_steps'] == 16
   assert summary['interrupted'] is None
   assert 0 < summary['eval']['accuracy'] <= 1
-  for path in ('config.json', 'metrics.jsonl', 'reports/training_curves.png',
-               'eval/test-16.json', 'eval/test-16.png'):
+  for path in (
+    'config.json',
+    'metrics.jsonl',
+    'reports/training_curves.png',
+    'eval/test-16.json',
+    'eval/test-16.png',
+  ):
     assert os.path.exists(os.path.join(workdir, path)), path
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   steps = [r['step'] for r in history if 'train/loss' in r]
   assert steps == [4, 5, 8, 10, 12, 15, 16]  # log, checkpoint and epoch points
-  assert {'train/learning_rate', 'train/images_per_second',
-          'train/first_step_seconds'} <= set(history[0])
+  assert {
+    'train/learning_rate',
+    'train/images_per_second',
+    'train/first_step_seconds',
+  } <= set(history[0])
   assert history[0]['train/first_step_seconds'] > 0
   assert not any('train/first_step_seconds' in r for r in history[1:])
   evals = [r for r in history if 'eval/accuracy' in r]
@@ -57,8 +66,11 @@ def test_a_run_produces_checkpoints_logs_and_reports(uninterrupted):
 
 def test_images_per_second_leaves_out_the_compiling_first_step():
   buffer = train_lib._MetricBuffer()
-  metrics = {'loss': np.float32(1.0), 'accuracy': np.float32(0.5),
-             'finite': np.float32(1.0)}
+  metrics = {
+    'loss': np.float32(1.0),
+    'accuracy': np.float32(0.5),
+    'finite': np.float32(1.0),
+  }
   buffer.add(0, metrics)
   buffer.restart_clock(12.5)  # as the loop does after the run's first step
   buffer.add(1, metrics)
@@ -71,17 +83,20 @@ def test_images_per_second_leaves_out_the_compiling_first_step():
   assert stacked['timed_steps'] == 1 and 'untimed_seconds' not in stacked
 
 
-def test_resumed_run_ends_with_identical_parameters(uninterrupted, digits_dir,
-                                                    tmp_path):
+def test_resumed_run_ends_with_identical_parameters(
+  uninterrupted, digits_dir, tmp_path
+):
   workdir = str(tmp_path)
   first = train_lib.train_and_evaluate(
-      trainutil.tiny_config(digits_dir, stop_after_steps=6), workdir)
+    trainutil.tiny_config(digits_dir, stop_after_steps=6), workdir
+  )
   assert first['interrupted'] == 'stop_after_steps' and first['step'] == 6
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   assert ckpts.latest_step() == 6  # mid-epoch (8 steps per epoch)
   ckpts.close()
-  second = train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir),
-                                        workdir)
+  second = train_lib.train_and_evaluate(
+    trainutil.tiny_config(digits_dir), workdir
+  )
   assert second['step'] == 16 and second['interrupted'] is None
   step_a, a = trainutil.final_variables(uninterrupted[0])
   step_b, b = trainutil.final_variables(workdir)
@@ -107,21 +122,43 @@ def test_evaluate_reproduces_the_logged_metric(uninterrupted):
   assert report['macro_f1'] == pytest.approx(logged['eval/macro_f1'], abs=1e-9)
   with open(os.path.join(workdir, 'eval', 'test-16.json')) as f:
     saved = json.load(f)
-  for key in ('accuracy', 'macro_f1', 'per_class', 'confusion_matrix', 'step',
-              'split', 'loss'):
+  for key in (
+    'accuracy',
+    'macro_f1',
+    'per_class',
+    'confusion_matrix',
+    'step',
+    'split',
+    'loss',
+  ):
     assert key in saved
   assert np.sum(saved['confusion_matrix']) == 359
-  assert set(saved['per_class']['3']) == {'precision', 'recall', 'f1',
-                                          'support'}
+  assert set(saved['per_class']['3']) == {
+    'precision',
+    'recall',
+    'f1',
+    'support',
+  }
   assert sum(c['support'] for c in saved['per_class'].values()) == 359
 
 
 def test_evaluate_command_line(uninterrupted):
   workdir, _ = uninterrupted
   out = subprocess.run(
-      [sys.executable, os.path.join(trainutil.REPO, 'evaluate.py'),
-       '--workdir', workdir, '--checkpoint', 'best', '--split', 'test'],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      os.path.join(trainutil.REPO, 'evaluate.py'),
+      '--workdir',
+      workdir,
+      '--checkpoint',
+      'best',
+      '--split',
+      'test',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'macro-F1' in out.stdout and 'wrote' in out.stdout
   best = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
@@ -132,6 +169,7 @@ def test_evaluate_command_line(uninterrupted):
 def test_checkpoint_of_another_model_names_the_parameter(uninterrupted):
   from densenet_flax import optim
   from densenet_flax import steps
+
   workdir, _ = uninterrupted
   config = workdir_lib.load_config(workdir)
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
@@ -140,42 +178,63 @@ def test_checkpoint_of_another_model_names_the_parameter(uninterrupted):
     config.model_overrides.update(overrides)
     model = workdir_lib.build_model(config).clone(num_classes=num_classes)
     tx, _ = optim.create_optimizer(config, 8)
-    return jax.eval_shape(lambda: steps.create_train_state(
-        jax.random.key(0), model, tx, (8, 8, 1)))
+    return jax.eval_shape(
+      lambda: steps.create_train_state(jax.random.key(0), model, tx, (8, 8, 1))
+    )
 
-  with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match=r'params/classifier/bias has shape \(10,\), the '
-                           r'model expects \(7,\)'):
+  with pytest.raises(
+    checkpointing.CheckpointMismatchError,
+    match=r'params/classifier/bias has shape \(10,\), the '
+    r'model expects \(7,\)',
+  ):
     ckpts.restore(16, abstract_state(7), {'num_classes': 7})
-  with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match=r'batch_stats/denseblock1/denselayer1/norm2/mean has '
-                           r'shape \(16,\), the model expects \(24,\)'):
+  with pytest.raises(
+    checkpointing.CheckpointMismatchError,
+    match=r'batch_stats/denseblock1/denselayer1/norm2/mean has '
+    r'shape \(16,\), the model expects \(24,\)',
+  ):
     ckpts.restore(16, abstract_state(10, growth_rate=6))
-  with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match=r'has no batch_stats/denseblock1/denselayer2/norm1/'
-                           r'mean, which the model needs'):
-    ckpts.restore(16, abstract_state(10, growth_rate=4,
-                                     block_sizes=(2, 1, 1)))
+  with pytest.raises(
+    checkpointing.CheckpointMismatchError,
+    match=r'has no batch_stats/denseblock1/denselayer2/norm1/'
+    r'mean, which the model needs',
+  ):
+    ckpts.restore(16, abstract_state(10, growth_rate=4, block_sizes=(2, 1, 1)))
   ckpts.close()
 
 
 @pytest.mark.slow  # second tier: keeps the default under 10 min
-def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir,
-                                                          tmp_path):
+def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir, tmp_path):
   # The whole training split at 16 px: 44 steps, so the signal lands mid-epoch.
-  overrides = dict(train_split='train', num_epochs=1, image_size=16,
-                   **{'augment.resize': 16}, log_every_steps=1,
-                   checkpoint_every_steps=1000)
+  overrides = dict(
+    train_split='train',
+    num_epochs=1,
+    image_size=16,
+    **{'augment.resize': 16},
+    log_every_steps=1,
+    checkpoint_every_steps=1000,
+  )
   reference = str(tmp_path / 'uninterrupted')
-  train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir, **overrides),
-                               reference)
-  config_file = trainutil.write_config_file(tmp_path / 'config.py', digits_dir,
-                                            **overrides)
+  train_lib.train_and_evaluate(
+    trainutil.tiny_config(digits_dir, **overrides), reference
+  )
+  config_file = trainutil.write_config_file(
+    tmp_path / 'config.py', digits_dir, **overrides
+  )
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(
-      [sys.executable, os.path.join(trainutil.REPO, 'train.py'),
-       '--workdir', str(workdir), '--config', config_file],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [
+      sys.executable,
+      os.path.join(trainutil.REPO, 'train.py'),
+      '--workdir',
+      str(workdir),
+      '--config',
+      config_file,
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   history = workdir / 'metrics.jsonl'
   deadline = time.monotonic() + 240
   while not (history.exists() and history.read_text().strip()):
@@ -194,7 +253,8 @@ def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir,
   assert report['step'] == step and report['num_examples'] == 359
 
   summary = train_lib.train_and_evaluate(
-      trainutil.tiny_config(digits_dir, **overrides), str(workdir))
+    trainutil.tiny_config(digits_dir, **overrides), str(workdir)
+  )
   assert summary['step'] == 44 and summary['interrupted'] is None
   _, want = trainutil.final_variables(reference)
   _, got = trainutil.final_variables(str(workdir))
@@ -219,7 +279,8 @@ def _damage(step_dir):
 
 
 def test_a_damaged_latest_checkpoint_is_skipped_and_set_aside(
-    uninterrupted, digits_dir, tmp_path, caplog):
+  uninterrupted, digits_dir, tmp_path, caplog
+):
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted[0], workdir)
   checkpoints = os.path.join(workdir, 'checkpoints')
@@ -240,29 +301,39 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_set_aside(
   # had happened.
   caplog.clear()
   with caplog.at_level('WARNING', logger='densenet_flax'):
-    summary = train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir),
-                                           workdir)
+    summary = train_lib.train_and_evaluate(
+      trainutil.tiny_config(digits_dir), workdir
+    )
   assert 'Checkpoint 16' in caplog.text
   assert summary['step'] == 16
   assert os.path.isdir(os.path.join(workdir, 'checkpoints_set_aside', '16'))
   assert not os.path.exists(cut_short)
   _, want = trainutil.final_variables(uninterrupted[0])
   _, got = trainutil.final_variables(workdir)
-  for x, y in zip(jax.tree_util.tree_leaves(want),
-                  jax.tree_util.tree_leaves(got)):
+  for x, y in zip(
+    jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)
+  ):
     np.testing.assert_array_equal(x, y)
 
 
 def test_resuming_with_a_result_changing_config_is_refused(
-    uninterrupted, digits_dir, tmp_path):
+  uninterrupted, digits_dir, tmp_path
+):
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted[0], workdir)
   with open(os.path.join(workdir, 'config.json')) as f:
     saved_config = f.read()
   with pytest.raises(workdir_lib.ConfigChangeError) as info:
     train_lib.train_and_evaluate(
-        trainutil.tiny_config(digits_dir, num_epochs=4, batch_size=16,
-                              log_every_steps=2, rng_impl='rbg'), workdir)
+      trainutil.tiny_config(
+        digits_dir,
+        num_epochs=4,
+        batch_size=16,
+        log_every_steps=2,
+        rng_impl='rbg',
+      ),
+      workdir,
+    )
   message = str(info.value)
   assert 'batch_size: 32 -> 16' in message and 'num_epochs: 2 -> 4' in message
   assert "rng_impl: 'threefry2x32' -> 'rbg'" in message
@@ -272,8 +343,9 @@ def test_resuming_with_a_result_changing_config_is_refused(
     assert f.read() == saved_config  # nothing rewritten
 
   summary = train_lib.train_and_evaluate(
-      trainutil.tiny_config(digits_dir, num_epochs=3,
-                            allow_config_change=True), workdir)
+    trainutil.tiny_config(digits_dir, num_epochs=3, allow_config_change=True),
+    workdir,
+  )
   assert summary['step'] == 24  # on from 16, 8 steps per epoch
   history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   changes = [r for r in history if 'config_change' in r]
@@ -281,19 +353,27 @@ def test_resuming_with_a_result_changing_config_is_refused(
 
 
 @pytest.mark.parametrize('loss_scaling', ['none', 'dynamic'])
-@pytest.mark.parametrize('learning_rate,what', [
+@pytest.mark.parametrize(
+  'learning_rate,what',
+  [
     (1e30, 'Loss is nan'),
     # The loss stays finite for steps after the running BN statistics
     # overflow (training mode normalises with batch statistics).
     (1e6, 'Parameters or BN statistics are not finite'),
-])
+  ],
+)
 def test_divergence_stops_naming_the_step_and_saves_nothing_bad(
-    digits_dir, tmp_path, learning_rate, what, loss_scaling):
+  digits_dir, tmp_path, learning_rate, what, loss_scaling
+):
   """With a dynamic loss scale too: it skips the steps whose gradients are
   not finite, but a loss or state that is not finite still stops the run."""
-  config = trainutil.tiny_config(digits_dir, learning_rate=learning_rate,
-                                 checkpoint_every_steps=1, log_every_steps=8,
-                                 loss_scaling=loss_scaling)
+  config = trainutil.tiny_config(
+    digits_dir,
+    learning_rate=learning_rate,
+    checkpoint_every_steps=1,
+    log_every_steps=8,
+    loss_scaling=loss_scaling,
+  )
   with pytest.raises(FloatingPointError, match=r'at step (\d+)') as info:
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert str(info.value).startswith(what), str(info.value)
@@ -307,7 +387,9 @@ def test_divergence_stops_naming_the_step_and_saves_nothing_bad(
   ckpts.close()
 
 
-@pytest.mark.parametrize('key,value,message', [
+@pytest.mark.parametrize(
+  'key,value,message',
+  [
     ('model', 'densenet122', "config.model='densenet122': expected a preset"),
     ('dataset', 'mnist', "config.dataset='mnist': expected one of"),
     ('learning_rate', -0.1, 'config.learning_rate=-0.1: expected a positive'),
@@ -318,12 +400,15 @@ def test_divergence_stops_naming_the_step_and_saves_nothing_bad(
     ('image_size', 3, 'config.image_size=3: expected at least 4'),
     ('select_metric', 'loss', "config.select_metric='loss'"),
     ('rng_impl', 'philox', "config.rng_impl='philox': expected one of"),
-    ('warmup_epochs', 99.0, 'config.warmup_epochs=99.0: expected fewer than '
-                          'num_epochs'),
-])
+    (
+      'warmup_epochs',
+      99.0,
+      'config.warmup_epochs=99.0: expected fewer than num_epochs',
+    ),
+  ],
+)
 def test_bad_config_names_the_key(digits_dir, key, value, message):
-  config = trainutil.tiny_config(digits_dir, eval_batch_size=64,
-                                 **{key: value})
+  config = trainutil.tiny_config(digits_dir, eval_batch_size=64, **{key: value})
   with pytest.raises(ValueError) as info:
     config_checks.validate(config, num_devices=8)
   assert message in str(info.value)
@@ -338,16 +423,27 @@ def test_bad_config_fails_before_anything_is_built(digits_dir, tmp_path):
   assert not os.listdir(tmp_path)  # no workdir files, nothing compiled
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'process_id': 1},
-     'config.process_id=1: expected -1 unless config.distributed=True'),
-    ({'coordinator_address': '10.0.0.1:1234'},
-     "config.coordinator_address='10.0.0.1:1234': expected '' unless"),
-    ({'distributed': True, 'num_processes': 2, 'process_id': 2},
-     'config.process_id=2: expected an id in [0, num_processes)'),
-    ({'distributed': True, 'distributed_timeout_s': 0},
-     'config.distributed_timeout_s=0: expected a positive number'),
-])
+@pytest.mark.parametrize(
+  'overrides,message',
+  [
+    (
+      {'process_id': 1},
+      'config.process_id=1: expected -1 unless config.distributed=True',
+    ),
+    (
+      {'coordinator_address': '10.0.0.1:1234'},
+      "config.coordinator_address='10.0.0.1:1234': expected '' unless",
+    ),
+    (
+      {'distributed': True, 'num_processes': 2, 'process_id': 2},
+      'config.process_id=2: expected an id in [0, num_processes)',
+    ),
+    (
+      {'distributed': True, 'distributed_timeout_s': 0},
+      'config.distributed_timeout_s=0: expected a positive number',
+    ),
+  ],
+)
 def test_bad_distributed_config_names_the_key(digits_dir, overrides, message):
   config = trainutil.tiny_config(digits_dir, **overrides)
   with pytest.raises(ValueError) as info:
@@ -365,27 +461,36 @@ def test_a_second_stop_signal_interrupts_at_once():
 
 @pytest.mark.slow  # second tier: four short runs
 def test_memory_efficient_training_matches_plain_and_resumes_exactly(
-    digits_dir, tmp_path):
+  digits_dir, tmp_path
+):
   """The shared-buffer block through the whole loop: the same run as the
   plain mode without dropout; with dropout (masks from the step's key), a run
   stopped mid-epoch and resumed ends bit-identical to an uninterrupted one."""
+
   def run(name, **overrides):
-    config = trainutil.tiny_config(digits_dir, **{
-        'model_overrides.block_sizes': (3, 3, 3), **overrides})
+    config = trainutil.tiny_config(
+      digits_dir, **{'model_overrides.block_sizes': (3, 3, 3), **overrides}
+    )
     summary = train_lib.train_and_evaluate(config, str(tmp_path / name))
     return summary, trainutil.final_variables(str(tmp_path / name))[1]
 
   _, plain = run('plain')
   _, efficient = run('efficient', memory_efficient=True)
-  for a, b in zip(jax.tree_util.tree_leaves(plain),
-                  jax.tree_util.tree_leaves(efficient)):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(efficient)
+  ):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
   whole_vars = _resumed_run_ends_identical(
-      run, memory_efficient=True, **{'model_overrides.drop_rate': 0.2})
-  assert not all(np.allclose(a, b) for a, b in zip(
+    run, memory_efficient=True, **{'model_overrides.drop_rate': 0.2}
+  )
+  assert not all(
+    np.allclose(a, b)
+    for a, b in zip(
       jax.tree_util.tree_leaves(whole_vars),
-      jax.tree_util.tree_leaves(efficient)))  # dropout was on
+      jax.tree_util.tree_leaves(efficient),
+    )
+  )  # dropout was on
 
 
 def _resumed_run_ends_identical(run, **overrides):
@@ -397,8 +502,10 @@ def _resumed_run_ends_identical(run, **overrides):
   assert first['step'] == 6
   resumed, resumed_vars = run('resumed', **overrides)
   assert resumed['step'] == whole['step'] == 16
-  for a, b in zip(jax.tree_util.tree_leaves(whole_vars),
-                  jax.tree_util.tree_leaves(resumed_vars)):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(whole_vars),
+    jax.tree_util.tree_leaves(resumed_vars),
+  ):
     np.testing.assert_array_equal(a, b)
   return whole_vars
 
@@ -408,35 +515,54 @@ def test_rbg_keys_train_other_streams_and_resume_exactly(digits_dir, tmp_path):
   """rng_impl='rbg': the run (init, dropout masks) differs from the threefry
   run of the same seed, and stopped mid-epoch and resumed it ends
   bit-identical to an uninterrupted one."""
+
   def run(name, **overrides):
-    config = trainutil.tiny_config(digits_dir, **{
-        'model_overrides.drop_rate': 0.2, 'eval_every_epochs': 2,
-        'test_split': '', **overrides})
+    config = trainutil.tiny_config(
+      digits_dir,
+      **{
+        'model_overrides.drop_rate': 0.2,
+        'eval_every_epochs': 2,
+        'test_split': '',
+        **overrides,
+      },
+    )
     summary = train_lib.train_and_evaluate(config, str(tmp_path / name))
     return summary, trainutil.final_variables(str(tmp_path / name))[1]
 
   _, threefry = run('threefry')
   whole_vars = _resumed_run_ends_identical(run, rng_impl='rbg')
-  assert not all(np.allclose(a, b) for a, b in zip(
-      jax.tree_util.tree_leaves(whole_vars),
-      jax.tree_util.tree_leaves(threefry)))
+  assert not all(
+    np.allclose(a, b)
+    for a, b in zip(
+      jax.tree_util.tree_leaves(whole_vars), jax.tree_util.tree_leaves(threefry)
+    )
+  )
 
 
-FLOAT16_DYNAMIC = dict(half_precision=True, half_precision_dtype='float16',
-                       loss_scaling='dynamic')
+FLOAT16_DYNAMIC = dict(
+  half_precision=True, half_precision_dtype='float16', loss_scaling='dynamic'
+)
 
 
 def test_dynamic_loss_scaling_skips_overflowing_steps_and_trains_on(
-    digits_dir, tmp_path, monkeypatch):
+  digits_dir, tmp_path, monkeypatch
+):
   """float16 with a dynamic loss scale on CPU: a scale far too large
   overflows the first steps' gradients; each of them is skipped and halves
   the scale, the run goes on and the scale is logged and checkpointed."""
   from densenet_flax import steps
-  monkeypatch.setattr(steps, 'new_dynamic_scale', functools.partial(
-      steps.new_dynamic_scale, scale=2.0**24))
+
+  monkeypatch.setattr(
+    steps,
+    'new_dynamic_scale',
+    functools.partial(steps.new_dynamic_scale, scale=2.0**24),
+  )
   summary = train_lib.train_and_evaluate(
-      trainutil.tiny_config(digits_dir, log_every_steps=1, test_split='',
-                            **FLOAT16_DYNAMIC), str(tmp_path))
+    trainutil.tiny_config(
+      digits_dir, log_every_steps=1, test_split='', **FLOAT16_DYNAMIC
+    ),
+    str(tmp_path),
+  )
   assert summary['step'] == 16 and summary['interrupted'] is None
   history = reporting.read_history(str(tmp_path / 'metrics.jsonl'))
   rows = [r for r in history if 'train/loss' in r]
@@ -456,13 +582,16 @@ def test_dynamic_loss_scaling_skips_overflowing_steps_and_trains_on(
 
 
 def test_float16_dynamic_run_stopped_by_sigterm_resumes_bit_identical(
-    digits_dir, tmp_path, monkeypatch):
+  digits_dir, tmp_path, monkeypatch
+):
   """SIGTERM to the process mid-epoch (sent as the loop draws a batch), then
   the same command: params, BN statistics, optimizer state and the loss
   scale end as in an uninterrupted run."""
   from densenet_flax.data import pipeline
+
   config = lambda: trainutil.tiny_config(  # noqa: E731
-      digits_dir, test_split='', **FLOAT16_DYNAMIC)
+    digits_dir, test_split='', **FLOAT16_DYNAMIC
+  )
   train_lib.train_and_evaluate(config(), str(tmp_path / 'whole'))
 
   batches = pipeline.InputPipeline.train_batches
@@ -472,15 +601,19 @@ def test_float16_dynamic_run_stopped_by_sigterm_resumes_bit_identical(
       if i == 5:
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
+
   with monkeypatch.context() as patch:
-    patch.setattr(pipeline.InputPipeline, 'train_batches',
-                  signalled_at_the_sixth)
+    patch.setattr(
+      pipeline.InputPipeline, 'train_batches', signalled_at_the_sixth
+    )
     first = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert first['interrupted'] == 'SIGTERM' and 0 < first['step'] < 8
   second = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert second['step'] == 16 and second['interrupted'] is None
-  ckpts = [checkpointing.Checkpoints(str(tmp_path / name / 'checkpoints'))
-           for name in ('whole', 'resumed')]
+  ckpts = [
+    checkpointing.Checkpoints(str(tmp_path / name / 'checkpoints'))
+    for name in ('whole', 'resumed')
+  ]
   want, got = (jax.device_get(c.read(16)) for c in ckpts)
   for c in ckpts:
     c.close()

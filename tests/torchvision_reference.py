@@ -17,10 +17,10 @@ from torch import nn
 
 # torchvision's configurations: (growth_rate, block_config, num_init_features)
 ARCHITECTURES = {
-    'densenet121': (32, (6, 12, 24, 16), 64),
-    'densenet161': (48, (6, 12, 36, 24), 96),
-    'densenet169': (32, (6, 12, 32, 32), 64),
-    'densenet201': (32, (6, 12, 48, 32), 64),
+  'densenet121': (32, (6, 12, 24, 16), 64),
+  'densenet161': (48, (6, 12, 36, 24), 96),
+  'densenet169': (32, (6, 12, 32, 32), 64),
+  'densenet201': (32, (6, 12, 48, 32), 64),
 }
 
 
@@ -29,12 +29,14 @@ class _DenseLayer(nn.Module):
     super().__init__()
     self.norm1 = nn.BatchNorm2d(num_input_features)
     self.relu1 = nn.ReLU(inplace=True)
-    self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, 1, 1,
-                           bias=False)
+    self.conv1 = nn.Conv2d(
+      num_input_features, bn_size * growth_rate, 1, 1, bias=False
+    )
     self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
     self.relu2 = nn.ReLU(inplace=True)
-    self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, 1, 1,
-                           bias=False)
+    self.conv2 = nn.Conv2d(
+      bn_size * growth_rate, growth_rate, 3, 1, 1, bias=False
+    )
 
   def forward(self, features):
     concated = torch.cat(features, 1)
@@ -46,8 +48,10 @@ class _DenseBlock(nn.ModuleDict):
   def __init__(self, num_layers, num_input_features, bn_size, growth_rate):
     super().__init__()
     for i in range(num_layers):
-      self.add_module(f'denselayer{i + 1}', _DenseLayer(
-          num_input_features + i * growth_rate, growth_rate, bn_size))
+      self.add_module(
+        f'denselayer{i + 1}',
+        _DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size),
+      )
 
   def forward(self, init_features):
     features = [init_features]
@@ -61,29 +65,43 @@ class _Transition(nn.Sequential):
     super().__init__()
     self.norm = nn.BatchNorm2d(num_input_features)
     self.relu = nn.ReLU(inplace=True)
-    self.conv = nn.Conv2d(num_input_features, num_output_features, 1, 1,
-                          bias=False)
+    self.conv = nn.Conv2d(
+      num_input_features, num_output_features, 1, 1, bias=False
+    )
     self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
 
 class DenseNet(nn.Module):
-  def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16),
-               num_init_features=64, bn_size=4, num_classes=1000):
+  def __init__(
+    self,
+    growth_rate=32,
+    block_config=(6, 12, 24, 16),
+    num_init_features=64,
+    bn_size=4,
+    num_classes=1000,
+  ):
     super().__init__()
-    self.features = nn.Sequential(OrderedDict([
-        ('conv0', nn.Conv2d(3, num_init_features, 7, 2, 3, bias=False)),
-        ('norm0', nn.BatchNorm2d(num_init_features)),
-        ('relu0', nn.ReLU(inplace=True)),
-        ('pool0', nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
-    ]))
+    self.features = nn.Sequential(
+      OrderedDict(
+        [
+          ('conv0', nn.Conv2d(3, num_init_features, 7, 2, 3, bias=False)),
+          ('norm0', nn.BatchNorm2d(num_init_features)),
+          ('relu0', nn.ReLU(inplace=True)),
+          ('pool0', nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+        ]
+      )
+    )
     num_features = num_init_features
     for i, num_layers in enumerate(block_config):
-      self.features.add_module(f'denseblock{i + 1}', _DenseBlock(
-          num_layers, num_features, bn_size, growth_rate))
+      self.features.add_module(
+        f'denseblock{i + 1}',
+        _DenseBlock(num_layers, num_features, bn_size, growth_rate),
+      )
       num_features += num_layers * growth_rate
       if i != len(block_config) - 1:
-        self.features.add_module(f'transition{i + 1}', _Transition(
-            num_features, num_features // 2))
+        self.features.add_module(
+          f'transition{i + 1}', _Transition(num_features, num_features // 2)
+        )
         num_features //= 2
     self.features.add_module('norm5', nn.BatchNorm2d(num_features))
     self.classifier = nn.Linear(num_features, num_classes)

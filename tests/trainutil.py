@@ -9,8 +9,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(data_dir, **overrides):
   """DenseNet-BC with three 1-layer blocks on 8x8 digits; 8 steps per epoch."""
-  config = config_lib.load_config_file(os.path.join(REPO, 'configs',
-                                                    'default.py'))
+  config = config_lib.load_config_file(
+    os.path.join(REPO, 'configs', 'default.py')
+  )
   config.data_dir = data_dir
   config.model_overrides.block_sizes = (1, 1, 1)
   config.model_overrides.growth_rate = 4
@@ -20,7 +21,7 @@ def tiny_config(data_dir, **overrides):
   config.augment.crop_padding = 1
   config.augment.rotation = 5.0
   config.batch_size = 32
-  config.eval_batch_size = 50       # 359 test examples: a padded last batch
+  config.eval_batch_size = 50  # 359 test examples: a padded last batch
   config.num_epochs = 2
   config.warmup_epochs = 0.5
   config.log_every_steps = 4
@@ -39,11 +40,12 @@ def tiny_config(data_dir, **overrides):
 def write_config_file(path, data_dir, **overrides):
   """A config file (for subprocess runs) that returns tiny_config(...)."""
   path.write_text(
-      'import sys\n'
-      f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})\n'
-      'import trainutil\n\n'
-      'def get_config():\n'
-      f'  return trainutil.tiny_config({data_dir!r}, **{overrides!r})\n')
+    'import sys\n'
+    f'sys.path.insert(0, {os.path.join(REPO, "tests")!r})\n'
+    'import trainutil\n\n'
+    'def get_config():\n'
+    f'  return trainutil.tiny_config({data_dir!r}, **{overrides!r})\n'
+  )
   return str(path)
 
 
@@ -60,5 +62,8 @@ def final_variables(workdir):
   step = ckpts.latest_step()
   state = jax.device_get(ckpts.read(step))
   ckpts.close()
-  return step, {'params': state['params'], 'batch_stats': state['batch_stats'],
-                'opt_state': state['opt_state']}
+  return step, {
+    'params': state['params'],
+    'batch_stats': state['batch_stats'],
+    'opt_state': state['opt_state'],
+  }

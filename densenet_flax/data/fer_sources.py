@@ -38,8 +38,11 @@ NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 # CSV id order: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral.
 EMOTIONS = ('angry', 'disgust', 'fear', 'happy', 'sad', 'surprise', 'neutral')
 # CSV `Usage` value -> split name.
-USAGE_TO_SPLIT = {'Training': 'train', 'PublicTest': 'public_test',
-                  'PrivateTest': 'private_test'}
+USAGE_TO_SPLIT = {
+  'Training': 'train',
+  'PublicTest': 'public_test',
+  'PrivateTest': 'private_test',
+}
 SPLITS = tuple(USAGE_TO_SPLIT.values())
 
 CSV_NAME = 'fer2013.csv'
@@ -72,32 +75,39 @@ class DataFormatError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  key: str        # stable id: 'row00017' (CSV row) or 'train/angry/x.jpg'
-  split: str      # train | public_test | private_test
+  key: str  # stable id: 'row00017' (CSV row) or 'train/angry/x.jpg'
+  split: str  # train | public_test | private_test
   image: np.ndarray  # [48, 48, 1] uint8
-  label: int      # CSV id order
+  label: int  # CSV id order
 
 
 # --- CSV releases ----------------------------------------------------------
+
 
 def parse_pixels(text: str, where: str, size: int = IMAGE_SIZE) -> np.ndarray:
   """'p0 p1 ... p2303' -> [size, size, 1] uint8, or a DataFormatError at `where`."""
   tokens = text.split()
   if len(tokens) != size * size:
     raise DataFormatError(
-        f'{where}: pixels has {len(tokens)} values; expected {size * size} '
-        f'({size}x{size}) space-separated integers 0-255')
+      f'{where}: pixels has {len(tokens)} values; expected {size * size} '
+      f'({size}x{size}) space-separated integers 0-255'
+    )
   bad = next((t for t in tokens if not _is_count(t)), None)
   if bad is not None:
-    what = (f'{bad} is out of range' if bad[:1] == '-' and _is_count(bad[1:])
-            else f'{bad!r} is not an integer')
+    what = (
+      f'{bad} is out of range'
+      if bad[:1] == '-' and _is_count(bad[1:])
+      else f'{bad!r} is not an integer'
+    )
     raise DataFormatError(
-        f'{where}: pixel value {what}; expected integers 0-255')
+      f'{where}: pixel value {what}; expected integers 0-255'
+    )
   values = np.array(tokens, dtype=np.int64)
   if values.max() > 255:
     raise DataFormatError(
-        f'{where}: pixel value {values.max()} is out of range; expected '
-        f'integers 0-255')
+      f'{where}: pixel value {values.max()} is out of range; expected '
+      f'integers 0-255'
+    )
   return values.astype(np.uint8).reshape(size, size, 1)
 
 
@@ -106,8 +116,9 @@ def _is_count(text: str) -> bool:
   return text.isascii() and text.isdigit()
 
 
-def _dict_rows(stream: IO[str], source: str,
-               required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+def _dict_rows(
+  stream: IO[str], source: str, required: tuple[str, ...]
+) -> Iterator[tuple[str, dict]]:
   """Yields (where, row) with stripped header names; checks columns and widths.
 
   A file that is not UTF-8 text, breaks CSV quoting, or has no data rows is a
@@ -118,40 +129,48 @@ def _dict_rows(stream: IO[str], source: str,
     yield from _checked_rows(reader, source, required)
   except UnicodeDecodeError as e:  # open_text_csv names the line exactly
     raise DataFormatError(
-        f'{source}: not UTF-8 text after line {reader.line_num} (byte '
-        f'{e.object[e.start:e.start + 1]!r}); expected a CSV file') from None
+      f'{source}: not UTF-8 text after line {reader.line_num} (byte '
+      f'{e.object[e.start : e.start + 1]!r}); expected a CSV file'
+    ) from None
   except csv.Error as e:
     raise DataFormatError(
-        f'{source} line {reader.line_num}: {e}; expected a CSV file') from None
+      f'{source} line {reader.line_num}: {e}; expected a CSV file'
+    ) from None
 
 
 def _checked_rows(reader, source: str, required: tuple[str, ...]):
   try:
     header = next(reader)
   except StopIteration:
-    raise DataFormatError(f'{source}: the file is empty; expected a header '
-                          f'with columns {",".join(required)}') from None
+    raise DataFormatError(
+      f'{source}: the file is empty; expected a header '
+      f'with columns {",".join(required)}'
+    ) from None
   header = [name.strip() for name in header]
   missing = [name for name in required if name not in header]
   if missing:
     raise DataFormatError(
-        f'{source} line 1: missing column(s) {missing}; found {header}, '
-        f'expected {",".join(required)}')
+      f'{source} line 1: missing column(s) {missing}; found {header}, '
+      f'expected {",".join(required)}'
+    )
   rows = 0
   for fields in reader:
     where = f'{source} line {reader.line_num}'
     if not fields:
-      raise DataFormatError(f'{where}: empty line; expected a row with '
-                            f'{len(header)} fields')
+      raise DataFormatError(
+        f'{where}: empty line; expected a row with {len(header)} fields'
+      )
     if len(fields) != len(header):
       raise DataFormatError(
-          f'{where}: {len(fields)} fields; expected {len(header)} '
-          f'({",".join(header)})')
+        f'{where}: {len(fields)} fields; expected {len(header)} '
+        f'({",".join(header)})'
+      )
     rows += 1
     yield where, dict(zip(header, fields))
   if not rows:
-    raise DataFormatError(f'{source}: no rows after the header; expected one '
-                          f'row per image')
+    raise DataFormatError(
+      f'{source}: no rows after the header; expected one row per image'
+    )
 
 
 def split_of_usage(text: str, where: str) -> str:
@@ -159,8 +178,9 @@ def split_of_usage(text: str, where: str) -> str:
   usage = text.strip()
   if usage not in USAGE_TO_SPLIT:
     raise DataFormatError(
-        f'{where}: unknown Usage {usage!r}; expected one of '
-        f'{", ".join(USAGE_TO_SPLIT)}')
+      f'{where}: unknown Usage {usage!r}; expected one of '
+      f'{", ".join(USAGE_TO_SPLIT)}'
+    )
   return USAGE_TO_SPLIT[usage]
 
 
@@ -172,22 +192,30 @@ def read_fer_csv(stream: IO[str], source: str) -> Iterator[Example]:
     label_text = row['emotion'].strip()
     if not _is_count(label_text) or int(label_text) >= len(EMOTIONS):
       raise DataFormatError(
-          f'{where}: unknown emotion id {label_text!r}; expected an integer '
-          f'0-{len(EMOTIONS) - 1} ({", ".join(EMOTIONS)})')
-    yield Example(key=f'row{index:05d}', split=split,
-                  image=parse_pixels(row['pixels'], where),
-                  label=int(label_text))
+        f'{where}: unknown emotion id {label_text!r}; expected an integer '
+        f'0-{len(EMOTIONS) - 1} ({", ".join(EMOTIONS)})'
+      )
+    yield Example(
+      key=f'row{index:05d}',
+      split=split,
+      image=parse_pixels(row['pixels'], where),
+      label=int(label_text),
+    )
 
 
 def _open_tar_csv(path: str) -> tuple[tarfile.TarFile, IO[str], str]:
   archive = tarfile.open(path, 'r:*')
-  members = [m for m in archive.getmembers()
-             if m.isfile() and os.path.basename(m.name) == CSV_NAME]
+  members = [
+    m
+    for m in archive.getmembers()
+    if m.isfile() and os.path.basename(m.name) == CSV_NAME
+  ]
   if not members:
     archive.close()
     raise DataFormatError(f'{path}: no {CSV_NAME} inside the archive')
-  stream = io.TextIOWrapper(archive.extractfile(members[0]), encoding='utf-8',
-                            newline='')
+  stream = io.TextIOWrapper(
+    archive.extractfile(members[0]), encoding='utf-8', newline=''
+  )
   return archive, stream, f'{path}:{members[0].name}'
 
 
@@ -208,8 +236,10 @@ def read_csv_source(path: str) -> Iterator[Example]:
       with archive, stream:
         yield from read_fer_csv(stream, source)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-      raise DataFormatError(f'{path}: unreadable archive ({e}); expected the '
-                            f'competition\'s {TAR_NAME}') from None
+      raise DataFormatError(
+        f'{path}: unreadable archive ({e}); expected the '
+        f"competition's {TAR_NAME}"
+      ) from None
   else:
     with open_text_csv(path) as stream:
       yield from read_fer_csv(stream, path)
@@ -217,11 +247,11 @@ def read_csv_source(path: str) -> Iterator[Example]:
 
 # Leading bytes of files that are not text, and what to do about them.
 _BINARY_MAGIC = {
-    b'\x1f\x8b': f'gzip-compressed: decompress it (or, if it is the '
-                 f'competition archive, name it {TAR_NAME})',
-    b'PK\x03\x04': 'a zip archive: extract the CSV from it',
-    b'BZh': 'bzip2-compressed: decompress it',
-    b'\xfd7zXZ': 'xz-compressed: decompress it',
+  b'\x1f\x8b': f'gzip-compressed: decompress it (or, if it is the '
+  f'competition archive, name it {TAR_NAME})',
+  b'PK\x03\x04': 'a zip archive: extract the CSV from it',
+  b'BZh': 'bzip2-compressed: decompress it',
+  b'\xfd7zXZ': 'xz-compressed: decompress it',
 }
 
 
@@ -231,8 +261,9 @@ def open_text_csv(path: str) -> IO[str]:
     head = f.read(8)
   for magic, advice in _BINARY_MAGIC.items():
     if head.startswith(magic):
-      raise DataFormatError(f'{path}: the file is {advice}; expected a '
-                            f'plain-text CSV')
+      raise DataFormatError(
+        f'{path}: the file is {advice}; expected a plain-text CSV'
+      )
   _check_utf8(path)
   return open(path, newline='', encoding='utf-8')
 
@@ -253,8 +284,9 @@ def _check_utf8(path: str, chunk_size: int = 1 << 22) -> None:
       except UnicodeDecodeError as e:
         line += chunk.count(b'\n', 0, max(e.start, 0))
         raise DataFormatError(
-            f'{path} line {line}: not UTF-8 text (byte '
-            f'{chunk[e.start:e.start + 1]!r}); expected a CSV file') from None
+          f'{path} line {line}: not UTF-8 text (byte '
+          f'{chunk[e.start : e.start + 1]!r}); expected a CSV file'
+        ) from None
       if not chunk:
         return
       line += chunk.count(b'\n')
@@ -264,7 +296,9 @@ def _check_utf8(path: str, chunk_size: int = 1 << 22) -> None:
 
 # Alphabetical folder names -> CSV ids (the folder order is NOT the id order).
 FOLDER_TO_LABEL = {name: i for i, name in enumerate(EMOTIONS)}
-PREFIX_TO_SPLIT = {f'{usage}_': split for usage, split in USAGE_TO_SPLIT.items()}
+PREFIX_TO_SPLIT = {
+  f'{usage}_': split for usage, split in USAGE_TO_SPLIT.items()
+}
 _FOLDER_ALLOWS = {'train': ('train',), 'test': ('public_test', 'private_test')}
 
 
@@ -274,7 +308,9 @@ def has_folder_release(manual_dir: str) -> bool:
 
 def read_folder_release(manual_dir: str) -> Iterator[Example]:
   """Examples of train/<class>/* and test/<class>/*, in sorted path order."""
-  from PIL import Image  # pillow comes with matplotlib; only this reader needs it
+  from PIL import (
+    Image,
+  )  # pillow comes with matplotlib; only this reader needs it
 
   found = 0
   for top in FOLDER_SPLITS:
@@ -283,23 +319,29 @@ def read_folder_release(manual_dir: str) -> Iterator[Example]:
       class_dir = os.path.join(top_dir, class_name)
       if not os.path.isdir(class_dir):
         raise DataFormatError(
-            f'{class_dir}: expected only class folders in {top_dir}')
+          f'{class_dir}: expected only class folders in {top_dir}'
+        )
       if class_name.lower() not in FOLDER_TO_LABEL:
         raise DataFormatError(
-            f'{class_dir}: unknown class folder {class_name!r}; expected one '
-            f'of {", ".join(sorted(FOLDER_TO_LABEL))}')
+          f'{class_dir}: unknown class folder {class_name!r}; expected one '
+          f'of {", ".join(sorted(FOLDER_TO_LABEL))}'
+        )
       for file_name in _visible(class_dir):
         path = os.path.join(class_dir, file_name)
         if not file_name.lower().endswith(IMAGE_SUFFIXES):
           raise DataFormatError(
-              f'{path}: not an image; expected {"/".join(IMAGE_SUFFIXES)} '
-              f'files named Training_*, PublicTest_* or PrivateTest_*')
-        split = next((s for p, s in PREFIX_TO_SPLIT.items()
-                      if file_name.startswith(p)), None)
+            f'{path}: not an image; expected {"/".join(IMAGE_SUFFIXES)} '
+            f'files named Training_*, PublicTest_* or PrivateTest_*'
+          )
+        split = next(
+          (s for p, s in PREFIX_TO_SPLIT.items() if file_name.startswith(p)),
+          None,
+        )
         if split is None or split not in _FOLDER_ALLOWS[top]:
           raise DataFormatError(
-              f'{path}: the file name does not say its split; expected a '
-              f'{" or ".join(_prefixes(top))} prefix in {top}/')
+            f'{path}: the file name does not say its split; expected a '
+            f'{" or ".join(_prefixes(top))} prefix in {top}/'
+          )
         try:
           with Image.open(path) as img:
             img = img.convert('L')
@@ -308,15 +350,22 @@ def read_folder_release(manual_dir: str) -> Iterator[Example]:
           raise DataFormatError(f'{path}: unreadable image ({e})') from None
         if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
           raise DataFormatError(
-              f'{path}: image is {pixels.shape[1]}x{pixels.shape[0]}; '
-              f'expected {IMAGE_SIZE}x{IMAGE_SIZE}')
+            f'{path}: image is {pixels.shape[1]}x{pixels.shape[0]}; '
+            f'expected {IMAGE_SIZE}x{IMAGE_SIZE}'
+          )
         key = f'{top}/{class_name}/{file_name}'
         found += 1
-        yield Example(key=key, split=split, image=pixels[..., None],
-                      label=FOLDER_TO_LABEL[class_name.lower()])
+        yield Example(
+          key=key,
+          split=split,
+          image=pixels[..., None],
+          label=FOLDER_TO_LABEL[class_name.lower()],
+        )
   if not found:
-    raise DataFormatError(f'{manual_dir}: the folder release has no images; '
-                          f'expected train/<class>/*.jpg and test/<class>/*.jpg')
+    raise DataFormatError(
+      f'{manual_dir}: the folder release has no images; '
+      f'expected train/<class>/*.jpg and test/<class>/*.jpg'
+    )
 
 
 def _visible(directory: str) -> list[str]:
@@ -330,6 +379,7 @@ def _prefixes(top: str) -> list[str]:
 
 # --- any release ---------------------------------------------------------------
 
+
 def find_release(manual_dir: str) -> str:
   """Path of the release to read: a CSV source, else the folder release."""
   csv_path = find_csv_source(manual_dir)
@@ -337,18 +387,23 @@ def find_release(manual_dir: str) -> str:
     return csv_path
   if has_folder_release(manual_dir):
     return manual_dir
-  looked = [os.path.join(manual_dir, n) for n in (CSV_NAME, TAR_NAME,
-                                                  ICML_NAME)]
+  looked = [
+    os.path.join(manual_dir, n) for n in (CSV_NAME, TAR_NAME, ICML_NAME)
+  ]
   looked += [os.path.join(manual_dir, s) + os.sep for s in FOLDER_SPLITS]
   raise FileNotFoundError(
-      f'No FER2013 data in {manual_dir}; looked for:\n  ' +
-      '\n  '.join(looked) + '\n\n' + MANUAL_DOWNLOAD_INSTRUCTIONS)
+    f'No FER2013 data in {manual_dir}; looked for:\n  '
+    + '\n  '.join(looked)
+    + '\n\n'
+    + MANUAL_DOWNLOAD_INSTRUCTIONS
+  )
 
 
 def read_release(path: str) -> dict[str, list[Example]]:
   """All examples of a release, grouped by split (all rows validated first)."""
-  reader = (read_folder_release(path) if os.path.isdir(path)
-            else read_csv_source(path))
+  reader = (
+    read_folder_release(path) if os.path.isdir(path) else read_csv_source(path)
+  )
   by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
   for example in reader:
     by_split[example.split].append(example)
@@ -359,8 +414,16 @@ def read_release(path: str) -> dict[str, list[Example]]:
 
 FERPLUS_NAME = 'fer2013new.csv'
 # fer2013new.csv vote columns, in file order.
-FERPLUS_EMOTIONS = ('neutral', 'happiness', 'surprise', 'sadness', 'anger',
-                    'disgust', 'fear', 'contempt')
+FERPLUS_EMOTIONS = (
+  'neutral',
+  'happiness',
+  'surprise',
+  'sadness',
+  'anger',
+  'disgust',
+  'fear',
+  'contempt',
+)
 FERPLUS_VOTE_COLUMNS = FERPLUS_EMOTIONS + ('unknown', 'NF')
 
 
@@ -368,8 +431,8 @@ FERPLUS_VOTE_COLUMNS = FERPLUS_EMOTIONS + ('unknown', 'NF')
 class Votes:
   where: str
   split: str
-  image_name: str      # '' for rows that are not faces
-  votes: np.ndarray    # [10] int32: 8 emotions, unknown, NF
+  image_name: str  # '' for rows that are not faces
+  votes: np.ndarray  # [10] int32: 8 emotions, unknown, NF
 
 
 def read_ferplus_votes(path: str) -> Iterator[Votes]:
@@ -383,12 +446,16 @@ def read_ferplus_votes(path: str) -> Iterator[Votes]:
         text = row[column].strip()
         if not _is_count(text):
           raise DataFormatError(
-              f'{where}: {column} vote count {text!r} is not a non-negative '
-              f'integer')
+            f'{where}: {column} vote count {text!r} is not a non-negative '
+            f'integer'
+          )
         votes.append(int(text))
-      yield Votes(where=where, split=split,
-                  image_name=row['Image name'].strip(),
-                  votes=np.array(votes, np.int32))
+      yield Votes(
+        where=where,
+        split=split,
+        image_name=row['Image name'].strip(),
+        votes=np.array(votes, np.int32),
+      )
 
 
 def ferplus_majority(votes: np.ndarray) -> int | None:
@@ -409,8 +476,12 @@ def ferplus_majority(votes: np.ndarray) -> int | None:
 #   probability   one label drawn from the vote distribution at every step (PLD)
 #   crossentropy  the vote distribution as a soft target (CEL)
 #   multi_target  any emotion with >= 30% of the votes counts as right (MT)
-FERPLUS_LABEL_MODES = ('majority', 'probability', 'crossentropy',
-                       'multi_target')
+FERPLUS_LABEL_MODES = (
+  'majority',
+  'probability',
+  'crossentropy',
+  'multi_target',
+)
 
 
 def ferplus_target(votes: np.ndarray, mode: str) -> np.ndarray | None:
@@ -427,20 +498,24 @@ def ferplus_target(votes: np.ndarray, mode: str) -> np.ndarray | None:
     return None
   if int(np.argmax(processed)) >= len(FERPLUS_EMOTIONS):
     return None
-  emotions = processed[:len(FERPLUS_EMOTIONS)]
+  emotions = processed[: len(FERPLUS_EMOTIONS)]
   return emotions / emotions.sum()
 
 
 def _ferplus_process(votes: np.ndarray, mode: str) -> np.ndarray | None:
   """microsoft/FERPlus `_process_data` before normalising; None = 'unknown'."""
   if mode not in FERPLUS_LABEL_MODES:
-    raise ValueError(f'Unknown FER+ label mode {mode!r}; expected one of '
-                     f'{", ".join(FERPLUS_LABEL_MODES)}')
+    raise ValueError(
+      f'Unknown FER+ label mode {mode!r}; expected one of '
+      f'{", ".join(FERPLUS_LABEL_MODES)}'
+    )
   raw = np.asarray(votes, np.float64).reshape(-1)
   if raw.shape != (len(FERPLUS_VOTE_COLUMNS),):
-    raise ValueError(f'FER+ votes have {raw.size} counts; expected '
-                     f'{len(FERPLUS_VOTE_COLUMNS)} '
-                     f'({", ".join(FERPLUS_VOTE_COLUMNS)})')
+    raise ValueError(
+      f'FER+ votes have {raw.size} counts; expected '
+      f'{len(FERPLUS_VOTE_COLUMNS)} '
+      f'({", ".join(FERPLUS_VOTE_COLUMNS)})'
+    )
   raw = np.where(raw > 1, raw, 0.0)  # single votes are outliers
   total = raw.sum()
   if total <= 0:
@@ -484,7 +559,7 @@ def ferplus_top_vote(votes: np.ndarray) -> int:
   What the builder stores as `label` of a row without a majority emotion; it
   is NOT a label of that row (see `ferplus_target`).
   """
-  return int(np.argmax(np.asarray(votes)[:len(FERPLUS_EMOTIONS)]))
+  return int(np.argmax(np.asarray(votes)[: len(FERPLUS_EMOTIONS)]))
 
 
 def join_ferplus(fer_path: str, votes_path: str):
@@ -500,7 +575,8 @@ def join_ferplus(fer_path: str, votes_path: str):
       or 'unknown'/'NF' on top); only the soft-target modes train on them.
   """
   by_split: dict[str, list[tuple[Example, np.ndarray, int, bool]]] = {
-      s: [] for s in SPLITS}
+    s: [] for s in SPLITS
+  }
   excluded = {s: collections.Counter() for s in SPLITS}
   no_majority = {s: 0 for s in SPLITS}
   fer_rows = read_csv_source(fer_path)
@@ -508,9 +584,10 @@ def join_ferplus(fer_path: str, votes_path: str):
   for example, votes in _zip_exact(fer_rows, vote_rows, fer_path, votes_path):
     if example.split != votes.split:
       raise DataFormatError(
-          f'{votes.where}: Usage {votes.split} does not match {fer_path} '
-          f'{example.key} ({example.split}); fer2013new.csv must list the rows of '
-          f'fer2013.csv in the same order')
+        f'{votes.where}: Usage {votes.split} does not match {fer_path} '
+        f'{example.key} ({example.split}); fer2013new.csv must list the rows of '
+        f'fer2013.csv in the same order'
+      )
     if not votes.image_name:
       excluded[example.split]['not_a_face'] += 1
       continue
@@ -518,7 +595,8 @@ def join_ferplus(fer_path: str, votes_path: str):
     if label is None:
       no_majority[example.split] += 1
       by_split[example.split].append(
-          (example, votes.votes, ferplus_top_vote(votes.votes), False))
+        (example, votes.votes, ferplus_top_vote(votes.votes), False)
+      )
     else:
       by_split[example.split].append((example, votes.votes, label, True))
   return by_split, excluded, no_majority
@@ -535,8 +613,9 @@ def _zip_exact(a, b, a_name, b_name):
     if x is sentinel or y is sentinel:
       longer = b_name if x is sentinel else a_name
       raise DataFormatError(
-          f'{a_name} and {b_name} have different row counts: {longer} has '
-          f'more than {count} rows; FER+ labels must match fer2013.csv row '
-          f'for row')
+        f'{a_name} and {b_name} have different row counts: {longer} has '
+        f'more than {count} rows; FER+ labels must match fer2013.csv row '
+        f'for row'
+      )
     count += 1
     yield x, y

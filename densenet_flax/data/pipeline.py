@@ -64,8 +64,10 @@ log = logging.getLogger(__name__)
 
 def _divide(total: int, parts: int, what: str, key: str) -> int:
   if total % parts:
-    raise ValueError(f'config.{key}={total} is not divisible by the {parts} '
-                     f'{what}; choose a multiple of {parts}')
+    raise ValueError(
+      f'config.{key}={total} is not divisible by the {parts} '
+      f'{what}; choose a multiple of {parts}'
+    )
   return total // parts
 
 
@@ -79,37 +81,56 @@ class InputPipeline:
     process_index, process_count: this host's place among the hosts.
   """
 
-  def __init__(self, config, *, num_devices: int | None = None,
-               process_index: int | None = None,
-               process_count: int | None = None):
+  def __init__(
+    self,
+    config,
+    *,
+    num_devices: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+  ):
     import jax  # only for the device/process topology defaults
 
     self.config = config
     self.spec = specs.get_spec(config.dataset)
     self.num_devices = num_devices or jax.local_device_count()
-    self.process_index = (jax.process_index() if process_index is None
-                          else process_index)
+    self.process_index = (
+      jax.process_index() if process_index is None else process_index
+    )
     self.process_count = process_count or jax.process_count()
-    per_process = _divide(config.batch_size, self.process_count, 'processes',
-                          'batch_size')
+    per_process = _divide(
+      config.batch_size, self.process_count, 'processes', 'batch_size'
+    )
     self.local_batch = per_process
-    _divide(config.batch_size, self.num_devices * self.process_count,
-            'devices', 'batch_size')
+    _divide(
+      config.batch_size,
+      self.num_devices * self.process_count,
+      'devices',
+      'batch_size',
+    )
     self.local_eval_batch = _divide(
-        config.eval_batch_size, self.process_count, 'processes',
-        'eval_batch_size')
-    _divide(config.eval_batch_size, self.num_devices * self.process_count,
-            'devices', 'eval_batch_size')
+      config.eval_batch_size, self.process_count, 'processes', 'eval_batch_size'
+    )
+    _divide(
+      config.eval_batch_size,
+      self.num_devices * self.process_count,
+      'devices',
+      'eval_batch_size',
+    )
     self.label_mode = config.get('label_mode', 'majority')
     if self.label_mode not in fer_sources.FERPLUS_LABEL_MODES or (
-        self.label_mode != 'majority' and not self._has_votes):
+      self.label_mode != 'majority' and not self._has_votes
+    ):
       raise ValueError(
-          f'config.label_mode={self.label_mode!r}: expected one of '
-          f'{", ".join(fer_sources.FERPLUS_LABEL_MODES)}, and \'majority\' '
-          f'for {self.spec.name} (the other modes need FER+ votes)')
+        f'config.label_mode={self.label_mode!r}: expected one of '
+        f"{', '.join(fer_sources.FERPLUS_LABEL_MODES)}, and 'majority' "
+        f'for {self.spec.name} (the other modes need FER+ votes)'
+      )
     self.builder = prepare.load_builder(
-        self.spec.name, data_dir=config.get('data_dir') or None,
-        manual_dir=config.get('manual_dir') or None)
+      self.spec.name,
+      data_dir=config.get('data_dir') or None,
+      manual_dir=config.get('manual_dir') or None,
+    )
     self.mean, self.std = self._normalization()
 
   # --- sizes and names --------------------------------------------------------
@@ -142,24 +163,33 @@ class InputPipeline:
   @functools.cached_property
   def _process_train_split(self) -> str:
     return tfds.split_for_jax_process(
-        self.train_split, process_index=self.process_index,
-        process_count=self.process_count, drop_remainder=True)
+      self.train_split,
+      process_index=self.process_index,
+      process_count=self.process_count,
+      drop_remainder=True,
+    )
 
   @property
   def steps_per_epoch(self) -> int:
     """Full batches per epoch (the remainder is left out, reshuffled each epoch)."""
     if self.spec.in_memory:  # global batches of the whole split
-      size, batch, whose = (self.split_size(self.train_split, train=True),
-                            self.config.batch_size, 'the')
+      size, batch, whose = (
+        self.split_size(self.train_split, train=True),
+        self.config.batch_size,
+        'the',
+      )
     else:  # local batches of this process's file shard
       size, batch, whose = (
-          self.builder.info.splits[self._process_train_split].num_examples,
-          self.local_batch, "this process's")
+        self.builder.info.splits[self._process_train_split].num_examples,
+        self.local_batch,
+        "this process's",
+      )
     steps = size // batch
     if steps == 0:
       raise ValueError(
-          f'config.batch_size={self.config.batch_size} is larger than '
-          f'{whose} {size} training examples')
+        f'config.batch_size={self.config.batch_size} is larger than '
+        f'{whose} {size} training examples'
+      )
     return steps
 
   # --- host arrays (small datasets) -----------------------------------------
@@ -172,11 +202,13 @@ class InputPipeline:
     """
     if not self._has_votes:
       return _load_rows(self.builder, split, None)
-    return _load_rows(self.builder, split,
-                      self.label_mode if train else 'majority')
+    return _load_rows(
+      self.builder, split, self.label_mode if train else 'majority'
+    )
 
-  def _arrays(self, split: str, *, train: bool = False
-              ) -> tuple[np.ndarray, np.ndarray]:
+  def _arrays(
+    self, split: str, *, train: bool = False
+  ) -> tuple[np.ndarray, np.ndarray]:
     rows = self._rows(split, train=train)
     return rows['image'], rows['label']
 
@@ -187,8 +219,10 @@ class InputPipeline:
     class (the first on a tie), as microsoft/FERPlus counts them.
     """
     if not self.spec.in_memory:
-      raise ValueError(f'Label counts need the labels in memory; '
-                       f'{self.spec.name} is read from files')
+      raise ValueError(
+        f'Label counts need the labels in memory; '
+        f'{self.spec.name} is read from files'
+      )
     _, labels = self._arrays(self.train_split, train=True)
     return np.bincount(labels, minlength=self.spec.num_classes)
 
@@ -199,24 +233,31 @@ class InputPipeline:
     images, _ = self._arrays(self.train_split, train=True)
     pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    log.info('%s: mean %s, std %s (computed from %d training images)',
-             self.spec.name, mean, std, len(images))
+    log.info(
+      '%s: mean %s, std %s (computed from %d training images)',
+      self.spec.name,
+      mean,
+      std,
+      len(images),
+    )
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
   # --- preprocessing -----------------------------------------------------------
 
   def _augment_kwargs(self) -> dict[str, Any]:
     a = self.config.augment
-    return dict(image_size=self.config.image_size, crop=a.crop,
-                resize=a.get('resize', 0))
+    return dict(
+      image_size=self.config.image_size, crop=a.crop, resize=a.get('resize', 0)
+    )
 
   def _finish(self, image: tf.Tensor) -> tf.Tensor:
     return augment.normalize(image, self.mean, self.std, self.config.channels)
 
   def _decode(self, image: tf.Tensor) -> tf.Tensor:
     if image.dtype == tf.string:
-      image = tf.io.decode_image(image, channels=self.spec.channels,
-                                 expand_animations=False)
+      image = tf.io.decode_image(
+        image, channels=self.spec.channels, expand_animations=False
+      )
     return image
 
   def _epoch_seed(self, epoch: int) -> int:
@@ -225,29 +266,37 @@ class InputPipeline:
 
   def _train_map(self, epoch: int):
     a = self.config.augment
-    kwargs = dict(self._augment_kwargs(), crop_padding=a.get('crop_padding', 0),
-                  flip=a.get('flip', False), rotation=a.get('rotation', 0.0))
+    kwargs = dict(
+      self._augment_kwargs(),
+      crop_padding=a.get('crop_padding', 0),
+      flip=a.get('flip', False),
+      rotation=a.get('rotation', 0.0),
+    )
     epoch_seed = self._epoch_seed(epoch)
     # In-memory positions are global already; file shards count from 0 each.
     process_offset = 0 if self.spec.in_memory else self.process_index << 32
     draw = self.label_mode == 'probability'
 
     def fn(position, image, label, target=None):
-      seed = tf.stack([tf.constant(epoch_seed, tf.int64),
-                       position + process_offset])
+      seed = tf.stack(
+        [tf.constant(epoch_seed, tf.int64), position + process_offset]
+      )
       image = augment.train_image(self._decode(image), seed, **kwargs)
       out = {'image': self._finish(image), 'label': tf.cast(label, tf.int32)}
       if target is not None:  # FER+ soft modes
         target = tf.cast(target, tf.float32)
         if draw:  # one label from the distribution: (seed, epoch, position)
           label_seed = tf.random.experimental.stateless_fold_in(
-              seed, LABEL_SEED_SALT)
+            seed, LABEL_SEED_SALT
+          )
           drawn = tf.random.stateless_categorical(
-              tf.math.log(target)[None], 1, label_seed, dtype=tf.int32)[0, 0]
+            tf.math.log(target)[None], 1, label_seed, dtype=tf.int32
+          )[0, 0]
           target = tf.one_hot(drawn, self.spec.num_classes, dtype=tf.float32)
           out['label'] = drawn
         out['target'] = target
       return out
+
     return fn
 
   # --- training -------------------------------------------------------------------
@@ -263,10 +312,12 @@ class InputPipeline:
       images, labels = rows['image'], rows['label']
       steps, batch = self.steps_per_epoch, self.config.batch_size
       order = np.random.default_rng([self.config.seed, epoch]).permutation(
-          len(labels))[:steps * batch]
+        len(labels)
+      )[: steps * batch]
       # Global positions of this process's rows of each global batch.
       positions = np.arange(steps * batch, dtype=np.int64).reshape(
-          steps, self.process_count, self.local_batch)[:, self.process_index]
+        steps, self.process_count, self.local_batch
+      )[:, self.process_index]
       positions = positions.reshape(-1)[skip:]
       columns = (positions, images[order[positions]], labels[order[positions]])
       if 'target' in rows:
@@ -275,11 +326,14 @@ class InputPipeline:
     count = self.steps_per_epoch * self.local_batch
     epoch_seed = self._epoch_seed(epoch)
     ds = self.builder.as_dataset(
-        split=self._process_train_split, shuffle_files=True,
-        decoders={'image': tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed))
-    ds = ds.shuffle(self.config.get('shuffle_buffer', 16 * 1024),
-                    seed=epoch_seed)
+      split=self._process_train_split,
+      shuffle_files=True,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=epoch_seed),
+    )
+    ds = ds.shuffle(
+      self.config.get('shuffle_buffer', 16 * 1024), seed=epoch_seed
+    )
     ds = ds.map(lambda ex: (ex['image'], ex['label'])).take(count)
     return ds.enumerate().skip(skip).map(lambda i, x: (i, *x))
 
@@ -304,8 +358,7 @@ class InputPipeline:
     largest_shard = math.ceil(self.split_size(split) / self.process_count)
     return max(1, math.ceil(largest_shard / self.local_eval_batch))
 
-  def eval_batches(self, split: str, tta: str | None = None
-                   ) -> Iterator[Batch]:
+  def eval_batches(self, split: str, tta: str | None = None) -> Iterator[Batch]:
     """Each example of this process's shard once, padded; `mask` marks real ones.
 
     With tta='ten_crop', `image` is [devices, batch, 10, H, W, C].
@@ -314,23 +367,29 @@ class InputPipeline:
       raise ValueError(f'tta must be one of {TTA_MODES}; got {tta!r}')
     if tta and self.config.augment.crop not in ('random', 'resized'):
       raise ValueError(
-          f'ten_crop needs crops smaller than the image (config.augment.crop '
-          f'"random" or "resized"); got {self.config.augment.crop!r}')
-    shard = tfds.even_splits(split, n=self.process_count,
-                             drop_remainder=False)[self.process_index]
+        f'ten_crop needs crops smaller than the image (config.augment.crop '
+        f'"random" or "resized"); got {self.config.augment.crop!r}'
+      )
+    shard = tfds.even_splits(split, n=self.process_count, drop_remainder=False)[
+      self.process_index
+    ]
     if self._has_votes:  # shard the used rows, not the stored ones
       images, labels = self._arrays(split)
-      start, end = _even_share(len(labels), self.process_count,
-                               self.process_index)
-      ds = tf.data.Dataset.from_tensor_slices((images[start:end],
-                                               labels[start:end]))
+      start, end = _even_share(
+        len(labels), self.process_count, self.process_index
+      )
+      ds = tf.data.Dataset.from_tensor_slices(
+        (images[start:end], labels[start:end])
+      )
     elif self.spec.in_memory:
       images, labels = self._arrays(shard)
       ds = tf.data.Dataset.from_tensor_slices((images, labels))
     else:
       ds = self.builder.as_dataset(
-          split=shard, shuffle_files=False,
-          decoders={'image': tfds.decode.SkipDecoding()})
+        split=shard,
+        shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()},
+      )
       ds = ds.map(lambda ex: (ex['image'], ex['label']))
     crop_fn = augment.ten_crop if tta else augment.eval_image
     kwargs = self._augment_kwargs()
@@ -347,8 +406,10 @@ class InputPipeline:
       yield self._shard(_pad(batch, self.local_eval_batch))
     # Shards of a split differ by at most one example; every process yields
     # the same number of batches, padding with fully masked ones.
-    empty = {k: np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
-             for k, s in ds.element_spec.items()}
+    empty = {
+      k: np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
+      for k, s in ds.element_spec.items()
+    }
     for _ in range(produced, self.num_eval_batches(split)):
       yield self._shard(_pad(empty, self.local_eval_batch))
 
@@ -356,15 +417,18 @@ class InputPipeline:
 
   def _shard(self, batch: Batch) -> Batch:
     """[local_batch, ...] -> [devices, local_batch / devices, ...]."""
-    return {k: v.reshape(self.num_devices, -1, *v.shape[1:])
-            for k, v in batch.items()}
+    return {
+      k: v.reshape(self.num_devices, -1, *v.shape[1:]) for k, v in batch.items()
+    }
 
 
 def _pad(batch: Batch, size: int) -> Batch:
   """Pads to `size` examples with zeros and adds `mask` (True = real)."""
   real = len(batch['label'])
-  out = {k: np.concatenate([v, np.zeros((size - real, *v.shape[1:]), v.dtype)])
-         for k, v in batch.items()}
+  out = {
+    k: np.concatenate([v, np.zeros((size - real, *v.shape[1:]), v.dtype)])
+    for k, v in batch.items()
+  }
   out['mask'] = np.arange(size) < real
   return out
 
@@ -372,20 +436,24 @@ def _pad(batch: Batch, size: int) -> Batch:
 def _even_share(size: int, count: int, index: int) -> tuple[int, int]:
   """[start, end) of part `index` of `count`, as tfds.even_splits cuts."""
   per, extra = divmod(size, count)
-  return (per * index + min(index, extra),
-          per * (index + 1) + min(index + 1, extra))
+  return (
+    per * index + min(index, extra),
+    per * (index + 1) + min(index + 1, extra),
+  )
 
 
 def _load_arrays(builder, split: str) -> dict[str, np.ndarray]:
   """A whole split as arrays of every feature (image uint8 [N, H, W, C],
   label int64 [N], ...), in stored order."""
-  return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
-                                          shuffle_files=False))
+  return tfds.as_numpy(
+    builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+  )
 
 
 @functools.lru_cache(maxsize=8)
-def _load_rows(builder, split: str, label_mode: str | None
-               ) -> dict[str, np.ndarray]:
+def _load_rows(
+  builder, split: str, label_mode: str | None
+) -> dict[str, np.ndarray]:
   """The used rows of a split: image, label and, for FER+ soft modes, target.
 
   label_mode None: every row (datasets without votes). FER+ 'majority': the
@@ -401,8 +469,11 @@ def _load_rows(builder, split: str, label_mode: str | None
     return {'image': data['image'][keep], 'label': data['label'][keep]}
   targets = [fer_sources.ferplus_target(v, label_mode) for v in data['votes']]
   keep = np.array([t is not None for t in targets], bool)
-  target = np.array([t for t in targets if t is not None],
-                    np.float32).reshape(-1, len(fer_sources.FERPLUS_EMOTIONS))
-  return {'image': data['image'][keep],
-          'label': np.argmax(target, axis=-1).astype(np.int64),
-          'target': target}
+  target = np.array([t for t in targets if t is not None], np.float32).reshape(
+    -1, len(fer_sources.FERPLUS_EMOTIONS)
+  )
+  return {
+    'image': data['image'][keep],
+    'label': np.argmax(target, axis=-1).astype(np.int64),
+    'target': target,
+  }

@@ -27,6 +27,7 @@ class DatasetSpec:
       global shuffling and cheap exact restarts.
     class_names: label names in id order, or None to read them from TFDS.
   """
+
   name: str
   num_classes: int
   channels: int
@@ -39,27 +40,59 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    'digits': DatasetSpec('digits', 10, 1, 8, ('train', 'test'),
-                          class_names=tuple(str(i) for i in range(10))),
-    'fer2013': DatasetSpec('fer2013', 7, 1, 48, fer_sources.SPLITS,
-                           class_names=fer_sources.EMOTIONS),
-    'ferplus': DatasetSpec('ferplus', 8, 1, 48, fer_sources.SPLITS,
-                           class_names=fer_sources.FERPLUS_EMOTIONS),
-    'cifar10': DatasetSpec('cifar10', 10, 3, 32, ('train', 'test'),
-                           mean=(0.4914, 0.4822, 0.4465),
-                           std=(0.2470, 0.2435, 0.2616)),
-    'cifar100': DatasetSpec('cifar100', 100, 3, 32, ('train', 'test'),
-                            mean=(0.5071, 0.4865, 0.4409),
-                            std=(0.2673, 0.2564, 0.2762)),
-    'imagenet2012': DatasetSpec('imagenet2012', 1000, 3, None,
-                                ('train', 'validation'),
-                                mean=(0.485, 0.456, 0.406),
-                                std=(0.229, 0.224, 0.225), in_memory=False),
+  'digits': DatasetSpec(
+    'digits',
+    10,
+    1,
+    8,
+    ('train', 'test'),
+    class_names=tuple(str(i) for i in range(10)),
+  ),
+  'fer2013': DatasetSpec(
+    'fer2013', 7, 1, 48, fer_sources.SPLITS, class_names=fer_sources.EMOTIONS
+  ),
+  'ferplus': DatasetSpec(
+    'ferplus',
+    8,
+    1,
+    48,
+    fer_sources.SPLITS,
+    class_names=fer_sources.FERPLUS_EMOTIONS,
+  ),
+  'cifar10': DatasetSpec(
+    'cifar10',
+    10,
+    3,
+    32,
+    ('train', 'test'),
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+  ),
+  'cifar100': DatasetSpec(
+    'cifar100',
+    100,
+    3,
+    32,
+    ('train', 'test'),
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+  ),
+  'imagenet2012': DatasetSpec(
+    'imagenet2012',
+    1000,
+    3,
+    None,
+    ('train', 'validation'),
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    in_memory=False,
+  ),
 }
 
 
 def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; available: '
-                     f'{", ".join(sorted(DATASETS))}')
+    raise ValueError(
+      f'Unknown dataset {name!r}; available: {", ".join(sorted(DATASETS))}'
+    )
   return DATASETS[name]

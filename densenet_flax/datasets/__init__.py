@@ -14,5 +14,9 @@ from densenet_flax.datasets.fer2013 import fer2013_dataset_builder
 from densenet_flax.data.fer_sources import DataFormatError
 from densenet_flax.datasets.ferplus import ferplus_dataset_builder
 
-__all__ = ['DataFormatError', 'digits_dataset_builder',
-           'fer2013_dataset_builder', 'ferplus_dataset_builder']
+__all__ = [
+  'DataFormatError',
+  'digits_dataset_builder',
+  'fer2013_dataset_builder',
+  'ferplus_dataset_builder',
+]

@@ -10,6 +10,7 @@ def manual_dir(dl_manager, instructions: str) -> str:
   path = getattr(dl_manager, '_manual_dir', None)
   if path is None or not os.path.isdir(path) or not os.listdir(path):
     raise FileNotFoundError(
-        f'The manual directory {path} does not exist or is empty.\n\n'
-        f'{instructions}')
+      f'The manual directory {path} does not exist or is empty.\n\n'
+      f'{instructions}'
+    )
   return os.fspath(path)

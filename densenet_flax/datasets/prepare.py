@@ -28,8 +28,9 @@ def _reachable(url: str) -> bool:
   parsed = urllib.parse.urlparse(url)
   port = parsed.port or (443 if parsed.scheme == 'https' else 80)
   try:
-    with socket.create_connection((parsed.hostname, port),
-                                  timeout=HOST_TIMEOUT_S):
+    with socket.create_connection(
+      (parsed.hostname, port), timeout=HOST_TIMEOUT_S
+    ):
       return True
   except OSError:
     return False
@@ -39,8 +40,9 @@ def _default_manual_dir(builder) -> str:
   return os.path.join(builder.data_dir_root, 'downloads', 'manual')
 
 
-def load_builder(name: str, *, data_dir: str | None = None,
-                 manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def load_builder(
+  name: str, *, data_dir: str | None = None, manual_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
   """A prepared builder for `name` (this project's or TFDS's catalogue).
 
   Raises FileNotFoundError naming what is missing and where it belongs when
@@ -58,12 +60,14 @@ def load_builder(name: str, *, data_dir: str | None = None,
     notes = getattr(builder, 'RELEASE_NOTES', None) or {}
     change = notes.get(str(builder.version), '')
     raise FileNotFoundError(
-        f'{name} is prepared in {os.path.dirname(builder.data_dir)} at '
-        f'version {", ".join(older)} only; this code reads version '
-        f'{builder.version}' + (f' ({change})' if change else '') +
-        f'. Prepare it again from the source files:\n'
-        f'  python -m densenet_flax.datasets.prepare {name} --manual_dir DIR '
-        f'--data_dir {builder.data_dir_root}\n\n{e}') from None
+      f'{name} is prepared in {os.path.dirname(builder.data_dir)} at '
+      f'version {", ".join(older)} only; this code reads version '
+      f'{builder.version}'
+      + (f' ({change})' if change else '')
+      + f'. Prepare it again from the source files:\n'
+      f'  python -m densenet_flax.datasets.prepare {name} --manual_dir DIR '
+      f'--data_dir {builder.data_dir_root}\n\n{e}'
+    ) from None
 
 
 def _other_versions(builder) -> list[str]:
@@ -71,9 +75,13 @@ def _other_versions(builder) -> list[str]:
   directory = os.path.dirname(builder.data_dir)
   if not os.path.isdir(directory):
     return []
-  found = [v for v in os.listdir(directory)
-           if tfds.core.Version.is_valid(v) and v != str(builder.version)
-           and os.path.isfile(os.path.join(directory, v, 'dataset_info.json'))]
+  found = [
+    v
+    for v in os.listdir(directory)
+    if tfds.core.Version.is_valid(v)
+    and v != str(builder.version)
+    and os.path.isfile(os.path.join(directory, v, 'dataset_info.json'))
+  ]
   return sorted(found, key=tfds.core.Version)
 
 
@@ -86,23 +94,27 @@ def _prepare(name: str, builder, manual_dir: str | None):
       missing = [path for path in wanted if not os.path.exists(path)]
       if missing:
         raise FileNotFoundError(
-            f'{name} is not prepared in {builder.data_dir} and its manual '
-            f'files are missing: {", ".join(missing)}\n\n'
-            f'{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+          f'{name} is not prepared in {builder.data_dir} and its manual '
+          f'files are missing: {", ".join(missing)}\n\n'
+          f'{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+        )
     # This project's manual builders check their own files with exact paths.
   else:
-    unreachable = sorted({urllib.parse.urlparse(u).hostname for u in urls
-                          if not _reachable(u)})
+    unreachable = sorted(
+      {urllib.parse.urlparse(u).hostname for u in urls if not _reachable(u)}
+    )
     if unreachable:
       raise FileNotFoundError(
-          f'{name} is not prepared in {builder.data_dir}, and it cannot be '
-          f'downloaded from here ({", ".join(unreachable)} unreachable). On a '
-          f'machine with network run\n'
-          f'  python -m densenet_flax.datasets.prepare {name} --data_dir DIR\n'
-          f'then copy DIR/{name} to {builder.data_dir_root}/ (or point '
-          f'config.data_dir at DIR).')
+        f'{name} is not prepared in {builder.data_dir}, and it cannot be '
+        f'downloaded from here ({", ".join(unreachable)} unreachable). On a '
+        f'machine with network run\n'
+        f'  python -m densenet_flax.datasets.prepare {name} --data_dir DIR\n'
+        f'then copy DIR/{name} to {builder.data_dir_root}/ (or point '
+        f'config.data_dir at DIR).'
+      )
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+  )
   return builder
 
 
@@ -114,10 +126,13 @@ def main(argv=None):
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--manual_dir', default=None)
   args = parser.parse_args(argv)
-  builder = load_builder(args.name, data_dir=args.data_dir,
-                         manual_dir=args.manual_dir)
-  print(f'{args.name} is prepared in {builder.data_dir}: '
-        f'{ {k: v.num_examples for k, v in builder.info.splits.items()} }')
+  builder = load_builder(
+    args.name, data_dir=args.data_dir, manual_dir=args.manual_dir
+  )
+  print(
+    f'{args.name} is prepared in {builder.data_dir}: '
+    f'{ {k: v.num_examples for k, v in builder.info.splits.items()} }'
+  )
 
 
 if __name__ == '__main__':

@@ -32,13 +32,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(8, 8, 1)),
-            'label': tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(8, 8, 1)),
+          'label': tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+      homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
     )
 
   def _split_generators(self, dl_manager):
@@ -46,8 +48,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     images, labels = load_digits_uint8()
     test = np.arange(len(labels)) % TEST_EVERY == TEST_EVERY - 1
     return {
-        'train': self._generate_examples(images, labels, ~test),
-        'test': self._generate_examples(images, labels, test),
+      'train': self._generate_examples(images, labels, ~test),
+      'test': self._generate_examples(images, labels, test),
     }
 
   def _generate_examples(self, images, labels, selected):

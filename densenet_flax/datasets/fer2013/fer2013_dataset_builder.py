@@ -22,21 +22,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = fer_sources.IMAGE_SIZE
     return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 1)),
-            'label': tfds.features.ClassLabel(names=fer_sources.EMOTIONS),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://www.kaggle.com/c/challenges-in-representation-'
-                 'learning-facial-expression-recognition-challenge',
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(size, size, 1)),
+          'label': tfds.features.ClassLabel(names=fer_sources.EMOTIONS),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+      homepage='https://www.kaggle.com/c/challenges-in-representation-'
+      'learning-facial-expression-recognition-challenge',
     )
 
   def _split_generators(self, dl_manager):
     directory = manual.manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     by_split = fer_sources.read_release(fer_sources.find_release(directory))
-    return {split: self._generate_examples(examples)
-            for split, examples in by_split.items()}
+    return {
+      split: self._generate_examples(examples)
+      for split, examples in by_split.items()
+    }
 
   def _generate_examples(self, examples):
     for example in examples:

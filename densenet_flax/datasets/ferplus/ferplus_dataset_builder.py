@@ -44,29 +44,30 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
-      '1.0.0': 'Initial release.',
-      '1.1.0': 'Keeps the faces without a majority label (for the '
-               'probability, crossentropy and multi_target label modes); '
-               'new `majority` feature; metadata no_majority.',
+    '1.0.0': 'Initial release.',
+    '1.1.0': 'Keeps the faces without a majority label (for the '
+    'probability, crossentropy and multi_target label modes); '
+    'new `majority` feature; metadata no_majority.',
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = fer_sources.IMAGE_SIZE
     return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(size, size, 1)),
-            'votes': tfds.features.Tensor(
-                shape=(len(fer_sources.FERPLUS_VOTE_COLUMNS),),
-                dtype=np.int32),
-            'label': tfds.features.ClassLabel(
-                names=fer_sources.FERPLUS_EMOTIONS),
-            'majority': tfds.features.Tensor(shape=(), dtype=np.bool_),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://github.com/microsoft/FERPlus',
-        metadata=tfds.core.MetadataDict(),
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(size, size, 1)),
+          'votes': tfds.features.Tensor(
+            shape=(len(fer_sources.FERPLUS_VOTE_COLUMNS),), dtype=np.int32
+          ),
+          'label': tfds.features.ClassLabel(names=fer_sources.FERPLUS_EMOTIONS),
+          'majority': tfds.features.Tensor(shape=(), dtype=np.bool_),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+      homepage='https://github.com/microsoft/FERPlus',
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
@@ -75,21 +76,34 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     fer_path = fer_sources.find_csv_source(directory)
     missing = [] if os.path.isfile(votes_path) else [votes_path]
     if fer_path is None:
-      missing.append(os.path.join(directory, fer_sources.CSV_NAME) +
-                     ' (or .tar.gz / icml_face_data.csv)')
+      missing.append(
+        os.path.join(directory, fer_sources.CSV_NAME)
+        + ' (or .tar.gz / icml_face_data.csv)'
+      )
     if missing:
       raise FileNotFoundError(
-          f'FER+ files missing: {", ".join(missing)}\n\n'
-          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+        f'FER+ files missing: {", ".join(missing)}\n\n'
+        f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
     by_split, excluded, no_majority = fer_sources.join_ferplus(
-        fer_path, votes_path)
+      fer_path, votes_path
+    )
     self.info.metadata['excluded'] = {
-        split: dict(counts) for split, counts in excluded.items()}
+      split: dict(counts) for split, counts in excluded.items()
+    }
     self.info.metadata['no_majority'] = dict(no_majority)
-    return {split: self._generate_examples(rows)
-            for split, rows in by_split.items()}
+    return {
+      split: self._generate_examples(rows) for split, rows in by_split.items()
+    }
 
   def _generate_examples(self, rows):
     for example, votes, label, majority in rows:
-      yield example.key, {'image': example.image, 'votes': votes,
-                          'label': label, 'majority': majority}
+      yield (
+        example.key,
+        {
+          'image': example.image,
+          'votes': votes,
+          'label': label,
+          'majority': majority,
+        },
+      )
