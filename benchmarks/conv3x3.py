@@ -4,7 +4,7 @@
 
 Forward plus the gradients for input and kernel (jit of value_and_grad of a
 sum of squares), median of 10 runs, on shapes of DenseNet-121 @224 (batch 8)
-and of the FER and CIFAR models (48 and 32 px). The avenue issue 13 names for
+and of the FER and CIFAR models (48 and 32 px). One avenue tried for
 XLA:CPU's 3x3 convolutions; `max rel diff` is each way's largest gradient
 difference from XLA's convolution.
 
