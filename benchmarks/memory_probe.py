@@ -1,4 +1,4 @@
-"""Why the compiled train step is not linear in depth: a probe of the memory-efficient block.
+"""Why the compiled train step is not linear in depth (memory-efficient).
 
   python -m benchmarks.memory_probe [--layers 8 16 32]
 
