@@ -450,7 +450,9 @@ class _Builder:
     return self.node('Expand', [x, self.shape_tensor(target)])
 
   def _reshape_to_output(self, eqn, vals, **params):
-    if params.get('dimensions') is not None:
+    # reshape's `dimensions` transposes first; squeeze's names the dropped
+    # size-1 axes, which a reshape to the output shape drops as well.
+    if eqn.primitive.name == 'reshape' and params.get('dimensions') is not None:
       raise UnsupportedPrimitiveError('reshape', 'with dimensions')
     return self.reshape(vals[0], eqn.outvars[0].aval.shape)
 

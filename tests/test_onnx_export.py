@@ -124,6 +124,7 @@ def small_functions():
   return [
     ('gather_nd', lambda x: x[:, jnp.array([2, 0, 2])], ('b', 4, 5)),
     ('index_and_window', lambda x: x[:, 1, :2] + x[:, -1:, 3], ('b', 4, 5)),
+    ('squeeze', lambda x: jnp.squeeze(x, 1) * 2, ('b', 1, 3)),
     (
       'batched_matmul',
       lambda x: jnp.einsum('bij,bkj->bik', x, x * 2),
