@@ -216,7 +216,7 @@ def read_boxes(path: str) -> dict[str, list[tuple[int, ...]]]:
       box = tuple(int(round(float(v))) for v in numbers)
       if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
         raise ValueError
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf
       raise ValueError(
         f'{path}: line {line}: expected an image path and x, '
         f'y, w, h with a positive width and height; got '
@@ -248,6 +248,8 @@ class Writer:
 
   def __init__(self, path: str | None, class_names):
     self.path, self.class_names = path, list(class_names)
+    if path and not path.endswith(('.jsonl', '.csv')):
+      raise ValueError(f'--output {path}: expected a .jsonl or .csv file')
     self._file = open(path, 'w', newline='') if path else None
     self._csv = None
     if path and path.endswith('.csv'):
@@ -267,8 +269,6 @@ class Writer:
         ]
         + self.class_names
       )
-    elif path and not path.endswith('.jsonl'):
-      raise ValueError(f'--output {path}: expected a .jsonl or .csv file')
 
   def write(self, row: dict) -> None:
     if self._csv is not None:
@@ -432,15 +432,19 @@ def run(
             writer.write(row)
           if annotate_dir:
             annotate(image, answers, annotated_name(annotate_dir, path, frame))
+        error = None
       except UnreadableFile as e:
         skipped.append(str(e))
         bar.write(f'skipped {e}')
-        continue
-      if is_video:
+        error = str(e)
+      # A video that fails partway keeps the rows of the frames before the
+      # failure; its summary covers those and says why it stops there.
+      if is_video and (error is None or len(rows) > first):
         videos[path] = {
           'path': path,
           'frames_sampled': sampled,
           **video_lib.summarize(rows[first:], classifier.class_names),
+          **({'error': error} if error else {}),
         }
   finally:
     writer.close()
@@ -460,6 +464,7 @@ def _write_video_reports(
   if summary is None and output:
     summary = os.path.splitext(output)[0] + '.summary.json'
   if summary:
+    os.makedirs(os.path.dirname(os.path.abspath(summary)), exist_ok=True)
     atomic.write_text(summary, json.dumps(list(videos.values()), indent=2))
   if timeline:
     for path in videos:

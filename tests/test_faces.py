@@ -242,6 +242,18 @@ def test_a_face_in_a_video_is_one_track_with_its_summary_and_timeline(
   for row in rows:
     assert row['time_s'] == pytest.approx(row['frame'] / FPS)
   (summary,) = json.loads(open(str(tmp_path / 'rows.summary.json')).read())
+  # A --summary in a folder not made yet: made, not an error after the work.
+  predict.run(
+    fer_classifier,
+    [path],
+    faces=True,
+    every=8,
+    summary=str(tmp_path / 'new' / 's.json'),
+    progress=False,
+  )
+  assert (
+    json.loads((tmp_path / 'new' / 's.json').read_text())[0]['path'] == path
+  )
   assert summary['path'] == path and summary['frames_sampled'] == count
   (track,) = summary['tracks']
   assert track['track'] == 0 and track['frames'] == len(rows)
@@ -303,3 +315,13 @@ def test_fps_takes_the_first_frame_at_each_sample_time(video_fps, fps, want):
   assert [
     i for i in range(n) if video_lib.sampled(i, video_fps, 1, fps)
   ] == want
+
+
+def test_an_output_of_another_kind_is_refused_before_anything_is_written(
+  tmp_path,
+):
+  kept = tmp_path / 'results.json'
+  kept.write_text('earlier results')
+  with pytest.raises(ValueError, match='expected a .jsonl or .csv'):
+    predict.Writer(str(kept), ['a', 'b'])
+  assert kept.read_text() == 'earlier results'
