@@ -421,7 +421,11 @@ class Checkpoints:
       complete = [s for s in self._complete_steps() if s != unsaved]
       full = _disk_full(e)
       raise CheckpointSaveError(
-        f'Checkpoint {unsaved} could not be written to {self.directory}: '
+        (
+          f'Checkpoint {unsaved} could not be written to {self.directory}: '
+          if unsaved is not None
+          else f'Writing to {self.directory} failed after the last save: '
+        )
         + (
           'the disk is full (No space left on device)'
           if full

@@ -376,7 +376,8 @@ def _restore_or_init(run: _Run):
     state, _ = run.ckpts.restore(step, abstract, run.identity)
     return state, changes
 
-  if config.restart:
+  restart = config.restart and not _restarted_here(run)
+  if restart:
     found = None
     moved = run.ckpts.set_all_aside('restart')
     if moved:
@@ -415,6 +416,29 @@ def _restore_or_init(run: _Run):
       config_change={key: [old, new] for key, (old, new) in changes.items()},
     )
   return dp.put_replicated(state), start_step
+
+
+def _restarted_here(run: _Run) -> bool:
+  """Whether the newest checkpoint was written by a run that had already
+  restarted: a rerun of the same command line (a requeued job, a resume
+  after a full disk) then resumes it instead of restarting again."""
+  latest = run.ckpts.latest_step()
+  if latest is None:
+    return False
+  try:
+    written_by = run.ckpts.meta(latest).get('config', {})
+  except Exception:  # noqa: BLE001 - unreadable: the restart moves it aside
+    return False
+  if not written_by.get('restart'):
+    return False
+  log.warning(
+    'config.restart: checkpoint %d was written after this run restarted; '
+    'resuming from it (to restart again, drop --config.restart=True, '
+    'move %s aside by hand, and rerun)',
+    latest,
+    run.ckpts.directory,
+  )
+  return True
 
 
 def _fresh_state(run: _Run, make_state):

@@ -258,6 +258,16 @@ def test_all_checkpoints_damaged_stops_until_a_deliberate_restart(
   live = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   assert [r['step'] for r in live if 'eval/accuracy' in r] == [8, 16]
 
+  # The same command line again (a requeued job) resumes the restarted run:
+  # it does not restart a second time.
+  summary = train_lib.train_and_evaluate(
+    trainutil.tiny_config(digits_dir, restart=True), workdir
+  )
+  assert summary['step'] == 16
+  assert os.listdir(os.path.join(workdir, 'checkpoints_set_aside')) == [aside]
+  assert '16' in os.listdir(checkpoints)
+  assert reporting.read_history(os.path.join(workdir, 'metrics.jsonl')) == live
+
 
 def test_a_rewinding_resume_moves_the_rows_it_redoes_to_a_side_file(
   trained, digits_dir, tmp_path
