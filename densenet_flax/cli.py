@@ -53,23 +53,39 @@ def start_command(args, verbose: bool = False, tensorflow: bool = True) -> None:
   set_log_levels(verbose)
   if not tensorflow:
     return
-  with contextlib.nullcontext() if verbose else _native_stderr_silenced():
+  with contextlib.nullcontext() if verbose else _native_banners_dropped():
     import tensorflow as tf
   # tf.data runs on the host; the accelerators belong to JAX.
   tf.config.set_visible_devices([], 'GPU')
 
 
+# TensorFlow's native start-up lines: INFO, printed on every import.
+_NATIVE_BANNERS = (
+  'All log messages before absl::InitializeLog() is called',
+  'oneDNN custom operations are on',
+)
+
+
 @contextlib.contextmanager
-def _native_stderr_silenced():
-  """TensorFlow's C++ prints its start-up lines (oneDNN, absl::InitializeLog)
-  straight to file descriptor 2 at import, before TF_CPP_MIN_LOG_LEVEL is
-  read; an import error still raises once the descriptor is back."""
+def _native_banners_dropped():
+  """TensorFlow's C++ prints its start-up lines straight to file descriptor
+  2 at import, whatever TF_CPP_MIN_LOG_LEVEL says. Descriptor 2 goes to a
+  temporary file meanwhile; every other line it received (warnings, errors)
+  is written back to stderr afterwards, also when the import fails."""
+  import tempfile
+
   sys.stderr.flush()
   saved = os.dup(2)
-  try:
-    with open(os.devnull, 'w') as devnull:
-      os.dup2(devnull.fileno(), 2)
+  with tempfile.TemporaryFile(mode='w+') as captured:
+    try:
+      os.dup2(captured.fileno(), 2)
       yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured:
+        if not any(banner in line for banner in _NATIVE_BANNERS):
+          sys.stderr.write(line)
+      sys.stderr.flush()
