@@ -42,8 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory_efficient = False
   c.half_precision = False  # compute in half precision, params float32
   c.half_precision_dtype = 'bfloat16'  # or 'float16'
-  c.loss_scaling = 'auto'  # auto (dynamic for float16 on GPU) |
-  # dynamic (any backend, any dtype) | none
+  # auto (dynamic for float16 on GPU) | dynamic (any backend, any dtype) | none
+  c.loss_scaling = 'auto'
   # First weights of a fresh run (densenet_flax/pretrained.py): '' (random),
   # 'keras:DenseNet121' (downloads) or 'keras:/path/weights.h5',
   # 'torchvision:/path/densenet121.pth', 'workdir:/path/run[:best|latest|STEP]'.
@@ -52,16 +52,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Fine-tuning (models.stage_names: stem, denseblock1, transition1, ...,
   # norm_final, classifier).
-  c.freeze = ''  # a stage: it and those before it are not
-  # updated ('' = train everything)
-  c.freeze_batch_stats = False  # frozen stages also keep their BN
-  # statistics (inference-mode BN)
+  # A stage: it and those before it are not updated ('' = train everything).
+  c.freeze = ''
+  # Frozen stages also keep their BN statistics (inference-mode BN).
+  c.freeze_batch_stats = False
   c.head_lr_multiplier = 1.0  # the classifier's learning rate factor
-  c.layer_lr_decay = 1.0  # stage s below the classifier learns at
-  # lr * decay**s (1.0 = off)
-  c.ema_decay = 0.0  # >0: keep an EMA of the weights; it is
-  # evaluated, selects 'best', and is what
-  # evaluation and inference load
+  # Stage s below the classifier learns at lr * decay**s (1.0 = off).
+  c.layer_lr_decay = 1.0
+  # >0: keep an EMA of the weights; it is evaluated, selects 'best', and is
+  # what evaluation and inference load.
+  c.ema_decay = 0.0
 
   # Data (densenet_flax.data.specs.DATASETS).
   c.dataset = 'digits'
@@ -102,11 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   c.mixup_alpha = 0.0
   c.class_weighting = 'none'  # none | balanced (inverse class frequency)
-  c.label_mode = 'majority'  # FER+ training targets (Barsoum et al.
-  # 2016): majority | probability (a label
-  # drawn from the votes each step) |
-  # crossentropy (the vote distribution) |
-  # multi_target; evaluation is majority
+  # FER+ training targets (Barsoum et al. 2016): majority | probability (a
+  # label drawn from the votes each step) | crossentropy (the vote
+  # distribution) | multi_target; evaluation is majority.
+  c.label_mode = 'majority'
   c.grad_clip_norm = 0.0  # 0 = off
 
   # Bookkeeping.
@@ -130,13 +129,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_processes = 0  # 0 = auto-detect
   c.process_id = -1  # -1 = auto-detect
   c.distributed_timeout_s = 100  # how long to wait for a dead peer
-  c.allow_config_change = False  # resume although keys that change the
-  # result differ (recorded in metrics.jsonl)
-  c.restart = False  # start from step 0 even where the workdir
-  # has checkpoints (they and the history
-  # move aside, kept); for one invocation
-  c.stop_after_steps = 0  # >0: save and stop after this many steps
-  # of this invocation (time-boxed jobs)
+  # Resume although keys that change the result differ (recorded in
+  # metrics.jsonl).
+  c.allow_config_change = False
+  # Start from step 0 even where the workdir has checkpoints (they and the
+  # history move aside, kept); a rerun resumes the restarted run.
+  c.restart = False
+  # >0: save and stop after this many steps of this invocation (time-boxed
+  # jobs).
+  c.stop_after_steps = 0
   # XLA's compiled steps, kept across runs: a resumed or repeated run skips
   # the compile (docs/benchmarks.md#compile-time). '' = off.
   c.compilation_cache_dir = '~/.cache/densenet_flax/xla'

@@ -32,8 +32,9 @@ class MetricWriter:
     self.enabled = enabled
     self.history_path = os.path.join(workdir, 'metrics.jsonl')
     self._tensorboard_dir = os.path.join(workdir, 'tensorboard')
-    self._summary = None  # opened at the first row: a run that stops
-    # before it leaves no empty event file
+    # Opened at the first row: a run that stops before it leaves no empty
+    # event file.
+    self._summary = None
 
   def supersede_after(self, step: int) -> str | None:
     """Moves the rows past `step` (a resumed run redoes those steps; 0 for a
