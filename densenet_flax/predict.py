@@ -323,8 +323,21 @@ def annotate(image: np.ndarray, answers: list[dict], path: str) -> None:
   cv2.imwrite(path, canvas)
 
 
-def annotated_name(directory: str, path: str, frame: int | None) -> str:
-  stem = os.path.splitext(os.path.basename(path))[0]
+def output_stems(files: list[str]) -> dict[str, str]:
+  """A distinct name stem per input file for what is written about it: the
+  file's own stem, numbered where files in different folders share one."""
+  stems, seen = {}, {}
+  for path in files:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    seen[stem] = seen.get(stem, 0) + 1
+    stems[path] = stem if seen[stem] == 1 else f'{stem}-{seen[stem]}'
+  return stems
+
+
+def annotated_name(
+  directory: str, path: str, frame: int | None, stem: str | None = None
+) -> str:
+  stem = stem or os.path.splitext(os.path.basename(path))[0]
   return os.path.join(
     directory, stem + ('' if frame is None else f'-frame{frame:06d}') + '.png'
   )
@@ -391,6 +404,7 @@ def run(
 
     detector = FaceEmotionDetector(classifier)
   writer = Writer(output, classifier.class_names)
+  stems = output_stems(files)
   rows, skipped, videos = [], [], {}
   bar = tqdm(
     files, unit='file', disable=not progress or len(files) < 2, file=sys.stderr
@@ -431,7 +445,11 @@ def run(
             rows.append(row)
             writer.write(row)
           if annotate_dir:
-            annotate(image, answers, annotated_name(annotate_dir, path, frame))
+            annotate(
+              image,
+              answers,
+              annotated_name(annotate_dir, path, frame, stems[path]),
+            )
         error = None
       except UnreadableFile as e:
         skipped.append(str(e))
@@ -450,13 +468,13 @@ def run(
     writer.close()
   if videos:
     _write_video_reports(
-      videos, rows, classifier.class_names, output, summary, timeline
+      videos, rows, classifier.class_names, output, summary, timeline, stems
     )
   return rows, skipped
 
 
 def _write_video_reports(
-  videos: dict, rows: list, class_names, output, summary, timeline
+  videos: dict, rows: list, class_names, output, summary, timeline, stems
 ) -> None:
   from densenet_flax import atomic
   from densenet_flax import video as video_lib
@@ -471,12 +489,7 @@ def _write_video_reports(
       name = (
         timeline
         if len(videos) == 1
-        else (
-          os.path.splitext(timeline)[0]
-          + '-'
-          + os.path.splitext(os.path.basename(path))[0]
-          + '.png'
-        )
+        else (os.path.splitext(timeline)[0] + '-' + stems[path] + '.png')
       )
       video_lib.plot_timeline(
         [r for r in rows if r['path'] == path],

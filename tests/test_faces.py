@@ -325,3 +325,12 @@ def test_an_output_of_another_kind_is_refused_before_anything_is_written(
   with pytest.raises(ValueError, match='expected a .jsonl or .csv'):
     predict.Writer(str(kept), ['a', 'b'])
   assert kept.read_text() == 'earlier results'
+
+
+def test_files_of_one_name_in_different_folders_get_their_own_outputs():
+  stems = predict.output_stems(['a/clip.mp4', 'b/clip.mp4', 'c/x.png'])
+  assert stems == {'a/clip.mp4': 'clip', 'b/clip.mp4': 'clip-2', 'c/x.png': 'x'}
+  assert (
+    predict.annotated_name('out', 'b/clip.mp4', 3, stems['b/clip.mp4'])
+    == 'out/clip-2-frame000003.png'
+  )
