@@ -87,33 +87,70 @@ DAMAGE_STATUSES = (
 )
 
 
+# What an operating-system or resource failure looks like inside a status
+# message (absl maps several errnos to FAILED_PRECONDITION, a damage status).
+FAILURE_STATUSES = (
+  'UNAVAILABLE',
+  'UNKNOWN',
+  'PERMISSION_DENIED',
+  'RESOURCE_EXHAUSTED',
+  'ABORTED',
+  'DEADLINE_EXCEEDED',
+  'CANCELLED',
+  'INTERNAL',
+)
+FAILURE_MESSAGES = (
+  'Input/output error',
+  'Permission denied',
+  'Read-only file system',
+  'No space left on device',
+  'Is a directory',
+  'Bad file descriptor',
+  'Too many open files',
+)
+
+
 def damage_shown_by(error: BaseException) -> str | None:
   """Why `error` shows that the checkpoint itself is damaged, or None.
 
   Damage: a missing file, undecodable bytes or JSON, or a TensorStore status
-  of DAMAGE_STATUSES, anywhere in the chain of causes (Orbax wraps
-  TensorStore's errors). Anything else (other OS errors, memory, a
-  TypeError of our own) is not damage.
+  of DAMAGE_STATUSES, in the chain of causes (Orbax wraps TensorStore's
+  errors). A failure anywhere in that chain wins over damage: another OS
+  error, memory, a failure status or an OS error's text in a status message.
+  Anything else (a TypeError of our own) is not damage either.
   """
-  seen = set()
+  chain, seen = [], set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if isinstance(
-      error,
-      (
-        FileNotFoundError,
-        NotADirectoryError,
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-      ),
-    ):
-      return _reason(error)
-    if type(error) is ValueError and str(error).split(':', 1)[0] in (
-      DAMAGE_STATUSES
-    ):
-      return _reason(error)
+    chain.append(error)
     error = error.__cause__ or error.__context__
-  return None
+  damage = None
+  for link in chain:
+    status = str(link).split(':', 1)[0] if type(link) is ValueError else ''
+    if (
+      isinstance(link, MemoryError)
+      or (
+        isinstance(link, OSError)
+        and not isinstance(link, (FileNotFoundError, NotADirectoryError))
+      )
+      or status in FAILURE_STATUSES
+      or (status and any(m in str(link) for m in FAILURE_MESSAGES))
+    ):
+      return None
+    if damage is None and (
+      isinstance(
+        link,
+        (
+          FileNotFoundError,
+          NotADirectoryError,
+          UnicodeDecodeError,
+          json.JSONDecodeError,
+        ),
+      )
+      or status in DAMAGE_STATUSES
+    ):
+      damage = _reason(link)
+  return damage
 
 
 def _key_name(key) -> str:

@@ -166,6 +166,20 @@ def test_the_classification_follows_the_chain_of_causes():
   assert checkpointing.damage_shown_by(FileNotFoundError('x')) is not None
   assert checkpointing.damage_shown_by(OSError(errno.EIO, 'x')) is None
   assert checkpointing.damage_shown_by(ValueError('bad shape')) is None
+  # A failure anywhere in the chain wins: an I/O error raised while handling
+  # a missing file, or an errno that absl reports as FAILED_PRECONDITION.
+  try:
+    try:
+      raise FileNotFoundError('_METADATA')
+    except FileNotFoundError:
+      raise OSError(errno.EIO, 'Input/output error')  # noqa: B904
+  except OSError as during:
+    assert checkpointing.damage_shown_by(during) is None
+  read_only = ValueError(
+    'FAILED_PRECONDITION: Error writing: [OS error: Read-only file system]'
+  )
+  assert checkpointing.damage_shown_by(read_only) is None
+  assert checkpointing.damage_shown_by(MemoryError()) is None
 
 
 @pytest.fixture(scope='module')
