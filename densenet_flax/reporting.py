@@ -93,6 +93,8 @@ class MetricWriter:
   def _append(self, row: dict) -> None:
     try:
       with open(self.history_path, 'a') as f:
+        if f.tell() and not _ends_with_newline(self.history_path):
+          f.write('\n')  # a row cut just before its newline stays whole
         f.write(json.dumps(row) + '\n')
     except OSError as e:
       raise OSError(
@@ -104,6 +106,12 @@ class MetricWriter:
   def close(self) -> None:
     if self._summary is not None:
       self._summary.close()
+
+
+def _ends_with_newline(path: str) -> bool:
+  with open(path, 'rb') as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b'\n'
 
 
 def read_history(path: str) -> list[dict]:

@@ -324,6 +324,19 @@ def test_an_incomplete_last_row_is_left_out_and_kept(tmp_path, caplog):
     reporting.read_history(str(path))
 
 
+def test_a_row_cut_just_before_its_newline_stays_a_row_of_its_own(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1}\n{"step": 2}')
+  writer = reporting.MetricWriter.__new__(reporting.MetricWriter)
+  writer.enabled, writer.history_path = True, str(path)
+  writer._append({'step': 3})
+  assert reporting.read_history(str(path)) == [
+    {'step': 1},
+    {'step': 2},
+    {'step': 3},
+  ]
+
+
 def test_every_config_key_is_classified():
   keys = set(config_lib.base_config())
   result, bookkeeping = (
