@@ -571,75 +571,52 @@ class _Builder:
       )
     return others + spatial, spatial
 
-  def _reduce_window_sum(
-    self,
-    eqn,
-    vals,
-    *,
-    window_dimensions,
-    window_strides,
-    padding,
-    base_dilation,
-    window_dilation,
-    **_,
-  ):
-    perm, spatial = self._pool_layout(
-      'reduce_window_sum',
-      eqn.invars[0].aval.shape,
-      window_dimensions,
-      window_strides,
-      padding,
-      base_dilation,
+  def _pool(self, op, eqn, vals, params, **attributes):
+    """ONNX's `op` over reduce_window's spatial axes, moved channels first
+    and back: (pooled tensor in the operand's layout, window sizes)."""
+    window, strides, padding = (
+      params['window_dimensions'],
+      params['window_strides'],
+      params['padding'],
     )
-    if any(d != 1 for d in window_dilation):
-      raise UnsupportedPrimitiveError('reduce_window_sum', 'window dilation')
-    kernel = [int(window_dimensions[i]) for i in spatial]
-    # An average pool counting the zero padding, times the window's size.
+    perm, spatial = self._pool_layout(
+      eqn.primitive.name,
+      eqn.invars[0].aval.shape,
+      window,
+      strides,
+      padding,
+      params['base_dilation'],
+    )
+    if op == 'MaxPool':  # AveragePool takes no dilations (checked: all 1)
+      attributes['dilations'] = [
+        int(params['window_dilation'][i]) for i in spatial
+      ]
+    kernel = [int(window[i]) for i in spatial]
     y = self.node(
-      'AveragePool',
+      op,
       [self.transpose(vals[0], perm)],
       kernel_shape=kernel,
-      strides=[int(window_strides[i]) for i in spatial],
+      strides=[int(strides[i]) for i in spatial],
       pads=[int(padding[i][0]) for i in spatial]
       + [int(padding[i][1]) for i in spatial],
-      count_include_pad=1,
+      **attributes,
     )
-    y = self.node(
+    return self.transpose(y, _perm_inverse(perm)), kernel
+
+  def _reduce_window_sum(self, eqn, vals, **params):
+    if any(d != 1 for d in params['window_dilation']):
+      raise UnsupportedPrimitiveError('reduce_window_sum', 'window dilation')
+    # An average pool counting the zero padding, times the window's size.
+    y, kernel = self._pool(
+      'AveragePool', eqn, vals, params, count_include_pad=1
+    )
+    return self.node(
       'Mul', [y, np.asarray(np.prod(kernel), eqn.outvars[0].aval.dtype)]
     )
-    return self.transpose(y, _perm_inverse(perm))
 
-  def _reduce_window_max(
-    self,
-    eqn,
-    vals,
-    *,
-    window_dimensions,
-    window_strides,
-    padding,
-    base_dilation,
-    window_dilation,
-    **_,
-  ):
-    perm, spatial = self._pool_layout(
-      'reduce_window_max',
-      eqn.invars[0].aval.shape,
-      window_dimensions,
-      window_strides,
-      padding,
-      base_dilation,
-    )
+  def _reduce_window_max(self, eqn, vals, **params):
     # MaxPool's padding never wins the max: reduce_window_max's -inf.
-    y = self.node(
-      'MaxPool',
-      [self.transpose(vals[0], perm)],
-      kernel_shape=[int(window_dimensions[i]) for i in spatial],
-      strides=[int(window_strides[i]) for i in spatial],
-      pads=[int(padding[i][0]) for i in spatial]
-      + [int(padding[i][1]) for i in spatial],
-      dilations=[int(window_dilation[i]) for i in spatial],
-    )
-    return self.transpose(y, _perm_inverse(perm))
+    return self._pool('MaxPool', eqn, vals, params)[0]
 
   def _pad(self, eqn, vals, *, padding_config, **_):
     if any(
