@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ from densenet_flax import reporting  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
 from densenet_flax import workdir as workdir_lib  # noqa: E402
 
+import multiprocess  # noqa: E402
 import trainutil  # noqa: E402
 
 STATE = {'params': {'w': jnp.arange(1000.0)}, 'batch_stats': {'m': jnp.ones(3)}}
@@ -445,15 +445,9 @@ def test_train_py_on_a_full_disk_exits_non_zero_naming_the_step(
   )
   fill(small_disk, SLACK)
   out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(trainutil.REPO, 'train.py'),
-      '--workdir',
-      str(workdir),
-      '--config',
-      config_file,
-      '--config.progress_bar=False',
-    ],
+    multiprocess.train_command(
+      workdir, config_file, '--config.progress_bar=False'
+    ),
     capture_output=True,
     text=True,
     timeout=300,

@@ -23,6 +23,7 @@ from densenet_flax import reporting  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
 from densenet_flax import workdir as workdir_lib  # noqa: E402
 
+import multiprocess  # noqa: E402
 import trainutil  # noqa: E402
 
 
@@ -223,14 +224,7 @@ def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir, tmp_path):
   )
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(
-    [
-      sys.executable,
-      os.path.join(trainutil.REPO, 'train.py'),
-      '--workdir',
-      str(workdir),
-      '--config',
-      config_file,
-    ],
+    multiprocess.train_command(workdir, config_file),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
