@@ -81,6 +81,15 @@ class FaceTracker:
     return ids
 
 
+def by_track(rows: Sequence[dict]) -> list[tuple[int | None, list[dict]]]:
+  """(track id, its rows in order) per track, by id; whole-frame rows (no
+  track) last."""
+  tracks = {}
+  for row in rows:
+    tracks.setdefault(row['track'], []).append(row)
+  return sorted(tracks.items(), key=lambda item: (item[0] is None, item[0]))
+
+
 def summarize(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
   """Per track of one video's rows: first and last time (and frame), frames
   seen, mean probabilities and the dominant emotion; and the same means over
@@ -104,13 +113,8 @@ def summarize(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
       class_names[int(np.argmax(mean))],
     )
 
-  tracks = {}
-  for row in rows:
-    tracks.setdefault(row['track'], []).append(row)
   summary = []
-  for track_id, group in sorted(
-    tracks.items(), key=lambda item: (item[0] is None, item[0])
-  ):
+  for track_id, group in by_track(rows):
     emotions, label = means(group)
     summary.append(
       {
@@ -140,18 +144,13 @@ def plot_timeline(
 
   from densenet_flax import atomic
 
-  tracks = {}
-  for row in rows:
-    tracks.setdefault(row['track'], []).append(row)
+  tracks = by_track(rows)
   panels = max(len(tracks), 1)
   figure, axes = plt.subplots(
     panels, 1, sharex=True, squeeze=False, figsize=(8, 1.2 + 1.8 * panels)
   )
   colors = plt.get_cmap('tab10')
-  for ax, (track_id, group) in zip(
-    axes[:, 0],
-    sorted(tracks.items(), key=lambda item: (item[0] is None, item[0])),
-  ):
+  for ax, (track_id, group) in zip(axes[:, 0], tracks):
     times = [
       r['time_s'] if r['time_s'] is not None else r['frame'] for r in group
     ]
