@@ -26,6 +26,9 @@ TTAS = ('', 'ten_crop')
 # jax.random implementations of the run's keys (dropout, mixup, init).
 RNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 SELECT_METRICS = ('accuracy', 'macro_f1')
+# How a step is compiled over several devices (parallel.DataParallel): both
+# compute the same bits, and checkpoints of one resume under the other.
+PARALLELISMS = ('shard_map', 'pmap')
 # FER+ training targets (fer_sources.ferplus_target): majority, probability,
 # crossentropy, multi_target.
 LABEL_MODES = ('majority', 'probability', 'crossentropy', 'multi_target')
@@ -129,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_processes = 0  # 0 = auto-detect
   c.process_id = -1  # -1 = auto-detect
   c.distributed_timeout_s = 100  # how long to wait for a dead peer
+  # Over several devices: 'shard_map' (jax.jit over jax.shard_map, global
+  # arrays) or 'pmap' (stacked per-device replicas); the same results.
+  c.parallelism = 'shard_map'
   # Resume although keys that change the result differ (recorded in
   # metrics.jsonl).
   c.allow_config_change = False

@@ -19,6 +19,7 @@ from densenet_flax.config import (
   LABEL_MODES,
   LOSS_SCALINGS,
   OPTIMIZERS,
+  PARALLELISMS,
   RNG_IMPLS,
   SCHEDULES,
   SELECT_METRICS,
@@ -87,6 +88,7 @@ def validate(
     'loss_scaling': LOSS_SCALINGS,
     'test_tta': TTAS,
     'rng_impl': RNG_IMPLS,
+    'parallelism': PARALLELISMS,
   }.items():
     _one_of(config, key, choices)
   for key in (

@@ -36,11 +36,11 @@ def evaluate_split(
   """
   labels, predictions, losses = [], [], []
   for batch in data.eval_batches(split, tta=tta):
-    out = jax.device_get(eval_step(state, dp.put_batch(batch)))
+    out = dp.local_rows(eval_step(state, dp.put_batch(batch)))
     mask = batch['mask'].reshape(-1)
     labels.append(batch['label'].reshape(-1)[mask])
-    predictions.append(np.asarray(out['prediction']).reshape(-1)[mask])
-    losses.append(np.asarray(out['loss']).reshape(-1)[mask])
+    predictions.append(out['prediction'][mask])
+    losses.append(out['loss'][mask])
   labels = np.concatenate(labels)
   predictions = np.concatenate(predictions)
   loss = np.concatenate(losses)
@@ -127,7 +127,7 @@ def evaluate(
   workdir = os.path.abspath(workdir)
   config = workdir_lib.load_config(workdir)
   split = split or config.test_split or config.eval_split
-  dp = parallel.DataParallel()
+  dp = parallel.DataParallel(parallelism=config.parallelism)
   config_checks.validate_devices(config, dp.num_devices)
   config_lib.enable_compilation_cache(config)
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
@@ -143,7 +143,7 @@ def evaluate(
     ema=False if raw_weights else None,
   )
   state = steps.ModelState(apply_fn=model.apply, **variables)
-  eval_step = dp.compile(steps.eval_step, num_args=2)
+  eval_step = dp.compile(steps.eval_step, per_example_output=True)
   report = evaluate_split(
     eval_step, dp.put_replicated(state), data, split, dp, tta=tta
   )

@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.process_id,
       config.distributed_timeout_s,
     )
-  dp = parallel.DataParallel()
+  dp = parallel.DataParallel(parallelism=config.parallelism)
   accelerators.log_backend()
   config_checks.validate_devices(config, dp.num_devices)
   config_lib.enable_compilation_cache(config)
@@ -312,22 +312,17 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
   steps_per_epoch = data.steps_per_epoch
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
   train_step = dp.compile(
-    _keyed_by_data(
-      functools.partial(
-        steps.train_step,
-        num_classes=data.spec.num_classes,
-        axis_name=dp.axis_name,
-        label_smoothing=config.label_smoothing,
-        mixup_alpha=config.mixup_alpha,
-        class_weights=class_weights(config, data),
-        frozen=optim.frozen_stages(config),
-        ema_decay=config.ema_decay,
-        label_mode=config.label_mode,
-      ),
-      config.rng_impl,
+    functools.partial(
+      steps.train_step,
+      num_classes=data.spec.num_classes,
+      axis_name=dp.axis_name,
+      label_smoothing=config.label_smoothing,
+      mixup_alpha=config.mixup_alpha,
+      class_weights=class_weights(config, data),
+      frozen=optim.frozen_stages(config),
+      ema_decay=config.ema_decay,
+      label_mode=config.label_mode,
     ),
-    num_args=3,
-    broadcast=(2,),
     donate_state=True,
   )
   return _Run(
@@ -339,7 +334,7 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
     tx=tx,
     schedule=schedule,
     train_step=train_step,
-    eval_step=dp.compile(steps.eval_step, num_args=2),
+    eval_step=dp.compile(steps.eval_step, per_example_output=True),
     ckpts=workdir_lib.open_checkpoints(config, workdir),
     writer=reporting.MetricWriter(workdir, enabled=is_writer),
     identity=workdir_lib.run_identity(config),
@@ -483,19 +478,6 @@ def _config_changes(run: _Run, meta: dict, step: int) -> dict:
       'Resuming at step %d with a changed config (allowed): %s', step, listing
     )
   return changes
-
-
-def _keyed_by_data(step, rng_impl: str):
-  """`step`, taking its key as raw key data of PRNG `rng_impl`.
-
-  DataParallel.put_broadcast places a key as its data, and jax.random reads
-  raw data as the default PRNG's: the step wraps it back in its own.
-  """
-
-  def keyed_step(state, batch, key_data):
-    return step(state, batch, jax.random.wrap_key_data(key_data, impl=rng_impl))
-
-  return keyed_step
 
 
 def _rngs(config):
@@ -660,7 +642,7 @@ def _final_test(run: _Run, state, last_step: int) -> dict:
   if config.test_split != config.eval_split and best is not None:
     tested_step = best
     if best != last_step:
-      abstract = dp.abstract_global(jax.eval_shape(dp.first_replica, state))
+      abstract = dp.abstract_global(state)
       restored, _ = run.ckpts.restore(best, abstract, run.identity)
       state = dp.put_replicated(restored)
   tta = config.test_tta or None

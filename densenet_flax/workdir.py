@@ -153,6 +153,7 @@ BOOKKEEPING_KEYS = (
   'num_processes',
   'process_id',
   'distributed_timeout_s',
+  'parallelism',
   'allow_config_change',
   'stop_after_steps',
   'compilation_cache_dir',

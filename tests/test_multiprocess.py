@@ -4,8 +4,9 @@ Each process has one CPU device and runs the real command line (train.py,
 evaluate.py) with --config.distributed=True and an explicit coordinator, as
 a user would on one machine. Checked: the 2-process run computes what one
 process with 2 devices does, its checkpoints restore in one process,
-evaluation counts every example once, SIGTERM to one process stops both at
-the same step and the rerun ends bit-identical, and a killed process makes the
+evaluation counts every example once, shard_map and pmap compute the same
+bits, SIGTERM to one process stops both at the same step and the rerun (under
+the other parallelism) ends bit-identical, and a killed process makes the
 other exit with an error instead of hanging.
 """
 
@@ -96,6 +97,20 @@ def two_process_run(config_file, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
+def two_process_pmap_run(config_file, tmp_path_factory):
+  """The same 2-process run under --config.parallelism=pmap: its workdir."""
+  workdir = str(tmp_path_factory.mktemp('two_processes_pmap') / 'run')
+  train_on_two_processes(
+    workdir,
+    config_file,
+    workdir + '-logs',
+    'train',
+    '--config.parallelism=pmap',
+  ).check(TIMEOUT)
+  return workdir
+
+
+@pytest.fixture(scope='module')
 def one_process_run(config_file, tmp_path_factory):
   """The same config in one process with 2 devices: its workdir."""
   workdir = str(tmp_path_factory.mktemp('one_process') / 'run')
@@ -137,6 +152,20 @@ def test_two_processes_compute_what_one_process_with_two_devices_does(
       reports.append(json.load(f))
   assert reports[0]['num_examples'] == reports[1]['num_examples'] == 359
   assert abs(reports[0]['accuracy'] - reports[1]['accuracy']) <= 1 / 359
+
+
+def test_two_processes_under_pmap_compute_the_same_bits_as_under_shard_map(
+  two_process_run, two_process_pmap_run
+):
+  step_a, shard_map = trainutil.final_variables(two_process_run)
+  step_b, pmap = trainutil.final_variables(two_process_pmap_run)
+  assert step_a == step_b == STEPS
+  assert_same_variables(shard_map, pmap)  # bitwise, with opt_state
+  reports = []
+  for workdir in (two_process_run, two_process_pmap_run):
+    with open(os.path.join(workdir, 'eval', f'test-{STEPS}.json')) as f:
+      reports.append(json.load(f))
+  assert reports[0]['confusion_matrix'] == reports[1]['confusion_matrix']
 
 
 def test_evaluate_on_two_processes_counts_every_example_once(
@@ -201,7 +230,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
   assert ckpts.all_steps() == [step]  # one checkpoint, at that step
   ckpts.close()
 
-  rerun = train_on_two_processes(workdir, config_file, logs, 'rerun')
+  # Resumed under the other parallelism (the run went under shard_map): the
+  # checkpoint is the same either way.
+  rerun = train_on_two_processes(
+    workdir, config_file, logs, 'rerun', '--config.parallelism=pmap'
+  )
   rerun.check(TIMEOUT)
   assert f'Resuming at step {step} of {STEPS}' in rerun.output(0)
   step_a, uninterrupted = trainutil.final_variables(two_process_run)
