@@ -19,6 +19,9 @@ and two checks, which set the exit status:
   - plain and memory-efficient gradients agree (float32, no dropout, the
     highest matmul precision): max |difference| at most 1e-4 of the largest
     gradient.
+On a host with several devices it also runs benchmarks.parallelism over all
+of them (float32, plain): shard_map against pmap, ms/image, compile seconds
+and XLA memory per device, and checks that the two end with the same loss.
 The step runs with the kernels this backend picks (DENSENET_FLAX_KERNELS
 may override them). The case is benchmarks.train_step's
 model@SIZExCHANNELS:BATCH; --overrides are DenseNet fields. The parent
@@ -185,6 +188,35 @@ def _in_subprocess(*args: str) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def device_count() -> dict:
+  """This backend's local device count, in this (fresh) process."""
+  import jax
+
+  return {'count': jax.local_device_count(), 'backend': jax.default_backend()}
+
+
+def compare_parallelisms(case_text: str, steps: int, overrides: str) -> dict:
+  """benchmarks.parallelism's figures of both paths over all local devices,
+  and whether they end with the same loss."""
+  from benchmarks import parallelism
+
+  found = _in_subprocess('--devices')
+  if found.get('count', 1) < 2:
+    return {'skipped': f'{found.get("count", 1)} device(s)'}
+  layout = f'1x{found["count"]}'
+  args = argparse.Namespace(case=case_text, overrides=overrides, steps=steps)
+  rows = [
+    parallelism.run_layout(layout, p, args, backend_is_cpu=False)
+    for p in parallelism.PARALLELISMS
+  ]
+  losses = {row['parallelism']: row['final_loss'] for row in rows}
+  return {
+    'rows': rows,
+    'same_loss': len(set(losses.values())) == 1,
+    'losses': losses,
+  }
+
+
 def _mb(n) -> str:
   return '-' if n is None else f'{n / 2**20:,.0f}'
 
@@ -205,6 +237,7 @@ def main(argv=None) -> int:
   parser.add_argument(
     '--gradients', action='store_true', help=argparse.SUPPRESS
   )
+  parser.add_argument('--devices', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   case = train_step.parse_case(args.case)
   overrides = json.loads(args.overrides)
@@ -215,6 +248,9 @@ def main(argv=None) -> int:
     return 0
   if args.gradients:
     print(json.dumps(gradient_agreement(case, overrides)))
+    return 0
+  if args.devices:
+    print(json.dumps(device_count()))
     return 0
 
   common = [
@@ -272,6 +308,24 @@ def main(argv=None) -> int:
       f'{gradients.get("largest_gradient", float("nan")):.2e}: '
       f'{"agree" if agree else gradients.get("error", "DISAGREE")}'
     )
+  parallel = compare_parallelisms(args.case, args.steps, args.overrides)
+  report['parallelism'] = parallel
+  if 'rows' in parallel:
+    ok &= parallel['same_loss']
+    for row in parallel['rows']:
+      print(
+        f'{row["parallelism"]:<9} over {row["devices"]} devices: '
+        f'{row["ms_per_image"]:.3f} ms/image, compile {row["compile_s"]:.1f} '
+        f's, arguments {_mb(row["argument_bytes"])} MB/device (state '
+        f'{_mb(row["state_bytes"])} MB), temp {_mb(row["temp_bytes"])} MB'
+      )
+    print(
+      'shard_map and pmap end with the same loss'
+      if parallel['same_loss']
+      else f'SHARD_MAP AND PMAP DIFFER: {parallel["losses"]}'
+    )
+  else:
+    print(f'shard_map against pmap: skipped ({parallel["skipped"]})')
   device = next((r for r in rows if 'device' in r), {})
   print(
     f'device: {device.get("device", "?")} ({device.get("backend", "?")}, '

@@ -91,7 +91,8 @@ def test_memory_efficient_layer_names_its_parts_in_the_program():
 
 def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
   """benchmarks.accelerator_check on this CPU, as on a GPU: each variant in
-  its own process, the loss falls, the two modes' gradients agree."""
+  its own process, the loss falls, the two modes' gradients agree; over two
+  (CPU) devices, shard_map and pmap end with the same loss."""
   import json
   import os
   import subprocess
@@ -120,7 +121,7 @@ def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
     text=True,
     timeout=600,
     cwd=accelerator_check.REPO,
-    env=dict(os.environ),
+    env=dict(os.environ, JAX_NUM_CPU_DEVICES='2'),
   )
   assert out.returncode == 0, out.stdout + out.stderr[-2000:]
   assert 'all checks passed' in out.stdout
@@ -137,6 +138,13 @@ def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
   gradients = report['gradients']
   assert gradients['agree'] and 0 < gradients['largest_gradient']
   assert gradients['relative'] <= accelerator_check.GRADIENT_TOLERANCE
+  parallel = report['parallelism']
+  assert [r['parallelism'] for r in parallel['rows']] == ['shard_map', 'pmap']
+  assert parallel['same_loss'], parallel['losses']
+  for row in parallel['rows']:
+    assert row['devices'] == 2 and row['ms_per_image'] > 0
+    # One copy of the state per device, whichever the path.
+    assert row['argument_bytes'] >= row['state_bytes'] > 0
 
 
 def test_inference_benchmark_times_onnxruntime_beside_ours(
