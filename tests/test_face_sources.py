@@ -484,3 +484,13 @@ def test_image_folder_unreadable_image_refused_or_skipped(folder):
   )
   assert len(got) == sum(r['split'] == 'train' for r in records) - 1
   assert skipped.first_files == {'unreadable_image': [victim['file']]}
+
+
+def test_affectnet_skipped_rows_are_logged(tmp_path, caplog):
+  fakedata.write_affectnet_npy(str(tmp_path))
+  release = affectnet.find_release(str(tmp_path))
+  with caplog.at_level('INFO', logger='densenet_flax.data.sources'):
+    list(affectnet.read_split(release, 'test', num_classes=7))
+  (message,) = [r.getMessage() for r in caplog.records]
+  assert message.startswith('AffectNet-7 test: skipped 1 code_10_no_face')
+  assert '1 code_7_contempt (first: val_set/images/' in message
