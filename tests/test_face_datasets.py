@@ -211,6 +211,8 @@ def test_image_folder_prepares_each_root_apart(tmp_path):
 def test_image_folder_needs_its_root(tmp_path):
   with pytest.raises(ValueError, match='needs its root as the manual dir'):
     prepare.load_builder('image_folder', data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match='needs its root as the manual dir'):
+    prepare.load_builder('image_folder', data_dir=str(tmp_path), manual_dir='')
   with pytest.raises(ValueError, match='image_folder needs the dataset root'):
     tfds.builder('image_folder', data_dir=str(tmp_path))
 

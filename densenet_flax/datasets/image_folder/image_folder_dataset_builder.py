@@ -55,7 +55,7 @@ class Builder(image_builder.ImageFileBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = image_folder.MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def __init__(self, *, root: str | None = None, **kwargs):
-    if root is None:
+    if not root:
       raise ValueError(
         'image_folder needs the dataset root: tfds.builder("image_folder", '
         'root=DIR) or prepare.load_builder("image_folder", manual_dir=DIR) '
@@ -71,7 +71,7 @@ class Builder(image_builder.ImageFileBuilder):
 
   @classmethod
   def builder_kwargs(cls, *, manual_dir: str | None, skip_unreadable: bool):
-    if manual_dir is None:
+    if not manual_dir:  # None, or config.manual_dir's default ''
       raise ValueError(
         'image_folder needs its root as the manual directory '
         '(config.manual_dir / --manual_dir)\n\n'
