@@ -268,7 +268,7 @@ def _landmarks(values, where: str) -> np.ndarray:
   return points.reshape(NUM_LANDMARKS, 2)
 
 
-# --- the original release ------------------------------------------------------
+# --- the original release ----------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,7 +360,7 @@ def _crop(image, row: _Row, file: str):
   return image.crop((left, top, right, bottom))
 
 
-# --- the npy release -----------------------------------------------------------
+# --- the npy release ---------------------------------------------------------
 
 
 def _id_order(image_id: str):

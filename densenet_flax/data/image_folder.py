@@ -32,7 +32,7 @@ EXPECTED_TREE = """\
       <class>/             e.g. happy/ or 3/ (numeric names sort as numbers)
         <image>.jpg        .jpg, .jpeg or .png, any size
       ...
-    test/                  each other split, named by its folder (test, val, ...)
+    test/                  any other split, named by its folder (test, val)
       <class>/             only classes that train/ has
         <image>.jpg
 """

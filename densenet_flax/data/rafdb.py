@@ -41,20 +41,21 @@ IMAGE_DIR = os.path.join('Image', 'aligned')
 RELEASE_FOLDER = 'basic'
 
 EXPECTED_TREE = """\
-  <manual_dir>/                       (or <manual_dir>/basic/)
+  <manual_dir>/                  (or <manual_dir>/basic/)
     EmoLabel/
-      list_patition_label.txt         lines 'train_00001.jpg 5', 'test_0001.jpg 7'
+      list_patition_label.txt  lines 'train_00001.jpg 5', 'test_0001.jpg 7'
     Image/
-      aligned/                        (extract Image/aligned.zip here)
-        train_00001_aligned.jpg       100x100 RGB aligned faces
+      aligned/                   (extract Image/aligned.zip here)
+        train_00001_aligned.jpg  100x100 RGB aligned faces
         test_0001_aligned.jpg
         ...
 """
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
-RAF-DB is handed out by its authors on request (http://www.whdeng.cn/RAF/model1.html),
-so it is downloaded by hand. Put its basic release in the manual directory
-(by default ~/tensorflow_datasets/downloads/manual/, or the --manual_dir /
+RAF-DB is handed out by its authors on request
+(http://www.whdeng.cn/RAF/model1.html), so it is downloaded by hand. Put its
+basic release in the manual directory (by default
+~/tensorflow_datasets/downloads/manual/, or the --manual_dir /
 config.manual_dir you pass), laid out as:
 
 {EXPECTED_TREE}
@@ -103,7 +104,7 @@ def read_labels(root: str) -> list[LabelLine]:
   """Every line of the label file, validated, in file order."""
   path = os.path.join(root, LABEL_FILE)
   try:
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8-sig') as f:  # a BOM is not a name
       lines = f.read().splitlines()
   except UnicodeDecodeError as e:
     raise DataFormatError(

@@ -75,9 +75,9 @@ class Skipped:
     if len(first) < self.keep:
       first.append(file)
 
-  def total(self, split: str | None = None) -> int:
-    splits = self.counts if split is None else [split]
-    return sum(sum(self.counts.get(s, {}).values()) for s in splits)
+  def include(self, split: str) -> None:
+    """Lists `split` in the counts even when nothing of it was skipped."""
+    self.counts.setdefault(split, collections.Counter())
 
   def as_dict(self) -> dict:
     """JSON-ready: {'counts': {split: {reason: n}}, 'first_files': {...}}."""
@@ -90,7 +90,7 @@ class Skipped:
     }
 
   def summary(self, split: str) -> str:
-    """'3 expression_none, 1 unreadable_image (first: a.jpg)' for a split."""
+    """'2 code_8_none (first: a.jpg, b.jpg); 1 missing_image (first: c.jpg)'."""
     counts = self.counts.get(split, {})
     if not counts:
       return 'nothing'
@@ -226,19 +226,19 @@ def read_rgb(
   """
   from PIL import Image  # only the image readers need Pillow
 
+  image = '' if where == path else f' {path}'  # a listed image is named
   if not os.path.isfile(path):
-    reason, problem = MISSING_IMAGE, f'the image {path} does not exist'
+    reason, problem = MISSING_IMAGE, f'the image{image} does not exist'
   else:
     try:
-      with Image.open(path) as image:
-        image.load()
-        return image.convert('RGB')
+      with Image.open(path) as opened:
+        opened.load()
+        return opened.convert('RGB')
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-      reason, problem = UNREADABLE_IMAGE, f'unreadable image {path} ({e})'
+      reason, problem = UNREADABLE_IMAGE, f'unreadable image{image} ({e})'
   if not skip_unreadable:
-    prefix = '' if where == path else f'{where}: '
     raise DataFormatError(
-      f'{prefix}{problem}; expected a JPEG or PNG image (skip_unreadable '
+      f'{where}: {problem}; expected a JPEG or PNG image (skip_unreadable '
       f'skips such images and counts them)'
     )
   skipped.add(split, reason, file)

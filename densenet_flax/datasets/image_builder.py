@@ -9,11 +9,11 @@ densenet_flax/data and differ from the FER2013 ones in two ways:
     memory. TFDS 4.9.10 takes the format as the builder's `file_format`
     constructor argument; these builders default it to array_record, so
     `tfds.builder(name)` and `prepare.load_builder(name)` both write and read
-    array_record without being asked.
-    TFDS 4.9.10 reads array_record only through as_data_source; its
-    `as_dataset` refuses the format, so these builders implement it as a
-    tf.data wrapper of the data source (examples in stored order, decoded
-    in Python: for tools and tests, not for training throughput).
+    array_record without being asked. TFDS 4.9.10 reads array_record only
+    through as_data_source (its `as_dataset` refuses the format), so these
+    builders give `as_dataset` a tf.data wrapper of the data source:
+    examples in stored order, decoded in Python; for tools and tests, not
+    for training throughput.
   - They take `skip_unreadable` (default False): a missing or unreadable
     image is then skipped and counted instead of failing the build. What a
     build skipped, by rule or by request, is logged and kept in the prepared
@@ -21,8 +21,6 @@ densenet_flax/data and differ from the FER2013 ones in two ways:
 """
 
 from __future__ import annotations
-
-import collections
 
 import tensorflow_datasets as tfds
 
@@ -94,7 +92,7 @@ class ImageFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     The metadata is written with dataset_info.json after the last split, so
     it holds every split's counts (zero counts included).
     """
-    self.skipped.counts.setdefault(split, collections.Counter())
+    self.skipped.include(split)
     self.info.metadata[SKIPPED] = self.skipped.as_dict()
 
 
