@@ -20,9 +20,7 @@ turns them into the training target of each of the paper's label modes
 
 from __future__ import annotations
 
-import codecs
 import collections
-import csv
 import dataclasses
 import io
 import os
@@ -32,6 +30,19 @@ from collections.abc import Iterator
 from typing import IO
 
 import numpy as np
+
+# DataFormatError and Example are part of this module's interface. Its
+# examples: key 'row00017' (CSV row) or 'train/angry/x.jpg' (folder release);
+# split train | public_test | private_test; image [48, 48, 1] uint8; label in
+# CSV id order.
+from densenet_flax.data.sources import (
+  IMAGE_SUFFIXES,
+  DataFormatError,
+  Example,
+  check_utf8,
+  dict_rows,
+)
+from densenet_flax.data.sources import visible as _visible
 
 IMAGE_SIZE = 48
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
@@ -49,7 +60,6 @@ CSV_NAME = 'fer2013.csv'
 TAR_NAME = 'fer2013.tar.gz'
 ICML_NAME = 'icml_face_data.csv'
 FOLDER_SPLITS = ('train', 'test')
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 
 # The releases that keep the CSV row order (FER+ joins on it).
 CSV_RELEASES_TEXT = f"""\
@@ -67,18 +77,6 @@ the --manual_dir / config.manual_dir you pass):
   train/ and test/     the folder release (https://www.kaggle.com/datasets/msambare/fer2013):
                        train/<class>/*.jpg, test/<class>/*.jpg
 """
-
-
-class DataFormatError(ValueError):
-  """A source file does not have the documented format; says where and why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  key: str  # stable id: 'row00017' (CSV row) or 'train/angry/x.jpg'
-  split: str  # train | public_test | private_test
-  image: np.ndarray  # [48, 48, 1] uint8
-  label: int  # CSV id order
 
 
 # --- CSV releases ----------------------------------------------------------
@@ -116,63 +114,6 @@ def _is_count(text: str) -> bool:
   return text.isascii() and text.isdigit()
 
 
-def _dict_rows(
-  stream: IO[str], source: str, required: tuple[str, ...]
-) -> Iterator[tuple[str, dict]]:
-  """Yields (where, row) with stripped header names; checks columns and widths.
-
-  A file that is not UTF-8 text, breaks CSV quoting, or has no data rows is a
-  DataFormatError naming the file and line.
-  """
-  reader = csv.reader(stream)
-  try:
-    yield from _checked_rows(reader, source, required)
-  except UnicodeDecodeError as e:  # open_text_csv names the line exactly
-    raise DataFormatError(
-      f'{source}: not UTF-8 text after line {reader.line_num} (byte '
-      f'{e.object[e.start : e.start + 1]!r}); expected a CSV file'
-    ) from None
-  except csv.Error as e:
-    raise DataFormatError(
-      f'{source} line {reader.line_num}: {e}; expected a CSV file'
-    ) from None
-
-
-def _checked_rows(reader, source: str, required: tuple[str, ...]):
-  try:
-    header = next(reader)
-  except StopIteration:
-    raise DataFormatError(
-      f'{source}: the file is empty; expected a header '
-      f'with columns {",".join(required)}'
-    ) from None
-  header = [name.strip() for name in header]
-  missing = [name for name in required if name not in header]
-  if missing:
-    raise DataFormatError(
-      f'{source} line 1: missing column(s) {missing}; found {header}, '
-      f'expected {",".join(required)}'
-    )
-  rows = 0
-  for fields in reader:
-    where = f'{source} line {reader.line_num}'
-    if not fields:
-      raise DataFormatError(
-        f'{where}: empty line; expected a row with {len(header)} fields'
-      )
-    if len(fields) != len(header):
-      raise DataFormatError(
-        f'{where}: {len(fields)} fields; expected {len(header)} '
-        f'({",".join(header)})'
-      )
-    rows += 1
-    yield where, dict(zip(header, fields))
-  if not rows:
-    raise DataFormatError(
-      f'{source}: no rows after the header; expected one row per image'
-    )
-
-
 def split_of_usage(text: str, where: str) -> str:
   """The split of a `Usage` value (fer2013.csv, fer2013new.csv), or an error."""
   usage = text.strip()
@@ -186,7 +127,7 @@ def split_of_usage(text: str, where: str) -> str:
 
 def read_fer_csv(stream: IO[str], source: str) -> Iterator[Example]:
   """Rows of fer2013.csv / icml_face_data.csv, in file order."""
-  rows = _dict_rows(stream, source, ('emotion', 'pixels', 'Usage'))
+  rows = dict_rows(stream, source, ('emotion', 'pixels', 'Usage'))
   for index, (where, row) in enumerate(rows):
     split = split_of_usage(row['Usage'], where)
     label_text = row['emotion'].strip()
@@ -264,32 +205,8 @@ def open_text_csv(path: str) -> IO[str]:
       raise DataFormatError(
         f'{path}: the file is {advice}; expected a plain-text CSV'
       )
-  _check_utf8(path)
+  check_utf8(path)
   return open(path, newline='', encoding='utf-8')
-
-
-def _check_utf8(path: str, chunk_size: int = 1 << 22) -> None:
-  """Raises DataFormatError naming the line of the first byte that is not UTF-8.
-
-  One streaming pass over the bytes: text decoding reads ahead in blocks, so
-  the CSV reader alone cannot say on which line a bad byte is.
-  """
-  decoder = codecs.getincrementaldecoder('utf-8')()
-  line = 1
-  with open(path, 'rb') as f:
-    while True:
-      chunk = f.read(chunk_size)
-      try:
-        decoder.decode(chunk, final=not chunk)
-      except UnicodeDecodeError as e:
-        line += chunk.count(b'\n', 0, max(e.start, 0))
-        raise DataFormatError(
-          f'{path} line {line}: not UTF-8 text (byte '
-          f'{chunk[e.start : e.start + 1]!r}); expected a CSV file'
-        ) from None
-      if not chunk:
-        return
-      line += chunk.count(b'\n')
 
 
 # --- the folder release ------------------------------------------------------
@@ -360,17 +277,13 @@ def read_folder_release(manual_dir: str) -> Iterator[Example]:
           split=split,
           image=pixels[..., None],
           label=FOLDER_TO_LABEL[class_name.lower()],
+          file=key,
         )
   if not found:
     raise DataFormatError(
       f'{manual_dir}: the folder release has no images; '
       f'expected train/<class>/*.jpg and test/<class>/*.jpg'
     )
-
-
-def _visible(directory: str) -> list[str]:
-  """Sorted entries, without hidden ones (.DS_Store, ._x, .ipynb_checkpoints)."""
-  return sorted(n for n in os.listdir(directory) if not n.startswith('.'))
 
 
 def _prefixes(top: str) -> list[str]:
@@ -439,7 +352,7 @@ def read_ferplus_votes(path: str) -> Iterator[Votes]:
   """Rows of fer2013new.csv (microsoft/FERPlus), in file order."""
   with open_text_csv(path) as stream:
     required = ('Usage', 'Image name') + FERPLUS_VOTE_COLUMNS
-    for where, row in _dict_rows(stream, path, required):
+    for where, row in dict_rows(stream, path, required):
       split = split_of_usage(row['Usage'], where)
       votes = []
       for column in FERPLUS_VOTE_COLUMNS:

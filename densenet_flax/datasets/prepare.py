@@ -19,7 +19,8 @@ import urllib.parse
 
 import tensorflow_datasets as tfds
 
-import densenet_flax.datasets  # noqa: F401  (registers fer2013, ferplus, digits)
+import densenet_flax.datasets  # noqa: F401  (registers this project's builders)
+from densenet_flax.datasets import image_builder
 
 HOST_TIMEOUT_S = 3.0
 
@@ -41,14 +42,29 @@ def _default_manual_dir(builder) -> str:
 
 
 def load_builder(
-  name: str, *, data_dir: str | None = None, manual_dir: str | None = None
+  name: str,
+  *,
+  data_dir: str | None = None,
+  manual_dir: str | None = None,
+  skip_unreadable: bool = False,
 ) -> tfds.core.DatasetBuilder:
   """A prepared builder for `name` (this project's or TFDS's catalogue).
+
+  skip_unreadable: for the image-file builders (rafdb, affectnet7/8,
+  image_folder; array_record, image_builder.py), skip and count missing or
+  unreadable images instead of refusing the build. image_folder takes its
+  root as manual_dir.
 
   Raises FileNotFoundError naming what is missing and where it belongs when
   the dataset is neither prepared nor preparable from here.
   """
-  builder = tfds.builder(name, data_dir=data_dir)
+  kwargs = {}
+  builder_cls = _builder_cls(name)
+  if builder_cls and issubclass(builder_cls, image_builder.ImageFileBuilder):
+    kwargs = builder_cls.builder_kwargs(
+      manual_dir=manual_dir, skip_unreadable=skip_unreadable
+    )
+  builder = tfds.builder(name, data_dir=data_dir, **kwargs)
   if builder.is_prepared():
     return builder
   try:
@@ -68,6 +84,14 @@ def load_builder(
       f'  python -m densenet_flax.datasets.prepare {name} --manual_dir DIR '
       f'--data_dir {builder.data_dir_root}\n\n{e}'
     ) from None
+
+
+def _builder_cls(name: str):
+  """The builder class registered as `name` ('x', 'x/config', 'x:1.0.0')."""
+  try:
+    return tfds.builder_cls(name.split('/')[0].split(':')[0])
+  except tfds.core.DatasetNotFoundError:
+    return None
 
 
 def _other_versions(builder) -> list[str]:
@@ -122,12 +146,23 @@ def main(argv=None):
   import argparse
 
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('name', help='fer2013, ferplus, digits, cifar10, ...')
+  parser.add_argument(
+    'name', help='fer2013, ferplus, rafdb, affectnet7, image_folder, ...'
+  )
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--manual_dir', default=None)
+  parser.add_argument(
+    '--skip_unreadable',
+    action='store_true',
+    help='skip (and count) missing or unreadable images of rafdb, '
+    'affectnet7/8 and image_folder instead of failing',
+  )
   args = parser.parse_args(argv)
   builder = load_builder(
-    args.name, data_dir=args.data_dir, manual_dir=args.manual_dir
+    args.name,
+    data_dir=args.data_dir,
+    manual_dir=args.manual_dir,
+    skip_unreadable=args.skip_unreadable,
   )
   print(
     f'{args.name} is prepared in {builder.data_dir}: '
