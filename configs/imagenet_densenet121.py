@@ -15,6 +15,9 @@ def get_config():
   config.dataset = 'imagenet2012'
   config.eval_split = 'validation'
   config.test_split = 'validation'
+  # ImageNet's test labels are not public: the paper reports its validation
+  # set after the last epoch, picking no checkpoint on it.
+  config.select_on = 'last'
   config.test_tta = 'ten_crop'
   config.image_size = 224
   config.channels = 3

@@ -14,7 +14,7 @@ import ml_collections
 
 
 OPTIMIZERS = ('sgd', 'adamw')
-SCHEDULES = ('piecewise', 'cosine', 'constant')
+SCHEDULES = ('piecewise', 'cosine', 'exponential', 'constant')
 WEIGHT_DECAY_MODES = ('l2', 'decoupled')
 CLASS_WEIGHTINGS = ('none', 'balanced')
 CROPS = ('none', 'pad', 'random', 'resized')
@@ -25,7 +25,15 @@ LOSS_SCALINGS = ('auto', 'dynamic', 'none')
 TTAS = ('', 'ten_crop')
 # jax.random implementations of the run's keys (dropout, mixup, init).
 RNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
-SELECT_METRICS = ('accuracy', 'macro_f1')
+SELECT_METRICS = ('accuracy', 'macro_f1', 'balanced_accuracy')
+# How the checkpoint that test_split reports on is chosen: 'validation' (the
+# best by eval_split, never the test split), 'test' (the best by test_split
+# itself: the FER papers' protocol, which flatters the figure; reports say
+# so) or 'last' (no choice: the last state, as the DenseNet paper reports).
+SELECT_ON = ('validation', 'test', 'last')
+# Training draws: 'none' (each example once per epoch) or 'balanced' (with
+# replacement, weights 1/class count: data/order.py).
+CLASS_SAMPLINGS = ('none', 'balanced')
 # How a step is compiled over several devices (parallel.DataParallel): both
 # compute the same bits, and checkpoints of one resume under the other.
 PARALLELISMS = ('shard_map', 'pmap')
@@ -69,11 +77,27 @@ def base_config() -> ml_collections.ConfigDict:
   # Data (densenet_flax.data.specs.DATASETS).
   c.dataset = 'digits'
   c.data_dir = ''  # TFDS data dir; '' = TFDS default
-  c.manual_dir = ''  # manual downloads (FER2013, FER+, ImageNet)
+  # Manual downloads (FER2013, FER+, RAF-DB, AffectNet); image_folder: the
+  # root of its class folders.
+  c.manual_dir = ''
+  # image_folder's class names, in id order; a run fills them in from its
+  # root (config.json keeps them for inference). Other datasets: empty.
+  c.class_names = ()
+  # Missing or unreadable images listed by a dataset's files are skipped
+  # (counted, logged, and written into the run's report) instead of refused.
+  c.skip_unreadable_images = False
   c.train_split = 'train'
-  c.eval_split = 'test'  # evaluated every epoch; selects 'best'
-  c.test_split = ''  # evaluated once at the end ('' = none)
+  # Evaluated every epoch; selects 'best' (select_on='validation').
+  # 'validation' where a dataset stores none is carved from train_split:
+  # seeded, stratified, disjoint (validation_fraction of each class).
+  c.eval_split = 'test'
+  c.validation_fraction = 0.1
+  c.test_split = ''  # evaluated once at the end, on 'best' ('' = none)
   c.test_tta = ''  # '' or 'ten_crop' for the test split
+  # The checkpoint test_split reports on: 'validation' (the best by
+  # eval_split, which may not be test_split), 'test' (the best by test_split,
+  # as the FER papers do; reports say so) or 'last' (the last state).
+  c.select_on = 'validation'
   c.image_size = 32  # model input height = width
   c.channels = 1  # model input channels (3: gray -> RGB)
   c.augment = ml_collections.ConfigDict(
@@ -83,6 +107,16 @@ def base_config() -> ml_collections.ConfigDict:
       crop_padding=4,  # for crop='pad'
       flip=True,  # random horizontal flip
       rotation=0.0,  # max degrees of random rotation
+      # The share of images that get the crop and the rotation (the rest are
+      # only resized to image_size); 1.0 = all.
+      geometric_probability=1.0,
+      # RandAugment (torchvision's): ops per image (0 = off) and magnitude.
+      rand_augment_ops=0,
+      rand_augment_magnitude=9,
+      # RandomErasing after normalisation: probability (0 = off) and the
+      # erased area's range as fractions of the image.
+      erasing=0.0,
+      erasing_scale=(0.02, 0.33),
     )
   )
   c.shuffle_buffer = 16384  # file-based datasets only (ImageNet)
@@ -96,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_batch_reference = 0  # >0: lr *= batch_size / lr_batch_reference
   c.schedule = 'piecewise'
   c.lr_boundaries = (0.5, 0.75)  # piecewise: fractions of training
-  c.lr_decay = 0.1  # piecewise: factor at each boundary
+  c.lr_decay = 0.1  # piecewise: factor at each boundary; exponential: per epoch
   c.warmup_epochs = 0.0
   c.momentum = 0.9
   c.nesterov = True
@@ -105,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0
   c.mixup_alpha = 0.0
   c.class_weighting = 'none'  # none | balanced (inverse class frequency)
+  # none | balanced: draws with weights 1/class count, with replacement
+  # (datasets held in memory or read by index).
+  c.class_sampling = 'none'
   # FER+ training targets (Barsoum et al. 2016): majority | probability (a
   # label drawn from the votes each step) | crossentropy (the vote
   # distribution) | multi_target; evaluation is majority.
@@ -148,6 +185,14 @@ def base_config() -> ml_collections.ConfigDict:
   # the compile (docs/benchmarks.md#compile-time). '' = off.
   c.compilation_cache_dir = '~/.cache/densenet_flax/xla'
   return c
+
+
+def selection_split(config: ml_collections.ConfigDict) -> str:
+  """The split evaluated every epoch, whose metric picks 'best' (with
+  select_on='last', 'best' is kept for inference but reports no test)."""
+  if config.get('select_on', 'validation') == 'test':
+    return config.test_split
+  return config.eval_split
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:

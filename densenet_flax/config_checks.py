@@ -13,6 +13,7 @@ from densenet_flax import models
 from densenet_flax import optim
 from densenet_flax import pretrained
 from densenet_flax.config import (
+  CLASS_SAMPLINGS,
   CLASS_WEIGHTINGS,
   CROPS,
   HALF_DTYPES,
@@ -23,6 +24,7 @@ from densenet_flax.config import (
   RNG_IMPLS,
   SCHEDULES,
   SELECT_METRICS,
+  SELECT_ON,
   TTAS,
   VOTE_DATASETS,
   WEIGHT_DECAY_MODES,
@@ -66,19 +68,17 @@ def validate(
     _fail(
       'dataset', config.dataset, f'one of {", ".join(sorted(specs.DATASETS))}'
     )
-  spec = specs.DATASETS[config.dataset]
-  for key in ('train_split', 'eval_split', 'test_split'):
-    if key == 'test_split' and not config[key]:
-      continue
-    # TFDS slicing is allowed: 'train[:90%]' is a slice of 'train'.
-    if config[key].split('[')[0] not in spec.splits:
-      _fail(
-        key,
-        config[key],
-        f'a split of {spec.name} (or a TFDS slice of '
-        f'one): {", ".join(spec.splits)}',
-      )
+  if config.class_names and config.dataset not in specs.FOLDER_DATASETS:
+    _fail(
+      'class_names',
+      config.class_names,
+      f'() for {config.dataset} (its classes are fixed); only '
+      f'{", ".join(specs.FOLDER_DATASETS)} takes class names',
+    )
+  spec = specs.spec_for(config)  # class folders: their root is listed
+  _validate_splits(config, spec)
   for key, choices in {
+    'class_sampling': CLASS_SAMPLINGS,
     'optimizer': OPTIMIZERS,
     'schedule': SCHEDULES,
     'weight_decay_mode': WEIGHT_DECAY_MODES,
@@ -128,6 +128,14 @@ def validate(
       config.select_metric,
       f'one of {", ".join(SELECT_METRICS)} (higher is better)',
     )
+  if config.class_sampling == 'balanced' and not spec.indexable:
+    _fail(
+      'class_sampling',
+      config.class_sampling,
+      f"'none' for {spec.name}: balanced draws need every example's label "
+      f'up front (datasets held in memory or read by index)',
+    )
+  _validate_augment(config)
   if not 0 <= config.label_smoothing < 1:
     _fail('label_smoothing', config.label_smoothing, 'a number in [0, 1)')
   if list(config.lr_boundaries) != sorted(config.lr_boundaries) or any(
@@ -176,6 +184,84 @@ def validate(
       'image_size',
       config.image_size,
       f'at least {model.min_input_size} for {config.model}',
+    )
+
+
+def _validate_splits(config, spec) -> None:
+  """Stored splits, TFDS slices of them, or a carved 'validation'; checkpoint
+  selection on the test split only when asked for (select_on='test')."""
+  carvable = (
+    spec.indexable
+    and spec.name not in VOTE_DATASETS
+    and specs.VALIDATION not in spec.splits
+  )
+  splits = spec.splits + ((specs.VALIDATION,) if carvable else ())
+  for key in ('train_split', 'eval_split', 'test_split'):
+    if key == 'test_split' and not config[key]:
+      continue
+    # TFDS slicing is allowed: 'train[:90%]' is a slice of 'train'.
+    if config[key].split('[')[0] not in splits:
+      _fail(
+        key,
+        config[key],
+        f'a split of {spec.name} (or a TFDS slice of one)'
+        + (
+          f', or {specs.VALIDATION!r} carved from train_split'
+          if carvable
+          else ''
+        )
+        + f': {", ".join(spec.splits)}',
+      )
+  if config.train_split == specs.VALIDATION:
+    _fail('train_split', config.train_split, 'a split to train on')
+  if carvable and not 0 < config.validation_fraction < 1:
+    _fail(
+      'validation_fraction',
+      config.validation_fraction,
+      f'a fraction in (0, 1) of each class of train_split, carved out as '
+      f'{specs.VALIDATION!r}',
+    )
+  _one_of(config, 'select_on', SELECT_ON)
+  if config.select_on == 'test' and not config.test_split:
+    _fail(
+      'select_on', config.select_on, "'validation' unless test_split is set"
+    )
+  if (
+    config.select_on == 'validation'
+    and config.test_split
+    and config.eval_split == config.test_split
+  ):
+    _fail(
+      'eval_split',
+      config.eval_split,
+      f'a split other than test_split={config.test_split!r}: it selects the '
+      f"'best' checkpoint, which would flatter the test figure. Use "
+      + (f'{specs.VALIDATION!r} (carved from train), ' if carvable else '')
+      + 'or pass --config.select_on=test to select on the test split '
+      'knowingly, as the FER papers do (reports then say so)',
+    )
+
+
+def _validate_augment(config) -> None:
+  a = config.augment
+  if not (isinstance(a.rand_augment_ops, int) and a.rand_augment_ops >= 0):
+    _fail(
+      'augment.rand_augment_ops', a.rand_augment_ops, 'an int >= 0 (0 = off)'
+    )
+  if not 0 <= a.rand_augment_magnitude <= 30:
+    _fail(
+      'augment.rand_augment_magnitude',
+      a.rand_augment_magnitude,
+      "a number in [0, 30] (torchvision's 31 magnitude bins)",
+    )
+  if not 0 <= a.erasing <= 1:
+    _fail('augment.erasing', a.erasing, 'a probability in [0, 1] (0 = off)')
+  low, high = (tuple(a.erasing_scale) + (None, None))[:2]
+  if len(a.erasing_scale) != 2 or not 0 < low <= high < 1:
+    _fail(
+      'augment.erasing_scale',
+      a.erasing_scale,
+      '(low, high) with 0 < low <= high < 1: the erased fraction of the image',
     )
 
 

@@ -84,6 +84,12 @@ def main(argv=None):
         f'{report["split"]} at step {report["step"]} (tta: {report["tta"]}):'
       )
       print(metrics_lib.format_table(report))
+      if report['selection']['test_used_for_selection']:
+        print(
+          f'note: checkpoint {f.checkpoint!r} was selected on '
+          f'{report["split"]} itself (config.select_on=test, the FER '
+          f"papers' protocol): this figure is optimistic"
+        )
       for path in report['files']:
         print(f'wrote {path}')
 

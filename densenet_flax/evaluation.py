@@ -70,6 +70,24 @@ def evaluate_split(
   return report
 
 
+def selection_record(config, split: str, checkpoint: str | int) -> dict:
+  """How a report's checkpoint was chosen, for the report itself.
+
+  selected_on: the split whose metric picks the run's 'best'.
+  test_used_for_selection: the checkpoint is that 'best' and the split
+  evaluated is the one that picked it (select_on='test', the FER papers'
+  protocol, or an eval_split watched as the test), so the figure is
+  optimistic.
+  """
+  selected_on = config_lib.selection_split(config)
+  return {
+    'checkpoint': checkpoint,
+    'selected_on': selected_on,
+    'select_metric': config.select_metric,
+    'test_used_for_selection': checkpoint == 'best' and split == selected_on,
+  }
+
+
 def _pad_to(values: np.ndarray, size: int, fill) -> np.ndarray:
   out = np.full(size, fill, np.float64)
   out[: len(values)] = values
@@ -148,6 +166,7 @@ def evaluate(
     eval_step, dp.put_replicated(state), data, split, dp, tta=tta
   )
   report['step'] = step
+  report['selection'] = selection_record(config, split, checkpoint)
   raw = raw_weights and workdir_lib.uses_ema(config)
   report['weights'] = (
     'ema' if workdir_lib.uses_ema(config) and not raw else 'trained'

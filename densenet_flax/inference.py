@@ -70,7 +70,7 @@ class Classifier:
     self.model = model
     self.variables = variables
     self.config = config
-    self.spec = specs.get_spec(config.dataset)
+    self.spec = specs.spec_for(config)
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
     self.step = step

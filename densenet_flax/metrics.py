@@ -19,11 +19,15 @@ def confusion_matrix(
 def classification_report(
   matrix: np.ndarray, class_names: Sequence[str]
 ) -> dict:
-  """Accuracy, macro-F1 and per-class precision/recall/F1 of a confusion matrix.
+  """Accuracy, balanced accuracy, macro-F1 and per-class precision/recall/F1
+  of a confusion matrix.
 
   A class never predicted has precision 0; a class absent from the labels
   has recall 0 and is still part of the macro average (as scikit-learn with
-  zero_division=0).
+  zero_division=0). Balanced accuracy is the mean recall of the classes
+  present in the labels (scikit-learn's balanced_accuracy_score): on
+  imbalanced test sets (AffectNet's training distribution, FER2013's
+  Disgust) it weighs every class alike.
   """
   matrix = np.asarray(matrix)
   true_pos = np.diag(matrix).astype(np.float64)
@@ -43,6 +47,7 @@ def classification_report(
   return {
     'num_examples': total,
     'accuracy': float(true_pos.sum() / total) if total else 0.0,
+    'balanced_accuracy': float(recall[support > 0].mean()) if total else 0.0,
     'macro_f1': float(f1.mean()),
     'per_class': {
       name: {
@@ -69,7 +74,7 @@ def format_table(report: dict) -> str:
     )
   lines.append(
     f'{"accuracy":<{width}}  {report["accuracy"]:.4f} of '
-    f'{report["num_examples"]} examples; macro-F1 '
-    f'{report["macro_f1"]:.4f}'
+    f'{report["num_examples"]} examples; balanced '
+    f'{report["balanced_accuracy"]:.4f}; macro-F1 {report["macro_f1"]:.4f}'
   )
   return '\n'.join(lines)

@@ -1,7 +1,7 @@
 """The Optax optimizer and learning-rate schedule a config asks for.
 
-SGD with (Nesterov) momentum or AdamW; the paper's piecewise-constant schedule
-or cosine, each with optional linear warmup; weight decay as the paper's L2
+SGD with (Nesterov) momentum or AdamW; the paper's piecewise-constant schedule,
+cosine, or a per-epoch exponential decay, each with optional linear warmup; weight decay as the paper's L2
 (added to the gradient before momentum) or decoupled (added to the update),
 applied to conv and dense kernels only; optional global-norm clipping.
 
@@ -38,6 +38,15 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     main = optax.piecewise_constant_schedule(
       peak,
       {int(b * total) - warmup: config.lr_decay for b in config.lr_boundaries},
+    )
+  elif config.schedule == 'exponential':
+    # Times lr_decay after every epoch (PyTorch's ExponentialLR, stepped
+    # per epoch).
+    main = optax.exponential_decay(
+      peak,
+      transition_steps=max(1, steps_per_epoch),
+      decay_rate=config.lr_decay,
+      staircase=True,
     )
   elif config.schedule == 'constant':
     main = optax.constant_schedule(peak)

@@ -41,6 +41,7 @@ from densenet_flax import pretrained
 from densenet_flax import reporting
 from densenet_flax import steps
 from densenet_flax import workdir as workdir_lib
+from densenet_flax.data import specs
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns:
     A summary dict: 'step' (the step reached), 'total_steps', 'eval' (the
-    last evaluation's accuracy, macro_f1 and loss in this call; {} if none
+    last evaluation's accuracy, balanced_accuracy, macro_f1 and loss in
+    this call; {} if none
     ran), 'interrupted' (None, or why training stopped early: a signal's
     name, 'a stop signal to another process' or 'stop_after_steps'),
     'workdir' (absolute), 'checkpoints' (their directory), and, when
     config.test_split is set and the run was not interrupted, 'test' (the
     test split's `evaluation.evaluate_split` report: on the best checkpoint
-    by config.eval_split when that is another split, else on the last state).
+    by the selection split (config.eval_split, or with select_on='test' the
+    test split itself), else on the last state; its 'selection' says which).
 
   Raises:
     ValueError: an invalid config, or batch sizes that do not divide over
@@ -252,6 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.validate(config)  # before anything starts, on any process
   # The source's BN epsilon (a resume reads it from its own config.json).
   config = pretrained.resolve_config(config, workdir)
+  # Class folders: their classes, which config.json keeps for inference.
+  config = specs.record_class_names(config)
   if config.distributed:
     parallel.initialize(
       config.coordinator_address,
@@ -607,9 +612,11 @@ def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
   if done % config.log_every_steps == 0 or evaluate_now or checkpoint_now:
     log_train(done)  # raises on NaN/Inf before anything is saved
   if evaluate_now:
-    report = run.evaluate(state, config.eval_split)
+    split = config_lib.selection_split(config)
+    report = run.evaluate(state, split)
     metrics = {
       'accuracy': report['accuracy'],
+      'balanced_accuracy': report['balanced_accuracy'],
       'macro_f1': report['macro_f1'],
       'loss': report['loss'],
     }
@@ -617,15 +624,16 @@ def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
     if workdir_lib.uses_ema(
       config
     ):  # the EMA is evaluated; the raw weights too
-      raw = run.evaluate(state, config.eval_split, raw=True)
+      raw = run.evaluate(state, split, raw=True)
       scalars.update({f'eval/raw_{k}': raw[k] for k in metrics})
     run.writer.write(done, scalars)
     run.last_eval = metrics
     weights = ' (EMA weights)' if workdir_lib.uses_ema(config) else ''
     run.say(
-      f'epoch {epoch} (step {done}): {config.eval_split} accuracy '
-      f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}, '
-      f'loss {report["loss"]:.4f}{weights}'
+      f'epoch {epoch} (step {done}): {split} accuracy '
+      f'{report["accuracy"]:.4f}, balanced {report["balanced_accuracy"]:.4f}'
+      f', macro-F1 {report["macro_f1"]:.4f}, loss {report["loss"]:.4f}'
+      f'{weights}'
     )
     run.save(state, done, eval_metrics=metrics)
   elif checkpoint_now:
@@ -633,13 +641,14 @@ def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
 
 
 def _final_test(run: _Run, state, last_step: int) -> dict:
-  """The test split on the best checkpoint by eval_split (else the last)."""
+  """The test split on the best checkpoint by the selection split (else the
+  last state), once. Its report says how the checkpoint was chosen."""
   config, dp = run.config, run.dp
   run.ckpts.wait()
-  # Picking a checkpoint on the split you report would flatter it.
+  selected_on = config_lib.selection_split(config)
   tested_step = last_step
-  best = run.ckpts.best_step()
-  if config.test_split != config.eval_split and best is not None:
+  best = None if config.select_on == 'last' else run.ckpts.best_step()
+  if best is not None:
     tested_step = best
     if best != last_step:
       abstract = dp.abstract_global(state)
@@ -647,15 +656,26 @@ def _final_test(run: _Run, state, last_step: int) -> dict:
       state = dp.put_replicated(restored)
   tta = config.test_tta or None
   report = run.evaluate(state, config.test_split, tta=tta)
+  report['selection'] = evaluation.selection_record(
+    config, config.test_split, 'best' if best is not None else 'last'
+  )
+  skipped = run.data.skipped_images()
+  if skipped:
+    report['skipped_images'] = skipped
   if run.is_writer:
     paths = evaluation.write_report(
       report, run.workdir, config.test_split, tested_step, tta=tta
     )
+    note = (
+      f'; the checkpoint was selected on {selected_on} itself'
+      if report['selection']['test_used_for_selection']
+      else ''
+    )
     run.say(
       f'{config.test_split} (step {tested_step}'
       f'{", " + config.test_tta if config.test_tta else ""}): accuracy '
-      f'{report["accuracy"]:.4f}, macro-F1 {report["macro_f1"]:.4f}; '
-      f'report {paths[0]}'
+      f'{report["accuracy"]:.4f}, balanced {report["balanced_accuracy"]:.4f}'
+      f', macro-F1 {report["macro_f1"]:.4f}{note}; report {paths[0]}'
     )
   return report
 

@@ -68,7 +68,7 @@ def normalization(config, workdir: str) -> tuple[list[float], list[float]]:
     with open(path) as f:
       record = json.load(f)
     return record['mean'], record['std']
-  spec = specs.get_spec(config.dataset)
+  spec = specs.spec_for(config)
   if spec.mean is not None:
     return list(spec.mean), list(spec.std)
   raise FileNotFoundError(
@@ -107,10 +107,14 @@ RESULT_KEYS = (
   'ema_decay',
   'label_mode',
   'dataset',
+  'class_names',
+  'skip_unreadable_images',
   'train_split',
   'eval_split',
+  'validation_fraction',
   'test_split',
   'test_tta',
+  'select_on',
   'image_size',
   'channels',
   'augment',
@@ -130,6 +134,7 @@ RESULT_KEYS = (
   'label_smoothing',
   'mixup_alpha',
   'class_weighting',
+  'class_sampling',
   'grad_clip_norm',
   'seed',
   'rng_impl',
@@ -238,7 +243,7 @@ def dynamic_loss_scaling(config, backend: str | None = None) -> bool:
 
 
 def num_classes(config) -> int:
-  return specs.get_spec(config.dataset).num_classes
+  return specs.spec_for(config).num_classes
 
 
 def build_model(config, axis_name: str | None = None):

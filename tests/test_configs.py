@@ -31,10 +31,28 @@ def test_the_recipes_are_found():
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_a_recipe_is_valid(path):
+def test_a_recipe_is_valid(path, tmp_path):
   config = config_lib.load_config_file(path)
+  if config.dataset == 'image_folder':  # the classes come from its root
+    import fakedata
+
+    fakedata.write_image_folder(tmp_path)
+    config.manual_dir = str(tmp_path)
   config_checks.validate(config)
   assert set(config) == set(config_lib.base_config())  # no stray keys
+
+
+def test_the_face_recipes_select_on_validation_and_test_once():
+  for name in ('rafdb.py', 'affectnet.py', 'image_folder.py'):
+    config = config_lib.load_config_file(
+      [p for p in CONFIGS if p.endswith(os.sep + name)][0]
+    )
+    assert config.eval_split == 'validation' and config.test_split == 'test'
+    assert config.select_on == 'validation'
+    assert (config.image_size, config.channels) == (224, 3)
+    assert pretrained.source_of(config) == pretrained.parse(
+      'keras:DenseNet121'
+    )
 
 
 def test_the_fine_tuning_recipe_starts_from_imagenet_densenet121():

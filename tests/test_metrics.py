@@ -35,5 +35,22 @@ def test_report_matches_scikit_learn():
       labels, predictions, average='macro', labels=range(7), zero_division=0
     )
   )
+  assert report['balanced_accuracy'] == pytest.approx(
+    sk.balanced_accuracy_score(labels, predictions)
+  )
   table = metrics.format_table(report)
   assert 'c6' in table and 'macro-F1' in table
+
+
+def test_balanced_accuracy_leaves_out_classes_absent_from_the_labels():
+  """As scikit-learn: the mean recall over the classes the labels have, so
+  a class with no example neither counts as 0 nor as 1."""
+  labels = np.array([0, 0, 0, 0, 2, 2])
+  predictions = np.array([0, 0, 0, 1, 2, 0])
+  report = metrics.classification_report(
+    metrics.confusion_matrix(labels, predictions, 3), ['a', 'b', 'c']
+  )
+  assert report['balanced_accuracy'] == pytest.approx(
+    sk.balanced_accuracy_score(labels, predictions)
+  )
+  assert report['balanced_accuracy'] == pytest.approx((3 / 4 + 1 / 2) / 2)

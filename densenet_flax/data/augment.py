@@ -111,6 +111,11 @@ def normalize(
   )
 
 
+# Folded into an example's seed for the draws added after the first four
+# (which keep their streams, so that older runs resume onto the same data).
+EXTRA_SEED_SALT = 0xA6E7
+
+
 def train_image(
   image: tf.Tensor,
   seed: tf.Tensor,
@@ -121,36 +126,60 @@ def train_image(
   resize: int,
   flip: bool,
   rotation: float,
+  geometric_probability: float = 1.0,
 ) -> tf.Tensor:
-  """One training image, uint8 [H, W, C] -> float [image_size, image_size, C]."""
+  """One training image, uint8 [H, W, C] -> float [image_size, image_size, C].
+
+  The crop and the rotation apply to a `geometric_probability` share of the
+  images; the others get evaluation's crop (eval_image).
+  """
   seeds = tf.random.experimental.stateless_split(seed, num=4)
   image = _pre_resize(image, resize)
   channels = image.shape[-1]
-  if crop == 'pad':
-    image = tf.pad(image, [[crop_padding] * 2, [crop_padding] * 2, [0, 0]])
-    image = tf.image.stateless_random_crop(
-      image, [image_size, image_size, channels], seed=seeds[0]
-    )
-  elif crop == 'random':
-    image = tf.image.stateless_random_crop(
-      image, [image_size, image_size, channels], seed=seeds[0]
-    )
-  elif crop == 'resized':
-    image = random_resized_crop(image, image_size, seeds[0])
-  elif crop == 'none':
-    image = (
-      _resize(image, image_size) if image.shape[0] != image_size else image
-    )
-  else:
-    raise ValueError(f'augment.crop must be one of {CROPS}; got {crop!r}')
-  if flip:
-    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
-  if rotation:
+  shape = [image_size, image_size, channels]
+
+  def cropped(image):
+    if crop == 'pad':
+      image = tf.pad(image, [[crop_padding] * 2, [crop_padding] * 2, [0, 0]])
+      image = tf.image.stateless_random_crop(image, shape, seed=seeds[0])
+    elif crop == 'random':
+      image = tf.image.stateless_random_crop(image, shape, seed=seeds[0])
+    elif crop == 'resized':
+      image = random_resized_crop(image, image_size, seeds[0])
+    elif crop == 'none':
+      image = (
+        _resize(image, image_size) if image.shape[0] != image_size else image
+      )
+    else:
+      raise ValueError(f'augment.crop must be one of {CROPS}; got {crop!r}')
+    return tf.ensure_shape(image, shape)
+
+  def rotated(image):
     angle = tf.random.stateless_uniform([], seeds[2], -rotation, rotation) * (
       math.pi / 180
     )
-    image = rotate(image, angle)
-  return tf.ensure_shape(image, [image_size, image_size, channels])
+    return rotate(image, angle)
+
+  if geometric_probability >= 1:
+    geometric = None
+    image = cropped(image)
+  else:
+    extra = tf.random.experimental.stateless_fold_in(seeds[3], EXTRA_SEED_SALT)
+    geometric = tf.random.stateless_uniform([], extra) < geometric_probability
+    image = tf.cond(
+      geometric,
+      lambda: cropped(image),
+      lambda: eval_image(image, image_size=image_size, crop=crop, resize=0),
+    )
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+  if rotation:
+    image = (
+      rotated(image)
+      if geometric is None
+      else tf.cond(geometric, lambda: rotated(image), lambda: image)
+    )
+  return tf.ensure_shape(image, shape)
 
 
 def eval_view(

@@ -37,10 +37,11 @@ batches, so collective ops in the eval step line up.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,8 @@ import tensorflow_datasets as tfds
 
 from densenet_flax.data import augment
 from densenet_flax.data import fer_sources
+from densenet_flax.data import indexed
+from densenet_flax.data import order
 from densenet_flax.data import specs
 from densenet_flax.datasets import prepare
 
@@ -60,6 +63,27 @@ TTA_MODES = (None, 'ten_crop')
 LABEL_SEED_SALT = 0x1AB31
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Examples:
+  """A split's used examples, addressed by position 0..N-1.
+
+  labels: int [N]; keys: [N] unique names that order them for the
+  validation carve (file names, or row numbers); read(positions): a
+  tf.data.Dataset of (image, label[, target]) at those positions, in order.
+  """
+
+  labels: np.ndarray
+  keys: np.ndarray
+  read: Callable[[np.ndarray], tf.data.Dataset]
+
+  def subset(self, positions: np.ndarray) -> _Examples:
+    return _Examples(
+      labels=self.labels[positions],
+      keys=self.keys[positions],
+      read=lambda p: self.read(positions[p]),
+    )
 
 
 def _divide(total: int, parts: int, what: str, key: str) -> int:
@@ -92,7 +116,7 @@ class InputPipeline:
     import jax  # only for the device/process topology defaults
 
     self.config = config
-    self.spec = specs.get_spec(config.dataset)
+    self.spec = specs.spec_for(config)
     self.num_devices = num_devices or jax.local_device_count()
     self.process_index = (
       jax.process_index() if process_index is None else process_index
@@ -130,6 +154,7 @@ class InputPipeline:
       self.spec.name,
       data_dir=config.get('data_dir') or None,
       manual_dir=config.get('manual_dir') or None,
+      skip_unreadable=config.get('skip_unreadable_images', False),
     )
     self.mean, self.std = self._normalization()
 
@@ -144,10 +169,11 @@ class InputPipeline:
     """Examples of the whole split (all processes) that are used.
 
     FER+: the rows that train in config.label_mode (train=True), else the
-    majority rows (evaluation).
+    majority rows (evaluation). A carved 'validation' and the training split
+    it was carved from count what each holds.
     """
-    if self._has_votes:
-      return len(self._rows(split, train=train)['label'])
+    if self.spec.indexable:
+      return len(self._examples(split, train=train).labels)
     return self.builder.info.splits[split].num_examples
 
   @property
@@ -172,7 +198,7 @@ class InputPipeline:
   @property
   def steps_per_epoch(self) -> int:
     """Full batches per epoch (the remainder is left out, reshuffled each epoch)."""
-    if self.spec.in_memory:  # global batches of the whole split
+    if self.spec.indexable:  # global batches of the whole split
       size, batch, whose = (
         self.split_size(self.train_split, train=True),
         self.config.batch_size,
@@ -192,7 +218,22 @@ class InputPipeline:
       )
     return steps
 
-  # --- host arrays (small datasets) -----------------------------------------
+  def skipped_images(self) -> dict | None:
+    """What the dataset's build skipped (config.skip_unreadable_images):
+    counts by split and reason and the first files; None when nothing was
+    or the dataset records no such thing."""
+    from densenet_flax.datasets import image_builder
+
+    try:
+      skipped = image_builder.read_skipped(self.builder.info)
+    except KeyError:
+      return None
+    counts = skipped.get('counts', {})
+    if not any(n for reasons in counts.values() for n in reasons.values()):
+      return None
+    return skipped
+
+  # --- examples by index (held in memory, or read by index) ------------------
 
   def _rows(self, split: str, *, train: bool = False) -> dict[str, np.ndarray]:
     """image, label (and FER+ soft modes: target) of the used rows of `split`.
@@ -204,6 +245,71 @@ class InputPipeline:
       return _load_rows(self.builder, split, None)
     return _load_rows(
       self.builder, split, self.label_mode if train else 'majority'
+    )
+
+  @property
+  def _carves_validation(self) -> bool:
+    """Whether 'validation' is carved from the training split: the run uses
+    it, and the dataset stores none."""
+    return specs.VALIDATION not in self.spec.splits and specs.VALIDATION in (
+      self.config.get('eval_split'),
+      self.config.get('test_split'),
+    )
+
+  @functools.cache
+  def _carve(self) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) positions within the stored training split."""
+    whole = self._stored_examples(self.train_split, train=False)
+    train, validation = order.carve_validation(
+      whole.labels,
+      whole.keys,
+      self.config.get('validation_fraction', 0.1),
+      self.config.seed,
+    )
+    log.info(
+      '%s: %d of the %d examples of %s carved out as %r (validation_fraction'
+      ' %s, stratified, seed %d)',
+      self.spec.name,
+      len(validation),
+      len(whole.labels),
+      self.train_split,
+      specs.VALIDATION,
+      self.config.get('validation_fraction', 0.1),
+      self.config.seed,
+    )
+    return train, validation
+
+  def _examples(self, split: str, *, train: bool = False) -> _Examples:
+    """The used examples of `split`, a carved validation included."""
+    if not self._carves_validation:
+      return self._stored_examples(split, train=train)
+    if split == specs.VALIDATION:
+      return self._stored_examples(self.train_split).subset(self._carve()[1])
+    if split == self.train_split:
+      whole = self._stored_examples(split, train=train)
+      return whole.subset(self._carve()[0])
+    return self._stored_examples(split, train=train)
+
+  def _stored_examples(self, split: str, *, train: bool = False) -> _Examples:
+    if self.spec.random_access:
+      source = indexed.open_split(self.builder, split)
+      return _Examples(
+        labels=source.labels,
+        keys=source.files,
+        read=source.dataset,
+      )
+    rows = self._rows(split, train=train)
+    columns = [rows['image'], rows['label']]
+    if 'target' in rows:
+      columns.append(rows['target'])
+
+    def read(indices):
+      return tf.data.Dataset.from_tensor_slices(
+        tuple(column[indices] for column in columns)
+      )
+
+    return _Examples(
+      labels=rows['label'], keys=np.arange(len(rows['label'])), read=read
     )
 
   def _arrays(
@@ -218,12 +324,12 @@ class InputPipeline:
     FER+: of the rows that train in config.label_mode, by their target's top
     class (the first on a tie), as microsoft/FERPlus counts them.
     """
-    if not self.spec.in_memory:
+    if not self.spec.indexable:
       raise ValueError(
         f'Label counts need the labels in memory; '
         f'{self.spec.name} is read from files'
       )
-    _, labels = self._arrays(self.train_split, train=True)
+    labels = self._examples(self.train_split, train=True).labels
     return np.bincount(labels, minlength=self.spec.num_classes)
 
   def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -271,6 +377,7 @@ class InputPipeline:
       crop_padding=a.get('crop_padding', 0),
       flip=a.get('flip', False),
       rotation=a.get('rotation', 0.0),
+      geometric_probability=a.get('geometric_probability', 1.0),
     )
     epoch_seed = self._epoch_seed(epoch)
     # In-memory positions are global already; file shards count from 0 each.
@@ -307,22 +414,27 @@ class InputPipeline:
     In its order, from its `skip`-th example on. `target` only for the FER+
     soft label modes.
     """
-    if self.spec.in_memory:
-      rows = self._rows(self.train_split, train=True)
-      images, labels = rows['image'], rows['label']
+    if self.spec.indexable:
+      examples = self._examples(self.train_split, train=True)
       steps, batch = self.steps_per_epoch, self.config.batch_size
-      order = np.random.default_rng([self.config.seed, epoch]).permutation(
-        len(labels)
-      )[: steps * batch]
+      chosen = order.epoch_order(
+        examples.labels,
+        self.spec.num_classes,
+        steps * batch,
+        self.config.seed,
+        epoch,
+        self.config.get('class_sampling', 'none'),
+      )
       # Global positions of this process's rows of each global batch.
       positions = np.arange(steps * batch, dtype=np.int64).reshape(
         steps, self.process_count, self.local_batch
       )[:, self.process_index]
       positions = positions.reshape(-1)[skip:]
-      columns = (positions, images[order[positions]], labels[order[positions]])
-      if 'target' in rows:
-        columns += (rows['target'][order[positions]],)
-      return tf.data.Dataset.from_tensor_slices(columns)
+      ds = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices(positions),
+        examples.read(chosen[positions]),
+      )
+      return ds.map(lambda position, columns: (position, *columns))
     count = self.steps_per_epoch * self.local_batch
     epoch_seed = self._epoch_seed(epoch)
     ds = self.builder.as_dataset(
@@ -370,21 +482,18 @@ class InputPipeline:
         f'ten_crop needs crops smaller than the image (config.augment.crop '
         f'"random" or "resized"); got {self.config.augment.crop!r}'
       )
-    shard = tfds.even_splits(split, n=self.process_count, drop_remainder=False)[
-      self.process_index
-    ]
-    if self._has_votes:  # shard the used rows, not the stored ones
-      images, labels = self._arrays(split)
+    if self.spec.indexable:  # this process's share of the used examples
+      examples = self._examples(split)
       start, end = _even_share(
-        len(labels), self.process_count, self.process_index
+        len(examples.labels), self.process_count, self.process_index
       )
-      ds = tf.data.Dataset.from_tensor_slices(
-        (images[start:end], labels[start:end])
+      ds = examples.read(np.arange(start, end)).map(
+        lambda image, label, *target: (image, label)
       )
-    elif self.spec.in_memory:
-      images, labels = self._arrays(shard)
-      ds = tf.data.Dataset.from_tensor_slices((images, labels))
     else:
+      shard = tfds.even_splits(
+        split, n=self.process_count, drop_remainder=False
+      )[self.process_index]
       ds = self.builder.as_dataset(
         split=shard,
         shuffle_files=False,
