@@ -31,6 +31,8 @@ SELECT_METRICS = ('accuracy', 'macro_f1')
 LABEL_MODES = ('majority', 'probability', 'crossentropy', 'multi_target')
 # Datasets whose builder stores the crowd votes the other modes need.
 VOTE_DATASETS = ('ferplus',)
+# How train.py keeps a second run out of a workdir (run_lock.py).
+WORKDIR_LOCKS = ('auto', 'flock', 'heartbeat', 'none')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -129,6 +131,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_processes = 0  # 0 = auto-detect
   c.process_id = -1  # -1 = auto-detect
   c.distributed_timeout_s = 100  # how long to wait for a dead peer
+  # One training run per workdir (densenet_flax/run_lock.py): auto (flock,
+  # else a heartbeat file) | flock | heartbeat (for network file systems
+  # whose flock only locks against the same client) | none.
+  c.workdir_lock = 'auto'
+  # >0: a second run on a workdir in use waits up to this many seconds for
+  # it to end, instead of exiting at once with code 75 (requeued jobs).
+  c.wait_for_lock_s = 0
+  # A heartbeat lock file not refreshed for this long is a dead run's.
+  c.workdir_lock_stale_s = 120
   # Resume although keys that change the result differ (recorded in
   # metrics.jsonl).
   c.allow_config_change = False
