@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,11 +25,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 pytest.importorskip('tensorflow')
 
+from densenet_flax import checkpointing  # noqa: E402
 from densenet_flax import config_checks  # noqa: E402
 from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
@@ -298,6 +301,86 @@ def test_train_py_exits_75_naming_the_holder(tmp_path, holders, kind):
   ) in out.stderr
   assert 'Traceback' not in out.stderr
   assert os.listdir(workdir) == [run_lock.LOCK_FILE]
+
+
+# --- readers beside a run ---------------------------------------------------------
+
+
+def state(step: int) -> dict:
+  return {'params': {'w': jnp.full(100, float(step))}}
+
+
+def save(ckpts, steps, metrics=None):
+  for step in steps:
+    ckpts.save(
+      step, state(step), {'model': 'm'}, eval_metrics=(metrics or {}).get(step)
+    )
+  ckpts.wait()
+
+
+def test_a_step_deleted_while_read_is_read_again_from_the_newest(
+  tmp_path, caplog
+):
+  writer = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  save(writer, [1, 2])
+  reader = checkpointing.Checkpoints(str(tmp_path), read_only=True)
+  tried = []
+
+  def read(step):
+    tried.append(step)
+    if len(tried) == 1:  # the run saves two more and deletes 1 and 2
+      save(writer, [3, 4])
+      assert sorted(os.listdir(tmp_path)) == ['3', '4']
+    return reader.read(step)
+
+  caplog.set_level(logging.INFO, 'densenet_flax.checkpointing')
+  step, read_state = reader.restore_committed('latest', read)
+  assert (step, tried) == (4, [2, 4])
+  np.testing.assert_array_equal(jax.device_get(read_state)['params']['w'], 4.0)
+  assert 'Checkpoint 2 in' in caplog.text and 'was deleted while' in caplog.text
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+  writer.close()
+  reader.close()
+
+
+def test_a_best_step_deleted_while_read_is_resolved_again(tmp_path, caplog):
+  writer = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  save(writer, [1, 2], {1: {'accuracy': 0.5}, 2: {'accuracy': 0.6}})
+  reader = checkpointing.Checkpoints(str(tmp_path), read_only=True)
+  tried = []
+
+  def read(step):
+    tried.append(step)
+    if len(tried) == 1:  # a new best (3), then two later steps: 1, 2 go
+      save(writer, [3, 4, 5], {3: {'accuracy': 0.9}})
+      assert sorted(os.listdir(tmp_path)) == ['3', '4', '5']
+    return reader.read(step)
+
+  with caplog.at_level(logging.WARNING):
+    step, read_state = reader.restore_committed('best', read)
+  assert (step, tried) == (3, [2, 3])
+  np.testing.assert_array_equal(jax.device_get(read_state)['params']['w'], 3.0)
+  assert not caplog.records
+  writer.close()
+  reader.close()
+
+
+def test_a_save_in_flight_is_never_read(tmp_path):
+  writer = checkpointing.Checkpoints(str(tmp_path), keep=5)
+  save(writer, [1, 2])
+  writer.close()
+  # What a save in flight (or cut short) looks like: Orbax writes a step
+  # under a temporary name and renames it once complete.
+  partial = tmp_path / '3.orbax-checkpoint-tmp-1700000000'
+  shutil.copytree(tmp_path / '2', partial)
+  shutil.rmtree(partial / 'meta')
+  reader = checkpointing.Checkpoints(str(tmp_path), read_only=True)
+  assert reader.all_steps() == [1, 2]
+  step, read_state = reader.restore_committed('latest', reader.read)
+  assert step == 2
+  np.testing.assert_array_equal(jax.device_get(read_state)['params']['w'], 2.0)
+  reader.close()
+  assert partial.is_dir()  # a reader touches nothing
 
 
 # --- train.py for real (second tier) ----------------------------------------------
