@@ -598,6 +598,9 @@ def test_two_processes_hold_one_lock_and_are_refused_together(
 
 
 @pytest.mark.slow  # second tier: a training run saving every step
+# A read cut short by the run's deletion leaves Orbax's coroutines of it
+# unawaited; Python reports them as it collects them.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_evaluation_beside_a_run_saving_every_step_reads_committed_steps(
   digits_dir, tmp_path, caplog
 ):
@@ -641,7 +644,9 @@ def test_evaluation_beside_a_run_saving_every_step_reads_committed_steps(
     if 'Saving checkpoint ' in line
   }
   assert saved == set(range(1, 49))
-  print(f'{len(reads)} reads beside the run; steps {[s for _, s, _ in reads]}')
+  again = caplog.text.count('was deleted while')
+  print(f'{len(reads)} reads beside the run, {again} read again; steps')
+  print([step for _, step, _ in reads])
   assert len(reads) >= 10
   _, want = trainutil.final_variables(str(workdir))
   shapes = jax.tree_util.tree_map(
