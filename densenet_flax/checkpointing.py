@@ -351,6 +351,8 @@ class Checkpoints:
 
   def _restore_resolved(self, which: str | int, restore) -> tuple[int, Any]:
     step = self.resolve(which)
+    if _max_over_processes(step) != -_max_over_processes(-step):
+      raise _Replaced(step)  # processes listed at different times: again
     try:
       result, error = restore(step), None
     except CheckpointMismatchError:
