@@ -510,13 +510,15 @@ def hold(workdir: str, config) -> Iterator[WorkdirLock | None]:
     except BaseException as e:
       client.key_value_set(key, json.dumps({'failed': f'{e!r}'}))
       raise
-    client.key_value_set(key, json.dumps({'held': lock.record}))
     with lock:
+      client.key_value_set(key, json.dumps({'held': lock.record}))
       yield lock
     return
   timeout_s = config.wait_for_lock_s + config.distributed_timeout_s
   try:
-    answer = json.loads(client.blocking_key_value_get(key, timeout_s * 1000))
+    answer = json.loads(
+      client.blocking_key_value_get(key, int(timeout_s * 1000))
+    )
   except Exception as e:  # noqa: BLE001 - the service's own error types
     raise RuntimeError(
       f'Process 0 did not say within {timeout_s:g} s whether it holds the '
