@@ -16,8 +16,9 @@ from collections.abc import Iterator
 def replacing(path: str) -> Iterator[str]:
   """Yields a temporary path beside `path` (same suffix) to write to; on
   success it is flushed to disk and renamed over `path`, on failure
-  removed."""
+  removed. `path`'s folder is made if missing, as for every output."""
   directory, name = os.path.split(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
   stem, suffix = os.path.splitext(name)
   temporary = os.path.join(
     directory, f'.{stem}.{secrets.token_hex(4)}.tmp{suffix}'

@@ -26,6 +26,7 @@ import errno
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,19 @@ class NoRestorableCheckpointError(RuntimeError):
 
 class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written (a full disk, a failing store)."""
+
+
+class _Replaced(Exception):
+  """A reader's step was replaced by a newer one while it read it."""
+
+  def __init__(self, step: int):
+    super().__init__(step)
+    self.step = step
+
+
+# How many times a reader resolves again a checkpoint that a training run
+# replaced while it was read, before it gives up.
+REREADS = 10
 
 
 # TensorStore reports a failed read as ValueError('<STATUS>: ...'). These
@@ -218,7 +232,9 @@ class Checkpoints:
       ]
     )
     with _without_read_only_notice():
-      self._manager = self._open_manager(policy, read_only)
+      self._manager = _listing_retried(
+        lambda: self._open_manager(policy, read_only)
+      )
 
   def _open_manager(self, policy, read_only: bool) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
@@ -249,12 +265,17 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The retained step with the highest selection metric (None if none has one)."""
+    """The retained step with the highest selection metric (None if none has
+    one). A reader skips a record that a training run deleted while it was
+    read."""
     scored = []
     for step in self.all_steps():
       try:
         metrics = self.meta(step).get('eval_metrics') or {}
       except Exception as e:  # noqa: BLE001 - a damaged record is never best
+        if self.read_only and self._deleted(step):
+          log.info('Checkpoint %d was deleted while its record was read', step)
+          continue
         if damage_shown_by(e) is None:
           raise CheckpointReadError(
             f'The record of checkpoint {step} in {self.directory} could not '
@@ -293,6 +314,87 @@ class Checkpoints:
       )
     return step
 
+  def restore_committed(
+    self, which: str | int, restore: Callable[[int], Any]
+  ) -> tuple[int, Any]:
+    """(step, restore(step)) for `which`: 'latest', 'best' or a step.
+
+    For a reader (evaluation, inference) beside a training run: Orbax
+    commits a step by renaming its temporary directory, so only whole steps
+    are listed, but the run deletes older steps as it saves newer ones (all
+    but the last `keep` and the best), maybe while the reader reads one. A
+    read that fails once a newer checkpoint exists ('latest') or another
+    step is best ('best') is that deletion, not damage: `which` is resolved
+    again. 'latest' skips damaged checkpoints for older ones, as
+    `newest_restorable` does, setting nothing aside. Every process of a
+    run calls this together.
+    """
+    for _ in range(REREADS):
+      try:
+        if which == 'latest':
+          self.resolve('latest')  # raises when there is none
+          return self.newest_restorable(restore, set_aside=False)
+        return self._restore_resolved(which, restore)
+      except _Replaced as e:
+        log.info(
+          'Checkpoint %d in %s was deleted while it was read: a training run '
+          'saved a newer one. Reading %s again.',
+          e.step,
+          self.directory,
+          which,
+        )
+    raise CheckpointReadError(
+      f'The {which} checkpoint in {self.directory} was replaced {REREADS} '
+      f'times while it was read: a training run saves faster than it can '
+      f'be read. Ask for a step it keeps, or read after the run.'
+    )
+
+  def _restore_resolved(self, which: str | int, restore) -> tuple[int, Any]:
+    step = self.resolve(which)
+    if _max_over_processes(step) != -_max_over_processes(-step):
+      raise _Replaced(step)  # processes listed at different times: again
+    try:
+      result, error = restore(step), None
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # noqa: BLE001 - raised below unless replaced
+      result, error = None, e
+    if not _max_over_processes(int(error is not None)):
+      return step, result
+    if which == 'best' and self._moved_on(lambda: self.resolve('best') != step):
+      raise _Replaced(step)
+    if error is None:
+      raise CheckpointReadError(
+        f'Checkpoint {step} in {self.directory} could not be read on another '
+        f'process'
+      )
+    raise error
+
+  def _deleted(self, step: int, wait_s: float = 2.0) -> bool:
+    """Whether `step`'s directory is gone, or goes within `wait_s`: a
+    training run deletes a step file by file, then the directory, so a
+    read that failed midway is followed by its disappearance (this process
+    only)."""
+    step_dir = os.path.join(self.directory, str(step))
+    deadline = time.monotonic() + wait_s
+    while os.path.isdir(step_dir):
+      if time.monotonic() >= deadline:
+        return False
+      time.sleep(0.05)
+    return True
+
+  def _moved_on(self, changed: Callable[[], bool]) -> bool:
+    """Whether, on a fresh listing, `changed()` on any process (a reader's
+    check that a training run saved since it listed the steps)."""
+    if not self.read_only:  # the writer: nobody else saves
+      return False
+    _listing_retried(self._manager.reload)
+    try:
+      moved = changed()
+    except FileNotFoundError:  # the step asked for is gone
+      moved = True
+    return bool(_max_over_processes(int(moved)))
+
   def newest_restorable(
     self, restore: Callable[[int], Any], *, set_aside: bool
   ) -> tuple[int, Any] | None:
@@ -313,7 +415,11 @@ class Checkpoints:
     if set_aside and self.read_only:
       raise ValueError('A read-only Checkpoints sets nothing aside')
     damaged = []
-    for step in sorted(self.all_steps(), reverse=True):
+    listed = sorted(self.all_steps(), reverse=True)
+    if self.read_only and listed:  # processes may list at different times
+      top = -_max_over_processes(-listed[0])
+      listed = [step for step in listed if step <= top]
+    for step in listed:
       error, damage = None, None
       try:
         damage = self.find_damage(step)
@@ -322,13 +428,17 @@ class Checkpoints:
         raise
       except Exception as e:  # noqa: BLE001 - classified just below
         error, damage = e, damage_shown_by(e)
-      outcome = _worst_over_processes(
+      outcome = _max_over_processes(
         _FAILED
         if error is not None and damage is None
         else _DAMAGED
         if damage
         else _RESTORED
       )
+      if outcome != _RESTORED and self._moved_on(
+        lambda: (self.latest_step() or -1) > listed[0]
+      ):
+        raise _Replaced(step)
       if outcome == _FAILED:
         reason = _reason(error) if error else 'it failed on another process'
         raise CheckpointReadError(
@@ -624,6 +734,17 @@ class Checkpoints:
       self._manager.close()
 
 
+def _listing_retried(list_steps: Callable[[], Any]) -> Any:
+  """`list_steps()` (Orbax listing the step directories), again when a step
+  is deleted while listed (a training run beside a reader)."""
+  for _ in range(REREADS - 1):
+    try:
+      return list_steps()
+    except FileNotFoundError:
+      continue
+  return list_steps()
+
+
 def _disk_full(error: BaseException) -> bool:
   seen = set()
   while error is not None and id(error) not in seen:
@@ -644,14 +765,15 @@ def _reason(error: Exception) -> str:
 _RESTORED, _DAMAGED, _FAILED = 0, 1, 2  # worse outcomes are larger
 
 
-def _worst_over_processes(outcome: int) -> int:
-  """The largest `outcome` of all processes (its own in one process)."""
+def _max_over_processes(value: int) -> int:
+  """The largest `value` of all processes (its own in one process): the
+  worst outcome, a flag any process raised."""
   if jax.process_count() == 1:
-    return outcome
+    return value
   from jax.experimental import multihost_utils
 
   return int(
     np.asarray(
-      multihost_utils.process_allgather(np.array(outcome, np.int32))
+      multihost_utils.process_allgather(np.array(value, np.int32))
     ).max()
   )

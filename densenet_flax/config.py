@@ -42,6 +42,8 @@ PARALLELISMS = ('shard_map', 'pmap')
 LABEL_MODES = ('majority', 'probability', 'crossentropy', 'multi_target')
 # Datasets whose builder stores the crowd votes the other modes need.
 VOTE_DATASETS = ('ferplus',)
+# How train.py keeps a second run out of a workdir (run_lock.py).
+WORKDIR_LOCKS = ('auto', 'flock', 'heartbeat', 'none')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -170,8 +172,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.process_id = -1  # -1 = auto-detect
   c.distributed_timeout_s = 100  # how long to wait for a dead peer
   # Over several devices: 'shard_map' (jax.jit over jax.shard_map, global
-  # arrays) or 'pmap' (stacked per-device replicas); the same results.
+  # arrays) or 'pmap' (host-local arrays); the same bits.
   c.parallelism = 'shard_map'
+  # One training run per workdir (densenet_flax/run_lock.py): auto (flock,
+  # else a heartbeat file) | flock | heartbeat (for network file systems
+  # whose flock only locks against the same client) | none.
+  c.workdir_lock = 'auto'
+  # >0: a second run on a workdir in use waits up to this many seconds for
+  # it to end, instead of exiting at once with code 75 (requeued jobs).
+  c.wait_for_lock_s = 0
+  # A heartbeat lock file not refreshed for this long is a dead run's.
+  c.workdir_lock_stale_s = 120
   # Resume although keys that change the result differ (recorded in
   # metrics.jsonl).
   c.allow_config_change = False

@@ -28,6 +28,7 @@ from densenet_flax.config import (
   TTAS,
   VOTE_DATASETS,
   WEIGHT_DECAY_MODES,
+  WORKDIR_LOCKS,
 )
 from densenet_flax.data import specs
 
@@ -89,6 +90,7 @@ def validate(
     'test_tta': TTAS,
     'rng_impl': RNG_IMPLS,
     'parallelism': PARALLELISMS,
+    'workdir_lock': WORKDIR_LOCKS,
   }.items():
     _one_of(config, key, choices)
   for key in (
@@ -112,9 +114,16 @@ def validate(
     'warmup_epochs',
     'lr_batch_reference',
     'stop_after_steps',
+    'wait_for_lock_s',
   ):
     if config[key] < 0:
       _fail(key, config[key], 'a number >= 0')
+  if not config.workdir_lock_stale_s > 0:
+    _fail(
+      'workdir_lock_stale_s',
+      config.workdir_lock_stale_s,
+      'a positive number of seconds',
+    )
   if config.schedule == 'cosine' and config.warmup_epochs >= config.num_epochs:
     _fail(
       'warmup_epochs',

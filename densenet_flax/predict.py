@@ -398,6 +398,12 @@ def run(
     files = expand(paths or [])
   if timeline and not timeline.lower().endswith('.png'):
     raise ValueError(f'--timeline {timeline}: expected a .png file')
+  # Every output's folder is made before any work: one that cannot be made
+  # fails here, not after the last video.
+  written = [path for path in (output, summary, timeline) if path]
+  folders = [os.path.dirname(os.path.abspath(path)) for path in written]
+  for folder in folders + ([annotate_dir] if annotate_dir else []):
+    os.makedirs(folder, exist_ok=True)
   detector = None
   if faces:
     from densenet_flax.faces import FaceEmotionDetector
@@ -482,7 +488,6 @@ def _write_video_reports(
   if summary is None and output:
     summary = os.path.splitext(output)[0] + '.summary.json'
   if summary:
-    os.makedirs(os.path.dirname(os.path.abspath(summary)), exist_ok=True)
     atomic.write_text(summary, json.dumps(list(videos.values()), indent=2))
   if timeline:
     for path in videos:

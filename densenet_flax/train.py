@@ -8,7 +8,8 @@ workdir resumes from the latest checkpoint at the exact step, with the data
 continuing where it was. SIGTERM/SIGINT to any process stop every process at
 the same step, save one checkpoint and return; a second signal exits at once.
 Process 0 writes logs, TensorBoard scalars (workdir/tensorboard),
-metrics.jsonl, reports and plots (workdir/reports).
+metrics.jsonl, reports and plots (workdir/reports). One run trains in a
+workdir at a time (run_lock.py): a second one exits with code 75.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -39,6 +41,7 @@ from densenet_flax import optim
 from densenet_flax import parallel
 from densenet_flax import pretrained
 from densenet_flax import reporting
+from densenet_flax import run_lock
 from densenet_flax import steps
 from densenet_flax import workdir as workdir_lib
 from densenet_flax.data import specs
@@ -251,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       result, unless config.allow_config_change.
     checkpointing.NoRestorableCheckpointError: every checkpoint is damaged
       (config.restart=True starts from step 0).
+    run_lock.WorkdirLockedError: another run holds the workdir (after
+      config.wait_for_lock_s); nothing was written to it.
   """
   config_checks.validate(config)  # before anything starts, on any process
   # The source's BN epsilon (a resume reads it from its own config.json).
@@ -268,36 +273,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   accelerators.log_backend()
   config_checks.validate_devices(config, dp.num_devices)
   config_lib.enable_compilation_cache(config)
-  run = _build_run(config, os.path.abspath(workdir), dp)
-  try:
-    state, start_step = _restore_or_init(run)
-    state, interrupted = _train(run, state, start_step)
-    step = int(jax.device_get(dp.first_replica(state).step))
-    summary = {
-      'step': step,
-      'total_steps': run.total_steps,
-      'eval': run.last_eval,
-      'interrupted': interrupted,
-      'workdir': run.workdir,
-      'checkpoints': run.ckpts.directory,
-    }
-    if not interrupted and config.test_split:
-      summary['test'] = _final_test(run, state, step)
-    if run.is_writer:
-      _plot_curves(run)
-  except Exception as e:
-    if dp.num_processes > 1:
-      log.error(
-        'Process %d of %d stopped: %s. If another process died, its '
-        'log says why; rerun the same command on every process to '
-        'resume from the last checkpoint.',
-        jax.process_index(),
-        dp.num_processes,
-        e,
-      )
-    raise
-  finally:
-    run.close()
+  # One writer per workdir: held from before anything is written to the end.
+  with run_lock.hold(os.path.abspath(workdir), config):
+    run = _build_run(config, os.path.abspath(workdir), dp)
+    try:
+      state, start_step = _restore_or_init(run)
+      state, interrupted = _train(run, state, start_step)
+      step = int(jax.device_get(dp.first_replica(state).step))
+      summary = {
+        'step': step,
+        'total_steps': run.total_steps,
+        'eval': run.last_eval,
+        'interrupted': interrupted,
+        'workdir': run.workdir,
+        'checkpoints': run.ckpts.directory,
+      }
+      if not interrupted and config.test_split:
+        summary['test'] = _final_test(run, state, step)
+      if run.is_writer:
+        _plot_curves(run)
+    except Exception as e:
+      if dp.num_processes > 1:
+        log.error(
+          'Process %d of %d stopped: %s. If another process died, its '
+          'log says why; rerun the same command on every process to '
+          'resume from the last checkpoint.',
+          jax.process_index(),
+          dp.num_processes,
+          e,
+        )
+      raise
+    finally:
+      run.close()
   return summary
 
 
@@ -725,8 +732,13 @@ def main(argv=None):
   cli.define_verbose_flag()
 
   def run(args):
-    cli.start_command(args, flags.FLAGS.verbose)
-    summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+      run_lock.check_free(flags.FLAGS.workdir, flags.FLAGS.config)
+      cli.start_command(args, flags.FLAGS.verbose)
+      summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except run_lock.WorkdirLockedError as e:  # a scheduler may retry later
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(run_lock.EXIT_CODE)
     print(
       json.dumps({k: v for k, v in summary.items() if k != 'test'}, indent=2)
     )

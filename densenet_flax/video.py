@@ -14,7 +14,6 @@ under a new id:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -177,7 +176,6 @@ def plot_timeline(
   if title:
     figure.suptitle(title)
   figure.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with atomic.replacing(path) as temporary:
     figure.savefig(temporary, format='png', dpi=100)
   plt.close(figure)

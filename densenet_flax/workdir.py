@@ -159,6 +159,9 @@ BOOKKEEPING_KEYS = (
   'process_id',
   'distributed_timeout_s',
   'parallelism',
+  'workdir_lock',
+  'wait_for_lock_s',
+  'workdir_lock_stale_s',
   'allow_config_change',
   'stop_after_steps',
   'compilation_cache_dir',
@@ -320,7 +323,9 @@ def restore_variables(
   weights (config.ema_decay > 0) gives the EMA, unless `ema=False`. For
   'latest', a damaged newest checkpoint is skipped with a warning (and left
   in place) for the one before it; an error that is not damage raises
-  checkpointing.CheckpointReadError. `config` defaults to the
+  checkpointing.CheckpointReadError. A training run may go on beside: only
+  committed checkpoints are read, and one it deletes during the read is
+  resolved again (`Checkpoints.restore_committed`). `config` defaults to the
   workdir's config.json; `sharding` places the arrays (default: the first
   device; under many processes, pass a replicated global sharding). Every
   process of a run must call this together.
@@ -349,12 +354,8 @@ def restore_variables(
     )
 
   try:
-    if checkpoint != 'latest':
-      step = ckpts.resolve(checkpoint)
-      return model, restore(step), step
-    ckpts.resolve('latest')  # raises when there is none
-    # A damaged newest checkpoint: the previous one, left in place.
-    step, variables = ckpts.newest_restorable(restore, set_aside=False)
+    # Beside a training run that deletes the step read: resolved again.
+    step, variables = ckpts.restore_committed(checkpoint, restore)
     return model, variables, step
   finally:
     ckpts.close()

@@ -50,9 +50,7 @@ def test_the_face_recipes_select_on_validation_and_test_once():
     assert config.eval_split == 'validation' and config.test_split == 'test'
     assert config.select_on == 'validation'
     assert (config.image_size, config.channels) == (224, 3)
-    assert pretrained.source_of(config) == pretrained.parse(
-      'keras:DenseNet121'
-    )
+    assert pretrained.source_of(config) == pretrained.parse('keras:DenseNet121')
 
 
 def test_the_fine_tuning_recipe_starts_from_imagenet_densenet121():

@@ -199,16 +199,16 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
     '--every',
     2,
     '--output',
-    tmp_path / 'rows.jsonl',
+    tmp_path / 'rows' / 'rows.jsonl',  # every output's folder is made
     '--annotate',
-    tmp_path / 'annotated',
+    tmp_path / 'images' / 'annotated',
   )
   assert out.returncode == 1, out.stderr[-3000:]  # the broken file
   assert f'{broken}: not an image' in out.stderr
   assert 'skipped 1 file(s)' in out.stderr
   rows = [
     json.loads(line)
-    for line in (tmp_path / 'rows.jsonl').read_text().splitlines()
+    for line in (tmp_path / 'rows' / 'rows.jsonl').read_text().splitlines()
   ]
   assert [r['path'] for r in rows[:5]] == paths
   want = classifier.predict(images[:5])
@@ -222,7 +222,7 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
     (video, 2),
     (video, 4),
   ]
-  assert len(os.listdir(tmp_path / 'annotated')) == 5 + 3
+  assert len(os.listdir(tmp_path / 'images' / 'annotated')) == 5 + 3
 
   # --fps samples by time (2.5 a second of a 5 fps video: every other frame);
   # the summary and the timeline of the video are written where asked.
@@ -232,9 +232,9 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
     '--fps',
     2.5,
     '--summary',
-    tmp_path / 'summary.json',
+    tmp_path / 'reports' / 'summary.json',
     '--timeline',
-    tmp_path / 'timeline.png',
+    tmp_path / 'plots' / 'timeline.png',
   )
   assert out.returncode == 0, out.stderr[-3000:]
   timed = [
@@ -245,13 +245,14 @@ def test_predict_command_on_pngs_a_video_and_a_bad_file(
     (2, 0.4, None),
     (4, 0.8, None),
   ]
-  (summary,) = json.loads((tmp_path / 'summary.json').read_text())
+  (summary,) = json.loads((tmp_path / 'reports' / 'summary.json').read_text())
   assert summary['frames_sampled'] == 3 and summary['tracks'][0]['frames'] == 3
-  assert (tmp_path / 'timeline.png').read_bytes()[:4] == b'\x89PNG'
+  assert (tmp_path / 'plots' / 'timeline.png').read_bytes()[:4] == b'\x89PNG'
 
-  out = run_predict(digits_run, paths[0], '--output', tmp_path / 'rows.csv')
+  csv_path = tmp_path / 'csv' / 'rows.csv'
+  out = run_predict(digits_run, paths[0], '--output', csv_path)
   assert out.returncode == 0, out.stderr[-3000:]
-  lines = (tmp_path / 'rows.csv').read_text().splitlines()
+  lines = csv_path.read_text().splitlines()
   assert lines[0].startswith(
     'path,frame,time_s,track,x,y,w,h,label,score,0,1,2'
   )
@@ -288,15 +289,17 @@ def test_export_round_trip(classifier, digits_dir, tmp_path):
   images = images[:6]
   want = classifier.predict(images)
   pixels = classifier.crops(images).astype(np.float32)
-  saved = export.export(classifier, str(tmp_path / 'saved_model'))
+  # Every output's folder is made.
+  saved = export.export(classifier, str(tmp_path / 'models' / 'saved_model'))
   loaded = tf.saved_model.load(saved)
   got = loaded.signatures['serving_default'](pixels=tf.constant(pixels))
   np.testing.assert_allclose(list(got.values())[0].numpy(), want, atol=1e-4)
-  assert (tmp_path / 'saved_model' / 'labels.txt').read_text().split() == [
-    str(i) for i in range(10)
-  ]
+  labels = tmp_path / 'models' / 'saved_model' / 'labels.txt'
+  assert labels.read_text().split() == [str(i) for i in range(10)]
 
-  lite = export.export(classifier, str(tmp_path / 'model.tflite'), 'tflite')
+  lite = export.export(
+    classifier, str(tmp_path / 'lite' / 'model.tflite'), 'tflite'
+  )
   interpreter = tf.lite.Interpreter(model_path=lite)
   interpreter.allocate_tensors()
   entry = interpreter.get_input_details()[0]['index']
