@@ -314,6 +314,25 @@ def test_op_choice_is_uniform_and_signs_are_fair():
   assert abs(negative.mean() - 0.5) < 5 * math.sqrt(0.25 / negative.size)
 
 
+def test_draws_do_not_repeat_other_users_of_the_seed():
+  # One example seed may feed augment.train_image (stateless_split), then
+  # RandAugment, then erasing: their draws must be independent.
+  def draws(seed):
+    crop_seed = tf.random.experimental.stateless_split(seed, num=4)[0]
+    crop = tf.random.stateless_uniform([], crop_seed)
+    op = tf.cast(rand_augment.sample_ops(seed, 1)[0][0], tf.float32)
+    erase = erasing.erasing_box(seed, 50, 50)[4]
+    return tf.stack([crop, op, tf.cast(erase, tf.float32)])
+
+  count = 4000
+  values = mapped(draws, seeds(count)).numpy()
+  correlation = np.corrcoef(values.T)
+  # Independent draws: each correlation within 5 / sqrt(n) of 0; sharing
+  # Philox bits makes them near 1.
+  off_diagonal = correlation[np.triu_indices(3, 1)]
+  assert np.all(np.abs(off_diagonal) < 5 / math.sqrt(count)), correlation
+
+
 def test_rand_augment_is_the_sampled_ops_in_turn():
   array = random_image('RGB', seed=8)
   image = tf.constant(array, tf.float32)

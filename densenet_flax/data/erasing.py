@@ -20,6 +20,9 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 ATTEMPTS = 10
+# Folded into the seed before any draw (see rand_augment.SEED_SALT): the
+# same example seed can then feed augment.train_image, RandAugment and this.
+SEED_SALT = 0xE5A5
 
 
 def random_erasing(
@@ -85,6 +88,7 @@ def erasing_box(
   or none of the attempts fitted.
   """
   _check(probability, scale, ratio)
+  seed = tf.random.experimental.stateless_fold_in(seed, SEED_SALT)
   coin_seed, shape_seed, place_seed = tf.unstack(
     tf.random.experimental.stateless_split(seed, num=3)
   )

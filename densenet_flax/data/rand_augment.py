@@ -72,6 +72,10 @@ LUMA = (0.299, 0.587, 0.114)
 # PIL's ImageFilter.SMOOTH, the blurred image Sharpness blends away from.
 SMOOTH = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))
 SMOOTH_SUM = 13.0
+# Folded into the seed before any draw. stateless_split's first rows do not
+# depend on how many are asked for, so without it an example seed passed
+# both here and to augment.train_image or erasing would draw the same bits.
+SEED_SALT = 0x5A4D
 
 
 GEOMETRIC_OPS = ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
@@ -138,6 +142,7 @@ def op_value(
 def sample_ops(seed: tf.Tensor, num_ops: int) -> tuple[tf.Tensor, tf.Tensor]:
   """The ops and signs one image gets: ([num_ops] int32 indices into OPS,
   [num_ops] bool, True where a signed op's magnitude is negated)."""
+  seed = tf.random.experimental.stateless_fold_in(seed, SEED_SALT)
   op_seed, sign_seed = tf.unstack(
     tf.random.experimental.stateless_split(seed, num=2)
   )
