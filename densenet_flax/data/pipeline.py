@@ -49,9 +49,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from densenet_flax.data import augment
+from densenet_flax.data import erasing as erasing_lib
 from densenet_flax.data import fer_sources
 from densenet_flax.data import indexed
 from densenet_flax.data import order
+from densenet_flax.data import rand_augment
 from densenet_flax.data import specs
 from densenet_flax.datasets import prepare
 
@@ -380,16 +382,33 @@ class InputPipeline:
       geometric_probability=a.get('geometric_probability', 1.0),
     )
     epoch_seed = self._epoch_seed(epoch)
-    # In-memory positions are global already; file shards count from 0 each.
-    process_offset = 0 if self.spec.in_memory else self.process_index << 32
+    # Positions of examples read by index are global already; file shards
+    # count from 0 each.
+    process_offset = 0 if self.spec.indexable else self.process_index << 32
     draw = self.label_mode == 'probability'
+    rand_ops, erasing = a.get('rand_augment_ops', 0), a.get('erasing', 0.0)
 
     def fn(position, image, label, target=None):
       seed = tf.stack(
         [tf.constant(epoch_seed, tf.int64), position + process_offset]
       )
       image = augment.train_image(self._decode(image), seed, **kwargs)
-      out = {'image': self._finish(image), 'label': tf.cast(label, tf.int32)}
+      if rand_ops:  # on 0-255 pixels, as torchvision's on images
+        image = rand_augment.rand_augment(
+          image,
+          seed,
+          num_ops=rand_ops,
+          magnitude=a.get('rand_augment_magnitude', 9),
+        )
+      image = self._finish(image)
+      if erasing:  # after normalisation, as torchvision's: 0 is the mean
+        image = erasing_lib.random_erasing(
+          image,
+          seed,
+          probability=erasing,
+          scale=tuple(a.get('erasing_scale', (0.02, 0.33))),
+        )
+      out = {'image': image, 'label': tf.cast(label, tf.int32)}
       if target is not None:  # FER+ soft modes
         target = tf.cast(target, tf.float32)
         if draw:  # one label from the distribution: (seed, epoch, position)
