@@ -231,6 +231,12 @@ def main(argv=None) -> int:
     '--dtypes', nargs='*', choices=DTYPES, default=list(DTYPES)
   )
   parser.add_argument('--steps', type=int, default=30)
+  parser.add_argument(
+    '--parallelism_steps',
+    type=int,
+    default=10,
+    help='steps of the shard_map against pmap comparison (several devices)',
+  )
   parser.add_argument('--overrides', default='{}')
   parser.add_argument('--json')
   parser.add_argument('--one', nargs=2, help=argparse.SUPPRESS)
@@ -308,7 +314,9 @@ def main(argv=None) -> int:
       f'{gradients.get("largest_gradient", float("nan")):.2e}: '
       f'{"agree" if agree else gradients.get("error", "DISAGREE")}'
     )
-  parallel = compare_parallelisms(args.case, args.steps, args.overrides)
+  parallel = compare_parallelisms(
+    args.case, args.parallelism_steps, args.overrides
+  )
   report['parallelism'] = parallel
   if 'rows' in parallel:
     ok &= parallel['same_loss']

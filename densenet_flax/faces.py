@@ -20,9 +20,16 @@ What happens to each face, stated here rather than hidden:
   2. alignment: when the eye cascade finds two eyes in the upper half of the
      face, the image is rotated about the face centre so they are level;
   3. crop: the box grown by `margin` of its size on every side (edges
-     replicated past the image border), as FER2013's faces have some room;
-  4. resize to the dataset's stored size (48x48 for FER) with area averaging,
-     then the classifier's own evaluation preprocessing (centre crop, mean/std).
+     replicated past the image border), from the gray image for a grayscale
+     run and from the RGB photo for a color one;
+  4. resize to the dataset's stored size (48x48 for FER2013, 100x100 for
+     RAF-DB, 224x224 for AffectNet) with area averaging, then the
+     classifier's own evaluation preprocessing (resize, crop, mean/std).
+Steps 2 and 3 frame the face the way the run's dataset frames its faces
+(data/specs.py, FaceFraming): FER2013's faces have some room around them
+(margin 0.1, aligned), RAF-DB's are aligned by the eyes with some room
+(margin 0.15), AffectNet's are its face boxes as they are (margin 0, not
+aligned). `margin` and `align` override that.
 """
 
 from __future__ import annotations
@@ -72,12 +79,14 @@ class FaceEmotionDetector:
   """Finds faces and classifies each one's expression.
 
   Args:
-    classifier: an inference.Classifier (a FER2013 or FER+ model).
+    classifier: an inference.Classifier (a run on FER2013, FER+, RAF-DB,
+      AffectNet or class folders).
     detector: 'haar' (OpenCV's frontal-face cascade) or a function
       gray [H, W] uint8 -> [(x, y, w, h), ...].
-    margin: the crop around a box, as a fraction of its size on each side.
+    margin: the crop around a box, as a fraction of its size on each side;
+      None: as the run's dataset frames its faces.
     min_face: smallest face in pixels that is looked for.
-    align: level the eyes when both are found.
+    align: level the eyes when both are found; None: as the run's dataset.
   """
 
   def __init__(
@@ -85,14 +94,17 @@ class FaceEmotionDetector:
     classifier,
     detector: str | Callable = 'haar',
     *,
-    margin: float = 0.1,
+    margin: float | None = None,
     min_face: int = 30,
-    align: bool = True,
+    align: bool | None = None,
   ):
     cv2 = _cv2()
     self.classifier = classifier
-    self.margin = margin
-    self.align = align
+    framing = classifier.spec.framing
+    self.margin = framing.margin if margin is None else margin
+    self.align = framing.align if align is None else align
+    # Color runs classify RGB crops; grayscale runs gray ones.
+    self.color = classifier.spec.channels == 3
     self.min_face = min_face
     self.face_size = classifier.stored_size or classifier.input_shape[0]
     if detector == 'haar':
@@ -117,13 +129,22 @@ class FaceEmotionDetector:
     boxes = [tuple(int(v) for v in box) for box in self._find(gray)]
     return sorted(boxes)
 
-  def face_crops(self, gray: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
-    """[len(boxes), S, S] uint8 faces, aligned and cropped as documented."""
-    return (
-      np.stack([self._crop(gray, box) for box in boxes])
-      if boxes
-      else np.zeros((0, self.face_size, self.face_size), np.uint8)
-    )
+  def face_crops(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """[len(boxes), S, S] (gray runs) or [len(boxes), S, S, 3] (color runs)
+    uint8 faces of `image` (RGB or gray), aligned and cropped as documented."""
+    gray, source = to_gray(image), self._source(image)
+    if not boxes:
+      return np.zeros((0, *(self.face_size,) * 2, *source.shape[2:]), np.uint8)
+    return np.stack([self._crop(source, gray, box) for box in boxes])
+
+  def _source(self, image: np.ndarray) -> np.ndarray:
+    """The pixels crops come from: RGB uint8 for a color run, else gray."""
+    if not self.color:
+      return to_gray(image)
+    image = np.asarray(image)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+      image = np.repeat(to_gray(image)[..., None], 3, axis=-1)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
   def detect(
     self,
@@ -152,7 +173,7 @@ class FaceEmotionDetector:
     if not boxes:
       return []
     probabilities = self.classifier.predict(
-      self.face_crops(gray, boxes), tta=tta
+      self.face_crops(image, boxes), tta=tta
     )
     return [
       result(box, p, self.classifier.class_names)
@@ -194,22 +215,26 @@ class FaceEmotionDetector:
         )
       yield answers
 
-  def _crop(self, gray: np.ndarray, box: Box) -> np.ndarray:
+  def _crop(self, source: np.ndarray, gray: np.ndarray, box: Box) -> np.ndarray:
+    """One face of `source` (gray [H, W] or RGB [H, W, 3]); the eyes are
+    found on `gray`."""
     cv2 = _cv2()
     x, y, w, h = box
     if self.align:
       angle = self._eye_angle(gray, box)
       if angle:
         rotation = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), angle, 1.0)
-        gray = cv2.warpAffine(
-          gray,
+        source = cv2.warpAffine(
+          source,
           rotation,
           gray.shape[::-1],
           flags=cv2.INTER_LINEAR,
           borderMode=cv2.BORDER_REPLICATE,
         )
     pad = int(round(self.margin * max(w, h)))
-    padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    padded = cv2.copyMakeBorder(
+      source, pad, pad, pad, pad, cv2.BORDER_REPLICATE
+    )
     face = padded[y : y + h + 2 * pad, x : x + w + 2 * pad]
     return cv2.resize(
       face, (self.face_size, self.face_size), interpolation=cv2.INTER_AREA

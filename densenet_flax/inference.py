@@ -139,7 +139,8 @@ class Classifier:
     Args:
       images: integer or float, 0-255, [N, H, W] or [N, H, W, C] at any
         H x W (C = the dataset's stored channels; a grayscale model also
-        takes RGB, converted with the ITU-R 601 weights).
+        takes RGB, converted with the ITU-R 601 weights, and a color model
+        gray, repeated).
       tta: None for the evaluation's single crop, or 'ten_crop': the 4
         corner and the centre crops and their mirror images (the config's
         augment.crop must be 'random' or 'resized').
@@ -206,10 +207,13 @@ class Classifier:
     channels, stored = images.shape[-1], self.spec.channels
     if channels == 3 and stored == 1:
       images = images.astype(np.float32) @ GRAY_WEIGHTS[:, None]
+    elif channels == 1 and stored == 3:  # a gray photo for a color run
+      images = np.repeat(images, 3, axis=-1)
     elif channels != stored:
       raise ValueError(
         f'images have {channels} channels; {self.spec.name} models take '
-        f'{stored}' + (' (or 3, converted to grayscale)' if stored == 1 else '')
+        f'{stored}'
+        + (' (or 3, converted to grayscale)' if stored == 1 else ' (or 1)')
       )
     return images.astype(np.float32)
 

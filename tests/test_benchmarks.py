@@ -114,6 +114,8 @@ def test_accelerator_check_runs_its_checks_on_a_tiny_case(tmp_path):
       '{"block_sizes": [2, 2], "growth_rate": 4}',
       '--steps',
       '12',
+      '--parallelism_steps',
+      '3',
       '--json',
       str(report_path),
     ],

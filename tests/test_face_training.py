@@ -122,7 +122,10 @@ def test_rafdb_recipe_trains_from_the_command_line(rafdb_dir, tmp_path):
 
 @pytest.mark.parametrize(
   'release,dataset',
-  [('original', 'affectnet8'), ('npy', 'affectnet7')],
+  [
+    pytest.param('original', 'affectnet8', marks=pytest.mark.slow),
+    ('npy', 'affectnet7'),
+  ],
 )
 def test_affectnet_recipe_trains_on_either_release(release, dataset, tmp_path):
   """configs/affectnet.py, class-balanced draws, on both AffectNet releases
@@ -321,6 +324,7 @@ def test_a_balanced_run_resumed_after_sigterm_is_bit_identical(
       np.testing.assert_array_equal(x, y, err_msg=key)
 
 
+@pytest.mark.slow
 def test_select_on_test_says_so_in_every_report(rafdb_dir, tmp_path):
   """The papers' protocol, when asked for: the test split picks 'best' and
   is reported on it; the report and evaluate.py say the figure is

@@ -334,3 +334,57 @@ def test_files_of_one_name_in_different_folders_get_their_own_outputs():
     predict.annotated_name('out', 'b/clip.mp4', 3, stems['b/clip.mp4'])
     == 'out/clip-2-frame000003.png'
   )
+
+
+# ---------------------------------------------------------------------------
+# Color runs (RAF-DB, AffectNet): RGB crops framed as their datasets frame
+# faces.
+
+
+def color_classifier(dataset):
+  """A tiny DenseNet-121-shaped model for `dataset`, random weights."""
+  config = config_lib.base_config()
+  config.dataset, config.model = dataset, 'densenet121'
+  config.model_overrides.block_sizes = (1, 1, 1, 1)
+  config.model_overrides.growth_rate = 4
+  config.model_overrides.num_init_features = 8
+  config.image_size, config.channels = 32, 3
+  config.augment.resize, config.augment.crop = 32, 'pad'
+  model = workdir_lib.build_model(config)
+  variables = model.init(
+    jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+  )
+  return Classifier(
+    model, variables, config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+  )
+
+
+def test_a_color_run_classifies_rgb_crops_framed_as_its_dataset():
+  photo = skimage_data.astronaut()  # RGB
+  raf = FaceEmotionDetector(color_classifier('rafdb'))
+  assert (raf.margin, raf.align, raf.face_size) == (0.15, True, 100)
+  (face,) = raf.detect(photo)
+  assert set(face['emotions']) == set(color_classifier('rafdb').class_names)
+  crops = raf.face_crops(photo, [face['box']])
+  assert crops.shape == (1, 100, 100, 3) and crops.dtype == np.uint8
+  # Color survives: the crop's channels differ where the photo's do.
+  assert np.abs(crops[0, ..., 0].astype(int) - crops[0, ..., 2]).mean() > 5
+
+  # AffectNet's faces are its boxes as they are: no margin, no rotation.
+  affectnet = FaceEmotionDetector(color_classifier('affectnet8'))
+  assert (affectnet.margin, affectnet.align, affectnet.face_size) == (
+    0.0,
+    False,
+    224,
+  )
+  x, y, w, h = face['box']
+  (crop,) = affectnet.face_crops(photo, [face['box']])
+  want = cv2.resize(
+    photo[y : y + h, x : x + w], (224, 224), interpolation=cv2.INTER_AREA
+  )
+  np.testing.assert_array_equal(crop, want)
+  # A gray photo still goes to a color run, as three equal channels.
+  gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+  (gray_crop,) = affectnet.face_crops(gray, [face['box']])
+  assert gray_crop.shape == (224, 224, 3)
+  np.testing.assert_array_equal(gray_crop[..., 0], gray_crop[..., 2])

@@ -308,3 +308,58 @@ def test_export_round_trip(classifier, digits_dir, tmp_path):
     interpreter.set_tensor(entry, pixel[None])
     interpreter.invoke()
     np.testing.assert_allclose(interpreter.get_tensor(result)[0], p, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_of_a_color_run_gives_its_predictions(tmp_path):
+  """A RAF-DB-shaped run (RGB, DenseNet-121 layout, ImageNet mean/std):
+  SavedModel, TFLite and ONNX answer as Classifier.predict does."""
+  import jax
+  import jax.numpy as jnp
+  import tensorflow as tf
+  from densenet_flax import config as config_lib
+  from densenet_flax import export
+
+  config = config_lib.base_config()
+  config.dataset, config.model = 'rafdb', 'densenet121'
+  config.model_overrides.block_sizes = (1, 1, 1, 1)
+  config.model_overrides.growth_rate = 4
+  config.model_overrides.num_init_features = 8
+  config.image_size, config.channels = 64, 3
+  config.augment.resize, config.augment.crop = 64, 'pad'
+  model = workdir_lib.build_model(config)
+  variables = model.init(
+    jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False
+  )
+  classifier = Classifier(
+    model, variables, config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+  )
+  photos = np.random.default_rng(0).integers(0, 256, (3, 100, 100, 3))
+  want = classifier.predict(photos)
+  pixels = classifier.crops(photos).astype(np.float32)
+  assert pixels.shape == (3, 64, 64, 3)
+
+  saved = export.export(classifier, str(tmp_path / 'saved_model'))
+  got = tf.saved_model.load(saved).signatures['serving_default'](
+    pixels=tf.constant(pixels)
+  )
+  np.testing.assert_allclose(list(got.values())[0].numpy(), want, atol=1e-4)
+  labels = (tmp_path / 'saved_model' / 'labels.txt').read_text().split()
+  assert labels == list(classifier.class_names) and len(labels) == 7
+
+  lite = export.export(classifier, str(tmp_path / 'model.tflite'), 'tflite')
+  interpreter = tf.lite.Interpreter(model_path=lite)
+  interpreter.allocate_tensors()
+  entry = interpreter.get_input_details()[0]['index']
+  result = interpreter.get_output_details()[0]['index']
+  interpreter.set_tensor(entry, pixels[:1])
+  interpreter.invoke()
+  np.testing.assert_allclose(
+    interpreter.get_tensor(result)[0], want[0], atol=1e-4
+  )
+
+  ort = pytest.importorskip('onnxruntime')
+  path = export.export(classifier, str(tmp_path / 'model.onnx'), 'onnx')
+  session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+  (onnx_out,) = session.run(None, {'pixels': pixels})
+  np.testing.assert_allclose(onnx_out, want, atol=1e-4)
