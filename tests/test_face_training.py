@@ -356,3 +356,33 @@ def test_select_on_test_says_so_in_every_report(rafdb_dir, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'selected on test itself' in out.stdout
   assert 'balanced' in out.stdout
+
+
+def test_an_unreadable_image_is_refused_or_skipped_and_reported(tmp_path):
+  """A label file listing an image that is missing: the build is refused
+  naming it, or, with skip_unreadable_images, skipped and reported."""
+  records = fakedata.write_rafdb(
+    tmp_path / 'manual', per_split=(('train', 3), ('test', 1))
+  )
+  missing = [r for r in records if r['split'] == 'train'][4]['file']
+  os.remove(tmp_path / 'manual' / missing)
+  config = recipe('rafdb.py', tmp_path / 'manual', tmp_path / 'refused')
+  with pytest.raises(sources.DataFormatError, match=os.path.basename(missing)):
+    pipeline.InputPipeline(config, num_devices=1)
+  config = recipe(
+    'rafdb.py',
+    tmp_path / 'manual',
+    tmp_path / 'skipped',
+    skip_unreadable_images=True,
+  )
+  with pytest.raises(ValueError, match='config.validation_fraction=0.1'):
+    pipeline.InputPipeline(config, num_devices=1).split_size('validation')
+  config.validation_fraction = 0.4  # one of each class's 2-3
+  data = pipeline.InputPipeline(config, num_devices=1)
+  skipped = data.skipped_images()
+  assert sum(skipped['counts']['train'].values()) == 1
+  assert [
+    os.path.basename(f) for fs in skipped['first_files'].values() for f in fs
+  ] == [os.path.basename(missing)]
+  assert data.split_size('validation') == 7
+  assert data.split_size('train', train=True) == 13

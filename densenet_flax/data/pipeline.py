@@ -158,6 +158,15 @@ class InputPipeline:
       manual_dir=config.get('manual_dir') or None,
       skip_unreadable=config.get('skip_unreadable_images', False),
     )
+    skipped = self.skipped_images()
+    if skipped:
+      log.warning(
+        '%s was built without these examples (by rule or '
+        'skip_unreadable_images): %s; first files: %s',
+        self.spec.name,
+        skipped['counts'],
+        skipped.get('first_files', {}),
+      )
     self.mean, self.std = self._normalization()
 
   # --- sizes and names --------------------------------------------------------
@@ -268,6 +277,14 @@ class InputPipeline:
       self.config.get('validation_fraction', 0.1),
       self.config.seed,
     )
+    if not len(validation):
+      raise ValueError(
+        f'config.validation_fraction={self.config.validation_fraction} '
+        f'carves no example out of the {len(whole.labels)} of '
+        f'{self.spec.name}:{self.train_split} (round(fraction x count) is 0 '
+        f'for every class): expected a fraction that leaves some examples '
+        f'for {specs.VALIDATION!r}'
+      )
     log.info(
       '%s: %d of the %d examples of %s carved out as %r (validation_fraction'
       ' %s, stratified, seed %d)',
