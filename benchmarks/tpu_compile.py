@@ -1,0 +1,507 @@
+"""The train step compiled for TPU (or CUDA) chips this host does not have.
+
+  python -m benchmarks.tpu_compile --topology v5e:2x2 --model densenet_bc_100_12
+      [--config configs/x.py] [--block-sizes 6,6,6] [--image-size 32]
+      [--channels 1] [--batch 16 64] [--memory-efficient | --modes plain
+      memory_efficient] [--dtype bfloat16|float16|float32]
+      [--parallelism shard_map|pmap]
+  python -m benchmarks.tpu_compile --target cuda:h100 --devices 4 ...
+
+JAX compiles for an abstract device topology without the devices
+(`jax.experimental.topologies`): for TPU with libtpu's compiler, for CUDA
+with the CUDA plugin's and a GPU target description (XLA's h100_sxm.txtpb,
+shipped in benchmarks/gpu_targets/). Neither must be the backend of the
+Python that runs the tests: install them in a venv of their own (see
+`install_hint`) and run this module with that venv's python; it keeps
+JAX's backend on the CPU (JAX_PLATFORMS=cpu) and compiles for the target.
+
+Each case is the run's own train step: `train.compile_train_step` over a
+`parallel.DataParallel` of the topology's devices (shard_map by default; the
+pmap path compiles too), the state donated, the model, optimizer and dtype
+policy of the config (--config, default `config.base_config()`, with the
+flags' overrides), the generic kernels (those GPUs and TPUs run), and only
+abstract arguments: the state is `jax.eval_shape` of the run's fresh state,
+the batch a global [devices, per-chip batch, ...] array split over the
+devices, as the run's would be. One JSON line per case:
+
+  topology, devices, chip, model, batch (per chip), memory_efficient, dtype
+  lower_s, compile_s      tracing + lowering; the compiler's seconds
+  argument_bytes, output_bytes, alias_bytes, temp_bytes, peak_bytes
+                          XLA's memory analysis per device (chip)
+  fits                    peak_bytes <= the chip's HBM
+  flops, bytes_accessed   XLA's cost analysis per device; for CUDA, which
+                          has none, flops is `analytic_flops` and
+                          bytes_accessed null (flops_source says which)
+  analytic_flops          benchmarks.model_flops' count of the convolutions
+  roofline_step_s         an ESTIMATE, not a measurement: max(flops / peak,
+                          bytes_accessed / bandwidth) with the chip's
+                          published bf16 peak and HBM bandwidth (CHIPS)
+
+On TPU, `temp_bytes` is 0 for programs with convolution gradients (libtpu
+0.0.42 reports their scratch inside the peak only): `fits` uses
+`peak_bytes`. Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_TARGETS = os.path.join(REPO, 'benchmarks', 'gpu_targets')
+MODES = ('plain', 'memory_efficient')
+DTYPES = ('bfloat16', 'float16', 'float32')
+# A nominal epoch length: only the learning-rate schedule's constants
+# depend on it, not the program's shapes or operations.
+STEPS_PER_EPOCH = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """Published per-chip figures (bf16 dense peak, HBM size and bandwidth)."""
+
+  name: str
+  hbm_bytes: int
+  peak_flops: float
+  hbm_bytes_per_s: float
+  source: str
+
+
+GiB = 2**30
+CHIPS = {
+  'v4': Chip(
+    'TPU v4',
+    32 * GiB,
+    275e12,
+    1200e9,
+    'https://cloud.google.com/tpu/docs/v4',
+  ),
+  'v5e': Chip(
+    'TPU v5e',
+    16 * GiB,
+    197e12,
+    819e9,
+    'https://cloud.google.com/tpu/docs/v5e',
+  ),
+  'v5p': Chip(
+    'TPU v5p',
+    95 * GiB,
+    459e12,
+    2765e9,
+    'https://cloud.google.com/tpu/docs/v5p',
+  ),
+  'v6e': Chip(
+    'TPU v6e',
+    32 * GiB,
+    918e12,
+    1640e9,
+    'https://cloud.google.com/tpu/docs/v6e',
+  ),
+  'h100': Chip(
+    'NVIDIA H100 SXM',
+    80 * 10**9,
+    989e12,
+    3.35e12,
+    'https://www.nvidia.com/en-us/data-center/h100/',
+  ),
+}
+TPU_CHIPS = ('v4', 'v5e', 'v5p', 'v6e')
+# libtpu asks for the TPU VM's accelerator type and worker hosts, and logs
+# errors without them; the compile does not depend on them.
+TPU_ACCELERATOR_TYPES = {
+  'v4': 'v4-8',
+  'v5e': 'v5litepod-4',
+  'v5p': 'v5p-8',
+  'v6e': 'v6e-4',
+}
+# GPU targets: the chip and XLA's target description of it.
+CUDA_TARGETS = {'h100': 'h100_sxm.txtpb'}
+
+
+class MissingCompiler(RuntimeError):
+  """The accelerator's compiler is not installed in this Python."""
+
+
+def install_hint(target: str) -> str:
+  """How to install the compiler of `target` ('tpu' or 'cuda') in a venv of
+  its own, next to this Python's packages and with its jax version."""
+  try:
+    version = importlib.metadata.version('jax')
+  except importlib.metadata.PackageNotFoundError:
+    version = '<jax version>'
+  if target == 'tpu':
+    packages = f'"jax[tpu]=={version}"'
+  else:
+    packages = f'"jax-cuda12-plugin=={version}" "jax-cuda12-pjrt=={version}"'
+  venv = '.venv-tpu' if target == 'tpu' else '.venv-cuda'
+  return (
+    f'python -m venv --system-site-packages {venv} && '
+    f'{venv}/bin/pip install {packages}; then run '
+    f'{venv}/bin/python -m benchmarks.tpu_compile ... (a venv of its own '
+    f"keeps this Python's JAX backend on the CPU)"
+  )
+
+
+def check_compiler(target: str) -> None:
+  """Raises MissingCompiler, saying how to install it, when absent."""
+  module = 'libtpu' if target == 'tpu' else 'jax_plugins.xla_cuda12'
+  try:
+    found = importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:
+    found = False
+  if not found:
+    what = 'libtpu' if target == 'tpu' else "JAX's CUDA plugin"
+    raise MissingCompiler(
+      f'{what} is not installed in {sys.executable}, so nothing can '
+      f'compile for {target}. Install it apart: {install_hint(target)}'
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """Where the step is compiled for: platform, chip and device layout."""
+
+  platform: str  # 'tpu' or 'cuda'
+  chip: str  # a key of CHIPS
+  topology: str  # 'v5e:2x2', or '1x1x4' (slices x hosts x GPUs) for CUDA
+
+  @property
+  def num_chips(self) -> int:
+    layout = self.topology.split(':')[-1]
+    count = 1
+    for size in layout.split('x'):
+      count *= int(size)
+    return count
+
+
+def parse_target(target: str, topology: str | None, devices: int | None):
+  """Target of --target/--topology/--devices; ValueError naming the flag."""
+  if target == 'tpu':
+    if not topology or ':' not in topology:
+      raise ValueError(
+        f'--topology={topology!r}: expected CHIP:LAYOUT with CHIP one of '
+        f'{", ".join(TPU_CHIPS)}, e.g. v5e:2x2 or v4:2x2x1'
+      )
+    chip = topology.split(':')[0]
+    if chip not in TPU_CHIPS:
+      raise ValueError(
+        f'--topology={topology!r}: unknown chip {chip!r}; expected one '
+        f'of {", ".join(TPU_CHIPS)}'
+      )
+    result = Target('tpu', chip, topology)
+  elif target.startswith('cuda:'):
+    chip = target.split(':', 1)[1]
+    if chip not in CUDA_TARGETS:
+      raise ValueError(
+        f'--target={target!r}: expected cuda:GPU with GPU one of '
+        f'{", ".join(CUDA_TARGETS)}'
+      )
+    if topology and devices:
+      raise ValueError('--topology and --devices: give one of them')
+    result = Target('cuda', chip, topology or f'1x1x{devices or 1}')
+  else:
+    raise ValueError(
+      f'--target={target!r}: expected tpu or cuda:GPU '
+      f'({", ".join("cuda:" + g for g in CUDA_TARGETS)})'
+    )
+  try:
+    result.num_chips
+  except ValueError:
+    raise ValueError(
+      f'--topology={result.topology!r}: expected sizes joined by x, '
+      f'e.g. 2x2 or 1x1x4'
+    ) from None
+  return result
+
+
+def topology_devices(target: Target) -> list:
+  """The abstract devices of `target`, one per chip, ready to compile for.
+
+  TPU v4 is asked for in megacore mode, one device per chip as a v4 VM
+  shows it (otherwise each TensorCore is a device).
+  """
+  from jax.experimental import topologies
+
+  check_compiler(target.platform)
+  if target.platform == 'cuda':
+    path = os.path.join(GPU_TARGETS, CUDA_TARGETS[target.chip])
+    with open(path) as f:
+      spec = f.read()
+    devices = topologies.get_topology_desc(
+      platform='cuda', target_config=spec, topology=target.topology
+    ).devices
+  else:
+    os.environ.setdefault(
+      'TPU_ACCELERATOR_TYPE', TPU_ACCELERATOR_TYPES[target.chip]
+    )
+    os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+    kwargs = {}
+    if target.chip == 'v4':
+      kwargs['chip_config_name'] = 'megacore'
+    if target.num_chips < 4:
+      # Smaller than one host's chips: a host of exactly this layout.
+      layout = [int(s) for s in target.topology.split(':')[1].split('x')]
+      kwargs['chips_per_host_bounds'] = tuple(layout + [1] * (3 - len(layout)))
+    devices = topologies.get_topology_desc(
+      topology_name=target.topology, platform='tpu', **kwargs
+    ).devices
+  if len(devices) != target.num_chips:
+    raise ValueError(
+      f'{target.topology}: {len(devices)} devices for {target.num_chips} '
+      f'chips; the figures are per chip, so one device per chip is needed'
+    )
+  return devices
+
+
+def case_config(args, mode: str, batch: int | None, num_devices: int):
+  """The run's config of one case: --config with the flags' overrides;
+  `batch` per device (None: the config's global batch, over the devices)."""
+  from densenet_flax import config as config_lib
+  from densenet_flax import config_checks
+
+  if args.config:
+    config = config_lib.load_config_file(args.config)
+  else:
+    config = config_lib.base_config()
+  if args.model:
+    config.model = args.model
+  if args.block_sizes:
+    config.model_overrides.block_sizes = tuple(args.block_sizes)
+  if args.image_size:
+    config.image_size = args.image_size
+  if args.channels:
+    config.channels = args.channels
+  if args.dtype:
+    config.half_precision = args.dtype != 'float32'
+    if config.half_precision:
+      config.half_precision_dtype = args.dtype
+  config.memory_efficient = mode == 'memory_efficient'
+  config.parallelism = args.parallelism
+  if batch is not None:
+    config.batch_size = batch * num_devices
+  config_checks.validate(config)
+  if config.batch_size % num_devices:
+    raise ValueError(
+      f'config.batch_size={config.batch_size}: expected a multiple of the '
+      f'{num_devices} devices (or give --batch per chip)'
+    )
+  return config
+
+
+def compile_case(config, devices, backend: str):
+  """(compiled step, lower_s, compile_s) of the config's train step over
+  `devices`, from abstract arguments only."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from densenet_flax import layers
+  from densenet_flax import optim
+  from densenet_flax import parallel
+  from densenet_flax import train
+  from densenet_flax import workdir as workdir_lib
+
+  dp = parallel.DataParallel(devices=devices, parallelism=config.parallelism)
+  num_classes = workdir_lib.num_classes(config)
+  model = workdir_lib.build_model(config, dp.axis_name)
+  tx, _ = optim.create_optimizer(config, STEPS_PER_EPOCH)
+  # Balanced class weights come from the data's label counts: equal ones
+  # here, the same program with other constants.
+  weights = (
+    np.ones(num_classes, np.float32)
+    if config.class_weighting == 'balanced'
+    else None
+  )
+  step = train.compile_train_step(config, dp, num_classes, weights)
+  state = dp.abstract_global(
+    jax.eval_shape(train.state_factory(config, model, tx, backend))
+  )
+  per_device = config.batch_size // dp.num_devices
+  shape = (dp.num_local_devices, per_device)
+  host_batch = {
+    'image': jax.ShapeDtypeStruct(
+      (*shape, *workdir_lib.input_shape(config)), jnp.float32
+    ),
+    'label': jax.ShapeDtypeStruct(shape, jnp.int32),
+  }
+  if config.label_mode != 'majority':
+    host_batch['target'] = jax.ShapeDtypeStruct(
+      (*shape, num_classes), jnp.float32
+    )
+  batch = dp.abstract_batch(host_batch)
+  key = dp.abstract_broadcast(train.run_keys(config)[1])
+  start = time.perf_counter()
+  with layers.use_kernels('generic'):
+    lowered = step.lower(state, batch, key)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  return model, compiled, lower_s, time.perf_counter() - start
+
+
+def _cost(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else None
+  return cost or {}
+
+
+def measure(target: Target, config, devices, batch: int) -> dict:
+  """One case's JSON row."""
+  import jax
+
+  from benchmarks import model_flops
+  from densenet_flax import workdir as workdir_lib
+
+  chip = CHIPS[target.chip]
+  backend = 'gpu' if target.platform == 'cuda' else 'tpu'
+  model, compiled, lower_s, compile_s = compile_case(config, devices, backend)
+  memory = compiled.memory_analysis()
+  cost = _cost(compiled)
+  analytic = model_flops.train_step_flops(
+    model, workdir_lib.input_shape(config), batch
+  )
+  if 'flops' in cost:
+    flops, source = float(cost['flops']), 'xla'
+    accessed = float(cost.get('bytes accessed', 0.0)) or None
+  else:
+    flops, source, accessed = float(analytic), 'analytic', None
+  peak = int(getattr(memory, 'peak_memory_in_bytes', 0) or 0)
+  if not peak:  # no peak reported: what the program holds at once at most
+    peak = int(
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes
+      + memory.temp_size_in_bytes
+    )
+  compute_s = flops / chip.peak_flops
+  memory_s = accessed / chip.hbm_bytes_per_s if accessed else 0.0
+  versions = {'jax': jax.__version__}
+  for package in ('libtpu', 'jax-cuda12-plugin'):
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return {
+    'topology': target.topology,
+    'target': target.platform,
+    'chip': chip.name,
+    'devices': len(devices),
+    'model': config.model,
+    'block_sizes': list(model.block_sizes),
+    'image_size': config.image_size,
+    'channels': config.channels,
+    'batch': batch,
+    'memory_efficient': bool(config.memory_efficient),
+    'dtype': str(workdir_lib.compute_dtype(config).dtype),
+    'parallelism': config.parallelism,
+    'lower_s': round(lower_s, 2),
+    'compile_s': round(compile_s, 2),
+    'argument_bytes': int(memory.argument_size_in_bytes),
+    'output_bytes': int(memory.output_size_in_bytes),
+    'alias_bytes': int(memory.alias_size_in_bytes),
+    'temp_bytes': int(memory.temp_size_in_bytes),
+    'peak_bytes': peak,
+    'hbm_bytes': chip.hbm_bytes,
+    'fits': peak <= chip.hbm_bytes,
+    'flops': flops,
+    'flops_source': source,
+    'analytic_flops': float(analytic),
+    'bytes_accessed': accessed,
+    'roofline_step_s': max(compute_s, memory_s),
+    'roofline_bound': 'compute' if compute_s >= memory_s else 'memory',
+    'roofline_note': (
+      f'an estimate, not a measurement: max(flops / {chip.peak_flops:.4g}, '
+      f'bytes_accessed / {chip.hbm_bytes_per_s:.4g}) with {chip.name} '
+      f'published bf16 peak and HBM bandwidth ({chip.source})'
+      + ('' if accessed else '; bytes unknown, so compute only')
+    ),
+    **versions,
+  }
+
+
+def _block_sizes(text: str) -> list[int]:
+  try:
+    sizes = [int(s) for s in text.split(',')]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise argparse.ArgumentTypeError(
+      f'{text!r}: expected dense layers per block joined by commas, e.g. 6,6,6'
+    )
+  return sizes
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument(
+    '--target', default='tpu', help="'tpu' (default) or cuda:h100"
+  )
+  parser.add_argument(
+    '--topology',
+    help='TPU: CHIP:LAYOUT (v5e:2x2, v4:2x2x1, v5p:2x2x1, v6e:2x2); '
+    'CUDA: SLICESxHOSTSxGPUS (1x1x4)',
+  )
+  parser.add_argument('--devices', type=int, help='CUDA: GPUs on one host')
+  parser.add_argument(
+    '--config', help='a config file (default: config.base_config())'
+  )
+  parser.add_argument('--model', help='a models preset (default: the config)')
+  parser.add_argument('--block-sizes', type=_block_sizes)
+  parser.add_argument('--image-size', type=int)
+  parser.add_argument('--channels', type=int)
+  parser.add_argument(
+    '--batch',
+    type=int,
+    nargs='+',
+    help='examples per chip, one case each (default: the config batch '
+    'size over the devices)',
+  )
+  modes = parser.add_mutually_exclusive_group()
+  modes.add_argument(
+    '--memory-efficient',
+    action='store_const',
+    const=['memory_efficient'],
+    dest='modes',
+  )
+  modes.add_argument('--modes', nargs='+', choices=MODES)
+  parser.add_argument(
+    '--dtype', choices=DTYPES, help='compute dtype (default: the config)'
+  )
+  parser.add_argument(
+    '--parallelism', choices=('shard_map', 'pmap'), default='shard_map'
+  )
+  args = parser.parse_args(argv)
+  try:
+    args.parsed_target = parse_target(args.target, args.topology, args.devices)
+  except ValueError as e:
+    parser.error(str(e))
+  args.modes = args.modes or ['plain']
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  # The host's backend stays the CPU: the target is compiled for, not run.
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  target = args.parsed_target
+  try:
+    devices = topology_devices(target)
+  except MissingCompiler as e:
+    sys.exit(str(e))
+  for mode in args.modes:
+    for batch in args.batch or [None]:
+      config = case_config(args, mode, batch, len(devices))
+      per_device = config.batch_size // len(devices)
+      row = measure(target, config, devices, per_device)
+      print(json.dumps(row), flush=True)
+
+
+if __name__ == '__main__':
+  main()
