@@ -50,11 +50,12 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GPU_TARGETS = os.path.join(REPO, 'benchmarks', 'gpu_targets')
 MODES = ('plain', 'memory_efficient')
 DTYPES = ('bfloat16', 'float16', 'float32')
 # A nominal epoch length: only the learning-rate schedule's constants
@@ -120,8 +121,21 @@ TPU_ACCELERATOR_TYPES = {
   'v5p': 'v5p-8',
   'v6e': 'v6e-4',
 }
-# GPU targets: the chip and XLA's target description of it.
-CUDA_TARGETS = {'h100': 'h100_sxm.txtpb'}
+# GPU targets: the chip, and where XLA keeps its description (a
+# GpuTargetConfigProto in text form, openxla/xla, Apache-2.0), which
+# --gpu-target-config reads; XLA's own tests compile against these files.
+CUDA_TARGETS = {'h100': 'xla/backends/gpu/target_config/specs/h100_sxm.txtpb'}
+# GpuDeviceInfoProto fields newer than some jaxlibs (0.10's does not know
+# them): dropped, with a note, when the description does not parse whole.
+NEWER_GPU_FIELDS = ('collective_memory_granularity',)
+# C++ log lines that say nothing about the compile: the CUDA plugin looks
+# for a driver, absl notes it was not initialised, a text-format parser
+# names a field this jaxlib does not know (NEWER_GPU_FIELDS).
+NOISE = (
+  re.compile(r'All log messages before absl::InitializeLog'),
+  re.compile(r'cudart_stub\.cc:\d+\] Could not find cuda drivers'),
+  re.compile(r'text_format\.cc:\d+\] Error parsing text-format '),
+)
 
 
 class MissingCompiler(RuntimeError):
@@ -170,6 +184,7 @@ class Target:
   platform: str  # 'tpu' or 'cuda'
   chip: str  # a key of CHIPS
   topology: str  # 'v5e:2x2', or '1x1x4' (slices x hosts x GPUs) for CUDA
+  gpu_target_config: str = ''  # CUDA: a GpuTargetConfigProto text file
 
   @property
   def num_chips(self) -> int:
@@ -180,8 +195,14 @@ class Target:
     return count
 
 
-def parse_target(target: str, topology: str | None, devices: int | None):
-  """Target of --target/--topology/--devices; ValueError naming the flag."""
+def parse_target(
+  target: str,
+  topology: str | None,
+  devices: int | None,
+  gpu_target_config: str | None = None,
+):
+  """Target of --target, --topology, --devices and --gpu-target-config;
+  ValueError naming the flag."""
   if target == 'tpu':
     if not topology or ':' not in topology:
       raise ValueError(
@@ -204,7 +225,19 @@ def parse_target(target: str, topology: str | None, devices: int | None):
       )
     if topology and devices:
       raise ValueError('--topology and --devices: give one of them')
-    result = Target('cuda', chip, topology or f'1x1x{devices or 1}')
+    if not gpu_target_config:
+      raise ValueError(
+        f'--target={target}: needs --gpu-target-config, the path of '
+        f"XLA's {CUDA_TARGETS[chip]} (from github.com/openxla/xla)"
+      )
+    if not os.path.isfile(gpu_target_config):
+      raise ValueError(
+        f'--gpu-target-config={gpu_target_config!r}: no such file; '
+        f"expected XLA's {CUDA_TARGETS[chip]}"
+      )
+    result = Target(
+      'cuda', chip, topology or f'1x1x{devices or 1}', gpu_target_config
+    )
   else:
     raise ValueError(
       f'--target={target!r}: expected tpu or cuda:GPU '
@@ -230,17 +263,15 @@ def topology_devices(target: Target) -> list:
 
   check_compiler(target.platform)
   if target.platform == 'cuda':
-    path = os.path.join(GPU_TARGETS, CUDA_TARGETS[target.chip])
-    with open(path) as f:
-      spec = f.read()
-    devices = topologies.get_topology_desc(
-      platform='cuda', target_config=spec, topology=target.topology
-    ).devices
+    devices = _cuda_devices(target)
   else:
     os.environ.setdefault(
       'TPU_ACCELERATOR_TYPE', TPU_ACCELERATOR_TYPES[target.chip]
     )
     os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+    # libtpu's lockfile keeps two processes off one host's chips; nothing
+    # runs on a chip here, and compiles may run side by side.
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     kwargs = {}
     if target.chip == 'v4':
       kwargs['chip_config_name'] = 'megacore'
@@ -257,6 +288,71 @@ def topology_devices(target: Target) -> list:
       f'chips; the figures are per chip, so one device per chip is needed'
     )
   return devices
+
+
+def _cuda_devices(target: Target) -> list:
+  """The GPUs of `target`'s description, which may name fields this jaxlib
+  does not know (NEWER_GPU_FIELDS: dropped, with a note)."""
+  from jax.experimental import topologies
+
+  with open(target.gpu_target_config) as f:
+    spec = f.read()
+
+  def devices(text):
+    return topologies.get_topology_desc(
+      platform='cuda', target_config=text, topology=target.topology
+    ).devices
+
+  try:
+    return devices(spec)
+  except Exception as e:  # jaxlib raises its own error type
+    lines = spec.splitlines()
+    kept = [
+      line
+      for line in lines
+      if line.split(':')[0].strip() not in NEWER_GPU_FIELDS
+    ]
+    if len(kept) == len(lines):
+      raise ValueError(
+        f'--gpu-target-config={target.gpu_target_config!r} does not parse '
+        f'as a GpuTargetConfigProto: {e}'
+      ) from e
+    found = devices('\n'.join(kept))
+    print(
+      f'note: {target.gpu_target_config}: without {", ".join(NEWER_GPU_FIELDS)}'
+      f', which this jaxlib does not know',
+      file=sys.stderr,
+    )
+    return found
+
+
+class quiet_stderr:
+  """Drops NOISE lines that C++ writes to file descriptor 2 (where Python's
+  filters do not reach); every other line goes through."""
+
+  def __enter__(self):
+    sys.stderr.flush()
+    self._saved = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    self._thread = threading.Thread(target=self._pump, args=(read,))
+    self._thread.start()
+    return self
+
+  def _pump(self, read: int) -> None:
+    with os.fdopen(read, 'rb') as pipe:
+      for line in pipe:
+        text = line.decode(errors='replace')
+        if not any(pattern.search(text) for pattern in NOISE):
+          os.write(self._saved, line)
+
+  def __exit__(self, *exc):
+    sys.stderr.flush()
+    os.dup2(self._saved, 2)  # closes the pipe's last writer
+    self._thread.join()
+    os.close(self._saved)
+    return False
 
 
 def case_config(args, mode: str, batch: int | None, num_devices: int):
@@ -295,8 +391,8 @@ def case_config(args, mode: str, batch: int | None, num_devices: int):
 
 
 def compile_case(config, devices, backend: str):
-  """(compiled step, lower_s, compile_s) of the config's train step over
-  `devices`, from abstract arguments only."""
+  """(model, compiled step, lower_s, compile_s, compile_cpu_s) of the
+  config's train step over `devices`, from abstract arguments only."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -340,9 +436,10 @@ def compile_case(config, devices, backend: str):
   with layers.use_kernels('generic'):
     lowered = step.lower(state, batch, key)
   lower_s = time.perf_counter() - start
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
-  return model, compiled, lower_s, time.perf_counter() - start
+  compile_s = time.perf_counter() - start
+  return model, compiled, lower_s, compile_s, time.process_time() - cpu
 
 
 def _cost(compiled) -> dict:
@@ -361,26 +458,35 @@ def measure(target: Target, config, devices, batch: int) -> dict:
 
   chip = CHIPS[target.chip]
   backend = 'gpu' if target.platform == 'cuda' else 'tpu'
-  model, compiled, lower_s, compile_s = compile_case(config, devices, backend)
+  model, compiled, lower_s, compile_s, compile_cpu_s = compile_case(
+    config, devices, backend
+  )
   memory = compiled.memory_analysis()
   cost = _cost(compiled)
-  analytic = model_flops.train_step_flops(
-    model, workdir_lib.input_shape(config), batch
-  )
+  shape = workdir_lib.input_shape(config)
+  analytic = model_flops.train_step_flops(model, shape, batch)
   if 'flops' in cost:
     flops, source = float(cost['flops']), 'xla'
     accessed = float(cost.get('bytes accessed', 0.0)) or None
   else:
     flops, source, accessed = float(analytic), 'analytic', None
   peak = int(getattr(memory, 'peak_memory_in_bytes', 0) or 0)
-  if not peak:  # no peak reported: what the program holds at once at most
-    peak = int(
-      memory.argument_size_in_bytes
-      + memory.output_size_in_bytes
-      - memory.alias_size_in_bytes
-      + memory.temp_size_in_bytes
-    )
-  compute_s = flops / chip.peak_flops
+  # The buffers the executable allocates: arguments, outputs not aliased
+  # to them, and one temp block. On TPU the reported peak (a heap
+  # simulation) can be below that block, or the temp 0 where the peak is
+  # not: the larger of the two is what must fit.
+  allocated = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+  held = int(max(peak, allocated))
+  loops = bool(config.memory_efficient)
+  # XLA's cost analysis counts a while loop's body once: for the
+  # memory-efficient blocks the analytic count of all their layers is the
+  # compute term, and XLA's bytes a lower bound.
+  compute_s = max(flops, float(analytic)) / chip.peak_flops
   memory_s = accessed / chip.hbm_bytes_per_s if accessed else 0.0
   versions = {'jax': jax.__version__}
   for package in ('libtpu', 'jax-cuda12-plugin'):
@@ -403,24 +509,36 @@ def measure(target: Target, config, devices, batch: int) -> dict:
     'parallelism': config.parallelism,
     'lower_s': round(lower_s, 2),
     'compile_s': round(compile_s, 2),
+    'compile_cpu_s': round(compile_cpu_s, 2),
     'argument_bytes': int(memory.argument_size_in_bytes),
     'output_bytes': int(memory.output_size_in_bytes),
     'alias_bytes': int(memory.alias_size_in_bytes),
     'temp_bytes': int(memory.temp_size_in_bytes),
     'peak_bytes': peak,
+    'held_bytes': held,
     'hbm_bytes': chip.hbm_bytes,
-    'fits': peak <= chip.hbm_bytes,
+    'fits': held <= chip.hbm_bytes,
     'flops': flops,
     'flops_source': source,
     'analytic_flops': float(analytic),
+    'analytic_flops_loops_once': float(
+      model_flops.train_step_flops(model, shape, batch, loop_bodies_once=True)
+    ),
     'bytes_accessed': accessed,
+    'xla_optimal_s': cost.get('optimal_seconds'),
     'roofline_step_s': max(compute_s, memory_s),
     'roofline_bound': 'compute' if compute_s >= memory_s else 'memory',
     'roofline_note': (
-      f'an estimate, not a measurement: max(flops / {chip.peak_flops:.4g}, '
-      f'bytes_accessed / {chip.hbm_bytes_per_s:.4g}) with {chip.name} '
-      f'published bf16 peak and HBM bandwidth ({chip.source})'
+      f'an estimate, not a measurement: max(max(flops, analytic_flops) / '
+      f'{chip.peak_flops:.4g}, bytes_accessed / {chip.hbm_bytes_per_s:.4g}) '
+      f'with the {chip.name} published bf16 peak and HBM bandwidth '
+      f'({chip.source})'
       + ('' if accessed else '; bytes unknown, so compute only')
+      + (
+        '; XLA counts each loop body once, so the bytes term is a lower bound'
+        if loops and accessed
+        else ''
+      )
     ),
     **versions,
   }
@@ -449,6 +567,10 @@ def parse_args(argv=None):
     'CUDA: SLICESxHOSTSxGPUS (1x1x4)',
   )
   parser.add_argument('--devices', type=int, help='CUDA: GPUs on one host')
+  parser.add_argument(
+    '--gpu-target-config',
+    help=f"CUDA: XLA's description of the GPU ({CUDA_TARGETS['h100']})",
+  )
   parser.add_argument(
     '--config', help='a config file (default: config.base_config())'
   )
@@ -479,7 +601,9 @@ def parse_args(argv=None):
   )
   args = parser.parse_args(argv)
   try:
-    args.parsed_target = parse_target(args.target, args.topology, args.devices)
+    args.parsed_target = parse_target(
+      args.target, args.topology, args.devices, args.gpu_target_config
+    )
   except ValueError as e:
     parser.error(str(e))
   args.modes = args.modes or ['plain']
@@ -491,16 +615,17 @@ def main(argv=None) -> None:
   # The host's backend stays the CPU: the target is compiled for, not run.
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   target = args.parsed_target
-  try:
-    devices = topology_devices(target)
-  except MissingCompiler as e:
-    sys.exit(str(e))
-  for mode in args.modes:
-    for batch in args.batch or [None]:
-      config = case_config(args, mode, batch, len(devices))
-      per_device = config.batch_size // len(devices)
-      row = measure(target, config, devices, per_device)
-      print(json.dumps(row), flush=True)
+  with quiet_stderr():
+    try:
+      devices = topology_devices(target)
+    except MissingCompiler as e:
+      sys.exit(str(e))
+    for mode in args.modes:
+      for batch in args.batch or [None]:
+        config = case_config(args, mode, batch, len(devices))
+        per_device = config.batch_size // len(devices)
+        row = measure(target, config, devices, per_device)
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == '__main__':
