@@ -54,6 +54,7 @@ import re
 import sys
 import threading
 import time
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ('plain', 'memory_efficient')
@@ -390,14 +391,28 @@ def case_config(args, mode: str, batch: int | None, num_devices: int):
   return config
 
 
-def compile_case(config, devices, backend: str):
-  """(model, compiled step, lower_s, compile_s, compile_cpu_s) of the
-  config's train step over `devices`, from abstract arguments only."""
+@dataclasses.dataclass
+class RunStep:
+  """The run's train step over some devices, and its arguments as shapes."""
+
+  model: Any
+  dp: Any  # parallel.DataParallel
+  step: Any  # parallel.CompiledStep
+  make_state: Any  # train.state_factory's: the fresh state
+  arguments: tuple  # (state, batch, key) as jax.ShapeDtypeStructs
+
+
+def run_step(config, devices, backend: str) -> RunStep:
+  """The config's train step as train.py builds it, over `devices`.
+
+  `backend` ('tpu', 'gpu', 'cpu') decides the 'auto' loss scaling. The
+  arguments are those of a step on one global batch: the replicated state,
+  the batch split over the devices, the run's step key.
+  """
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  from densenet_flax import layers
   from densenet_flax import optim
   from densenet_flax import parallel
   from densenet_flax import train
@@ -415,9 +430,8 @@ def compile_case(config, devices, backend: str):
     else None
   )
   step = train.compile_train_step(config, dp, num_classes, weights)
-  state = dp.abstract_global(
-    jax.eval_shape(train.state_factory(config, model, tx, backend))
-  )
+  make_state = train.state_factory(config, model, tx, backend)
+  state = dp.abstract_global(jax.eval_shape(make_state))
   per_device = config.batch_size // dp.num_devices
   shape = (dp.num_local_devices, per_device)
   host_batch = {
@@ -432,14 +446,24 @@ def compile_case(config, devices, backend: str):
     )
   batch = dp.abstract_batch(host_batch)
   key = dp.abstract_broadcast(train.run_keys(config)[1])
+  return RunStep(model, dp, step, make_state, (state, batch, key))
+
+
+def compile_case(config, devices, backend: str):
+  """(model, compiled step, lower_s, compile_s, compile_cpu_s) of the
+  config's train step over `devices`, from abstract arguments only, with
+  the kernels GPUs and TPUs run."""
+  from densenet_flax import layers
+
+  run = run_step(config, devices, backend)
   start = time.perf_counter()
   with layers.use_kernels('generic'):
-    lowered = step.lower(state, batch, key)
+    lowered = run.step.lower(*run.arguments)
   lower_s = time.perf_counter() - start
   start, cpu = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  return model, compiled, lower_s, compile_s, time.process_time() - cpu
+  return run.model, compiled, lower_s, compile_s, time.process_time() - cpu
 
 
 def _cost(compiled) -> dict:
@@ -615,6 +639,10 @@ def main(argv=None) -> None:
   # The host's backend stays the CPU: the target is compiled for, not run.
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   target = args.parsed_target
+  import jax
+
+  # Compile times are measured: no persistent cache answers for XLA.
+  jax.config.update('jax_enable_compilation_cache', False)
   with quiet_stderr():
     try:
       devices = topology_devices(target)
