@@ -5,41 +5,49 @@
       [--channels 1] [--batch 16 64] [--memory-efficient | --modes plain
       memory_efficient] [--dtype bfloat16|float16|float32]
       [--parallelism shard_map|pmap]
-  python -m benchmarks.tpu_compile --target cuda:h100 --devices 4 ...
+  python -m benchmarks.tpu_compile --target cuda:h100 --devices 4
+      --gpu-target-config h100_sxm.txtpb ...
 
 JAX compiles for an abstract device topology without the devices
 (`jax.experimental.topologies`): for TPU with libtpu's compiler, for CUDA
-with the CUDA plugin's and a GPU target description (XLA's h100_sxm.txtpb,
-shipped in benchmarks/gpu_targets/). Neither must be the backend of the
-Python that runs the tests: install them in a venv of their own (see
-`install_hint`) and run this module with that venv's python; it keeps
-JAX's backend on the CPU (JAX_PLATFORMS=cpu) and compiles for the target.
+with the CUDA plugin's and XLA's description of the GPU
+(xla/backends/gpu/target_config/specs/h100_sxm.txtpb in openxla/xla, which
+--gpu-target-config reads). Neither compiler may be a backend of the Python
+that runs the tests: install it in a venv of its own (`install_hint`) and
+run this module with that venv's python. The host's backend stays the CPU
+(JAX_PLATFORMS=cpu); nothing runs on the target.
 
 Each case is the run's own train step: `train.compile_train_step` over a
 `parallel.DataParallel` of the topology's devices (shard_map by default; the
 pmap path compiles too), the state donated, the model, optimizer and dtype
 policy of the config (--config, default `config.base_config()`, with the
 flags' overrides), the generic kernels (those GPUs and TPUs run), and only
-abstract arguments: the state is `jax.eval_shape` of the run's fresh state,
-the batch a global [devices, per-chip batch, ...] array split over the
-devices, as the run's would be. One JSON line per case:
+abstract arguments: `jax.eval_shape` of the run's fresh state, replicated,
+and a global [devices, per-chip batch, ...] batch split over the devices,
+as the run places them (`run_step`). One JSON line per case, per device
+(one device per chip):
 
-  topology, devices, chip, model, batch (per chip), memory_efficient, dtype
-  lower_s, compile_s      tracing + lowering; the compiler's seconds
+  topology, chip, devices, model, batch (per chip), memory_efficient, dtype
+  lower_s                 tracing and lowering
+  compile_s, compile_cpu_s  the compiler's wall and CPU seconds
   argument_bytes, output_bytes, alias_bytes, temp_bytes, peak_bytes
-                          XLA's memory analysis per device (chip)
-  fits                    peak_bytes <= the chip's HBM
-  flops, bytes_accessed   XLA's cost analysis per device; for CUDA, which
-                          has none, flops is `analytic_flops` and
-                          bytes_accessed null (flops_source says which)
+                          XLA's memory analysis
+  held_bytes, fits        the larger of peak_bytes and arguments + outputs
+                          not aliased + temp; whether it fits the chip's HBM
+  flops, bytes_accessed   XLA's cost analysis (flops_source 'xla'); CUDA's
+                          compiler gives none: flops is then analytic_flops
+                          and bytes_accessed null ('analytic')
   analytic_flops          benchmarks.model_flops' count of the convolutions
-  roofline_step_s         an ESTIMATE, not a measurement: max(flops / peak,
+  analytic_flops_loops_once  the same, each memory-efficient loop's body
+                          counted once, as XLA's cost analysis counts it
+  xla_optimal_s           libtpu's own cost-model seconds (loop bodies once)
+  roofline_step_s         an ESTIMATE, not a measurement: max(FLOPs / peak,
                           bytes_accessed / bandwidth) with the chip's
-                          published bf16 peak and HBM bandwidth (CHIPS)
+                          published bf16 peak and HBM bandwidth (CHIPS),
+                          FLOPs the larger of flops and analytic_flops
+                          (roofline_note says so in each row)
 
-On TPU, `temp_bytes` is 0 for programs with convolution gradients (libtpu
-0.0.42 reports their scratch inside the peak only): `fits` uses
-`peak_bytes`. Imports no TensorFlow.
+Imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -450,7 +458,7 @@ def run_step(config, devices, backend: str) -> RunStep:
 
 
 def compile_case(config, devices, backend: str):
-  """(model, compiled step, lower_s, compile_s, compile_cpu_s) of the
+  """(RunStep, compiled step, lower_s, compile_s, compile_cpu_s) of the
   config's train step over `devices`, from abstract arguments only, with
   the kernels GPUs and TPUs run."""
   from densenet_flax import layers
@@ -463,7 +471,7 @@ def compile_case(config, devices, backend: str):
   start, cpu = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  return run.model, compiled, lower_s, compile_s, time.process_time() - cpu
+  return run, compiled, lower_s, compile_s, time.process_time() - cpu
 
 
 def _cost(compiled) -> dict:
@@ -482,9 +490,10 @@ def measure(target: Target, config, devices, batch: int) -> dict:
 
   chip = CHIPS[target.chip]
   backend = 'gpu' if target.platform == 'cuda' else 'tpu'
-  model, compiled, lower_s, compile_s, compile_cpu_s = compile_case(
+  run, compiled, lower_s, compile_s, compile_cpu_s = compile_case(
     config, devices, backend
   )
+  model = run.model
   memory = compiled.memory_analysis()
   cost = _cost(compiled)
   shape = workdir_lib.input_shape(config)
@@ -530,7 +539,7 @@ def measure(target: Target, config, devices, batch: int) -> dict:
     'batch': batch,
     'memory_efficient': bool(config.memory_efficient),
     'dtype': str(workdir_lib.compute_dtype(config).dtype),
-    'parallelism': config.parallelism,
+    'parallelism': run.dp.parallelism,  # 'jit' on one device
     'lower_s': round(lower_s, 2),
     'compile_s': round(compile_s, 2),
     'compile_cpu_s': round(compile_cpu_s, 2),
