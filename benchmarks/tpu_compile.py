@@ -40,7 +40,6 @@ as the run places them (`run_step`). One JSON line per case, per device
   analytic_flops          benchmarks.model_flops' count of the convolutions
   analytic_flops_loops_once  the same, each memory-efficient loop's body
                           counted once, as XLA's cost analysis counts it
-  xla_optimal_s           libtpu's own cost-model seconds (loop bodies once)
   roofline_step_s         an ESTIMATE, not a measurement: max(FLOPs / peak,
                           bytes_accessed / bandwidth) with the chip's
                           published bf16 peak and HBM bandwidth (CHIPS),
@@ -558,7 +557,6 @@ def measure(target: Target, config, devices, batch: int) -> dict:
       model_flops.train_step_flops(model, shape, batch, loop_bodies_once=True)
     ),
     'bytes_accessed': accessed,
-    'xla_optimal_s': cost.get('optimal_seconds'),
     'roofline_step_s': max(compute_s, memory_s),
     'roofline_bound': 'compute' if compute_s >= memory_s else 'memory',
     'roofline_note': (
