@@ -293,6 +293,36 @@ class DataParallel:
 
     return jax.tree_util.tree_map(put, _to_key_data(tree))
 
+  def abstract_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+    """What `put_batch` makes of a host batch, as shapes and shardings only.
+
+    `batch`: arrays or jax.ShapeDtypeStructs shaped [local devices,
+    per_device, ...]. With `abstract_global`'s state and `abstract_broadcast`,
+    a `CompiledStep` lowers for devices that are not there (an abstract TPU
+    topology, benchmarks.tpu_compile).
+    """
+
+    def place(x):
+      if self.parallelism == 'jit':
+        sharding = jax.sharding.SingleDeviceSharding(self.devices[0])
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+      if self._pmapped:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._stacked)
+      shape = (self.num_devices, *x.shape[1:])
+      return jax.ShapeDtypeStruct(shape, x.dtype, sharding=self.split)
+
+    return {k: place(v) for k, v in batch.items()}
+
+  def abstract_broadcast(self, tree: Any) -> Any:
+    """What `put_broadcast` makes of `tree`, as shapes and shardings only
+    (typed PRNG keys become their key data, as there)."""
+    return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(
+        np.shape(x), x.dtype, sharding=self.replicated
+      ),
+      _to_key_data(tree),
+    )
+
   def put_replicated(self, tree: Any) -> Any:
     """`tree` placed as the compiled step takes its state: one whole copy on
     every device (under pmap with many processes, on this process's devices).

@@ -308,6 +308,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
+def compile_train_step(
+  config,
+  dp: parallel.DataParallel,
+  num_classes: int,
+  class_weights: np.ndarray | None = None,
+) -> parallel.CompiledStep:
+  """The run's train step over `dp`'s devices, its state donated.
+
+  One definition for the run and for benchmarks.tpu_compile, which compiles
+  it for accelerators the host does not have.
+  """
+  return dp.compile(
+    functools.partial(
+      steps.train_step,
+      num_classes=num_classes,
+      axis_name=dp.axis_name,
+      label_smoothing=config.label_smoothing,
+      mixup_alpha=config.mixup_alpha,
+      class_weights=class_weights,
+      frozen=optim.frozen_stages(config),
+      ema_decay=config.ema_decay,
+      label_mode=config.label_mode,
+    ),
+    donate_state=True,
+  )
+
+
+def state_factory(config, model, tx, backend: str | None = None):
+  """`make_state(variables=None)`: the run's fresh train state (its seed's
+  init key, EMA and loss scale as configured); `jax.eval_shape` of it is
+  the state's shapes. `backend` decides 'auto' loss scaling (default: JAX's).
+  """
+  return functools.partial(
+    steps.create_train_state,
+    run_keys(config)[0],
+    model,
+    tx,
+    workdir_lib.input_shape(config),
+    use_dynamic_scale=workdir_lib.dynamic_loss_scaling(config, backend),
+    ema=workdir_lib.uses_ema(config),
+  )
+
+
 def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
   """Data, model, optimizer, compiled steps, checkpoints and writers."""
   is_writer = jax.process_index() == 0
@@ -323,19 +366,8 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
   model = workdir_lib.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
-  train_step = dp.compile(
-    functools.partial(
-      steps.train_step,
-      num_classes=data.spec.num_classes,
-      axis_name=dp.axis_name,
-      label_smoothing=config.label_smoothing,
-      mixup_alpha=config.mixup_alpha,
-      class_weights=class_weights(config, data),
-      frozen=optim.frozen_stages(config),
-      ema_decay=config.ema_decay,
-      label_mode=config.label_mode,
-    ),
-    donate_state=True,
+  train_step = compile_train_step(
+    config, dp, data.spec.num_classes, class_weights(config, data)
   )
   return _Run(
     config=config,
@@ -365,15 +397,7 @@ def _restore_or_init(run: _Run):
   side file (reporting.MetricWriter.supersede_after), never deleted.
   """
   config, dp = run.config, run.dp
-  make_state = functools.partial(
-    steps.create_train_state,
-    _rngs(config)[0],
-    run.model,
-    run.tx,
-    workdir_lib.input_shape(config),
-    use_dynamic_scale=workdir_lib.dynamic_loss_scaling(config),
-    ema=workdir_lib.uses_ema(config),
-  )
+  make_state = state_factory(config, run.model, run.tx)
   abstract = dp.abstract_global(jax.eval_shape(make_state))
 
   def restore(step):
@@ -492,7 +516,7 @@ def _config_changes(run: _Run, meta: dict, step: int) -> dict:
   return changes
 
 
-def _rngs(config):
+def run_keys(config):
   """(init key, step key) of the run's seed, of PRNG `config.rng_impl`."""
   return jax.random.split(jax.random.key(config.seed, impl=config.rng_impl))
 
@@ -500,7 +524,7 @@ def _rngs(config):
 def _train(run: _Run, state, start_step: int):
   """Steps from `start_step` to the end, or to a stop; (state, stop reason)."""
   config, dp = run.config, run.dp
-  step_rng = dp.put_broadcast(_rngs(config)[1])
+  step_rng = dp.put_broadcast(run_keys(config)[1])
   batches = parallel.prefetch(run.data.train_batches(start_step), dp.put_batch)
   # On CPU, tf.data and XLA share the cores: letting the next batch be made
   # while a step runs asynchronously oversubscribes them and slows the step
