@@ -65,11 +65,11 @@ def random_model(model_name, size, channels, num_classes):
 
 
 def classifier_for(model_name, size, channels, batch, num_classes):
-  from densenet_flax import config as config_lib
+  from densenet_flax import config_keys
   from densenet_flax.inference import Classifier
 
   model, variables = random_model(model_name, size, channels, num_classes)
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.model = model_name
   config.dataset = 'fer2013' if channels == 1 else 'imagenet2012'
   config.image_size, config.channels = size, channels
@@ -214,12 +214,12 @@ def faces_per_second(rounds: int) -> dict:
   import jax.numpy as jnp
   from skimage import data as skimage_data
 
-  from densenet_flax import config as config_lib
+  from densenet_flax import config_keys
   from densenet_flax import models
   from densenet_flax.faces import FaceEmotionDetector
   from densenet_flax.inference import Classifier
 
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.model, config.dataset = 'fer_densenet', 'fer2013'
   config.image_size, config.channels, config.augment.crop = 44, 1, 'random'
   model = models.create_model('fer_densenet', num_classes=7)

@@ -107,14 +107,14 @@ def main(argv=None):
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from densenet_flax import config as config_lib
+  from densenet_flax import config_keys
   from densenet_flax.data import pipeline
   from densenet_flax.datasets import prepare
 
   root = tempfile.mkdtemp(prefix=f'{args.recipe}_bench_')
   try:
     run = _run if args.recipe == 'fer2013' else _run_rafdb
-    result = run(args, root, prepare, pipeline, config_lib)
+    result = run(args, root, prepare, pipeline, config_keys)
   finally:
     shutil.rmtree(root, ignore_errors=True)
   print(json.dumps(result, indent=2))
@@ -123,7 +123,7 @@ def main(argv=None):
       json.dump(result, f, indent=2)
 
 
-def _run(args, root, prepare, pipeline, config_lib):
+def _run(args, root, prepare, pipeline, config_keys):
   manual = os.path.join(root, 'manual')
   os.makedirs(manual)
   start = time.perf_counter()
@@ -136,7 +136,7 @@ def _run(args, root, prepare, pipeline, config_lib):
   built = time.perf_counter() - start
 
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = config_lib.load_config_file(
+  config = config_keys.load_config_file(
     os.path.join(here, 'configs', 'fer2013.py')
   )
   config.data_dir = os.path.join(root, 'data')
@@ -170,7 +170,7 @@ def _run(args, root, prepare, pipeline, config_lib):
   return result
 
 
-def _run_rafdb(args, root, prepare, pipeline, config_lib):
+def _run_rafdb(args, root, prepare, pipeline, config_keys):
   manual = os.path.join(root, 'manual')
   start = time.perf_counter()
   write_fake_rafdb(manual, args.rows)
@@ -181,7 +181,7 @@ def _run_rafdb(args, root, prepare, pipeline, config_lib):
   )
   built = time.perf_counter() - start
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = config_lib.load_config_file(
+  config = config_keys.load_config_file(
     os.path.join(here, 'configs', 'rafdb.py')
   )
   config.data_dir = os.path.join(root, 'data')

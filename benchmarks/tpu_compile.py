@@ -366,13 +366,13 @@ class quiet_stderr:
 def case_config(args, mode: str, batch: int | None, num_devices: int):
   """The run's config of one case: --config with the flags' overrides;
   `batch` per device (None: the config's global batch, over the devices)."""
-  from densenet_flax import config as config_lib
+  from densenet_flax import config_keys
   from densenet_flax import config_checks
 
   if args.config:
-    config = config_lib.load_config_file(args.config)
+    config = config_keys.load_config_file(args.config)
   else:
-    config = config_lib.base_config()
+    config = config_keys.base_config()
   if args.model:
     config.model = args.model
   if args.block_sizes:
@@ -423,11 +423,11 @@ def run_step(config, devices, backend: str) -> RunStep:
   from densenet_flax import optim
   from densenet_flax import parallel
   from densenet_flax import train
-  from densenet_flax import workdir as workdir_lib
+  from densenet_flax import recipe
 
   dp = parallel.DataParallel(devices=devices, parallelism=config.parallelism)
-  num_classes = workdir_lib.num_classes(config)
-  model = workdir_lib.build_model(config, dp.axis_name)
+  num_classes = recipe.num_classes(config)
+  model = recipe.build_model(config, dp.axis_name)
   tx, _ = optim.create_optimizer(config, STEPS_PER_EPOCH)
   # Balanced class weights come from the data's label counts: equal ones
   # here, the same program with other constants.
@@ -443,7 +443,7 @@ def run_step(config, devices, backend: str) -> RunStep:
   shape = (dp.num_local_devices, per_device)
   host_batch = {
     'image': jax.ShapeDtypeStruct(
-      (*shape, *workdir_lib.input_shape(config)), jnp.float32
+      (*shape, *recipe.input_shape(config)), jnp.float32
     ),
     'label': jax.ShapeDtypeStruct(shape, jnp.int32),
   }
@@ -485,7 +485,7 @@ def measure(target: Target, config, devices, batch: int) -> dict:
   import jax
 
   from benchmarks import model_flops
-  from densenet_flax import workdir as workdir_lib
+  from densenet_flax import recipe
 
   chip = CHIPS[target.chip]
   backend = 'gpu' if target.platform == 'cuda' else 'tpu'
@@ -495,7 +495,7 @@ def measure(target: Target, config, devices, batch: int) -> dict:
   model = run.model
   memory = compiled.memory_analysis()
   cost = _cost(compiled)
-  shape = workdir_lib.input_shape(config)
+  shape = recipe.input_shape(config)
   analytic = model_flops.train_step_flops(model, shape, batch)
   if 'flops' in cost:
     flops, source = float(cost['flops']), 'xla'
@@ -537,7 +537,7 @@ def measure(target: Target, config, devices, batch: int) -> dict:
     'channels': config.channels,
     'batch': batch,
     'memory_efficient': bool(config.memory_efficient),
-    'dtype': str(workdir_lib.compute_dtype(config).dtype),
+    'dtype': str(recipe.compute_dtype(config).dtype),
     'parallelism': run.dp.parallelism,  # 'jit' on one device
     'lower_s': round(lower_s, 2),
     'compile_s': round(compile_s, 2),

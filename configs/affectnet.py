@@ -24,7 +24,7 @@ once, at the end. --config.select_on=test reproduces DAN's protocol.
       --config.manual_dir ~/Downloads/AffectNet
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

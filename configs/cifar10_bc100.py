@@ -4,7 +4,7 @@ Batch 64, 300 epochs, SGD with Nesterov momentum 0.9, lr 0.1 divided by 10 at
 50% and 75% of training, weight decay 1e-4 (L2), pad-4 crops and flips.
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ Needs no download; on 2 CPU cores it trains in a few minutes to >= 97% test
 accuracy. Every key of the base config is listed in densenet_flax/config.py.
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

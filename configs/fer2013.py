@@ -8,7 +8,7 @@ ten-crop test-time augmentation (the FER standard).
       --config.manual_dir ~/Downloads/fer2013   # where fer2013.csv is
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

@@ -5,7 +5,7 @@ PrivateTest) starts from ImageNet weights: that recipe is
 configs/fer2013_densenet121_finetune.py (or set --config.init_from here).
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

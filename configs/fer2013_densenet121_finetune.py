@@ -22,7 +22,7 @@ machines).
 
 import os
 
-from densenet_flax.config import load_config_file
+from densenet_flax.config_keys import load_config_file
 
 
 def get_config():

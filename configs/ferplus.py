@@ -13,7 +13,7 @@ Needs fer2013new.csv (microsoft/FERPlus) and fer2013.csv in the manual dir.
 
 import os
 
-from densenet_flax.config import load_config_file
+from densenet_flax.config_keys import load_config_file
 
 
 def get_config():

@@ -16,7 +16,7 @@ each class); where the root has its own validation folder, pass
       --config.manual_dir ~/data/faces     # the root holding train/, test/
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ flips; evaluation on the 224 centre crop of the image resized to 256, and a
 final ten-crop evaluation. Needs ILSVRC2012 tars in the manual dir.
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

@@ -17,7 +17,7 @@ each class, seeded); the test split is evaluated once, at the end.
       --config.manual_dir ~/Downloads/RAF-DB/basic
 """
 
-from densenet_flax.config import base_config
+from densenet_flax.config_keys import base_config
 
 
 def get_config():

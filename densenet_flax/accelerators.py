@@ -129,3 +129,14 @@ def log_backend() -> None:
       'CUDA' if kind == 'gpu' else 'TPU',
       INSTALL_COMMANDS[kind],
     )
+
+
+def enable_compilation_cache(config) -> None:
+  """Points JAX's persistent compilation cache at config.compilation_cache_dir
+  ('' = off): a resumed or repeated run loads its compiled steps."""
+  import jax
+
+  if config.get('compilation_cache_dir'):
+    path = os.path.expanduser(config.compilation_cache_dir)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update('jax_compilation_cache_dir', path)

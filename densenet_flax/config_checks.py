@@ -12,7 +12,7 @@ import ml_collections
 from densenet_flax import models
 from densenet_flax import optim
 from densenet_flax import pretrained
-from densenet_flax.config import (
+from densenet_flax.config_keys import (
   CLASS_SAMPLINGS,
   CLASS_WEIGHTINGS,
   CROPS,

@@ -74,7 +74,7 @@ def main(argv=None):
       )
     accelerators.log_backend()
     from densenet_flax import evaluation
-    from densenet_flax import metrics as metrics_lib
+    from densenet_flax import metrics
 
     report = evaluation.evaluate(
       f.workdir, f.checkpoint, f.split, f.tta, raw_weights=f.raw_weights
@@ -83,7 +83,7 @@ def main(argv=None):
       print(
         f'{report["split"]} at step {report["step"]} (tta: {report["tta"]}):'
       )
-      print(metrics_lib.format_table(report))
+      print(metrics.format_table(report))
       if report['selection']['test_used_for_selection']:
         print(
           f'note: checkpoint {f.checkpoint!r} was selected on '

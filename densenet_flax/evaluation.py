@@ -18,12 +18,13 @@ import jax
 import numpy as np
 
 from densenet_flax import atomic
-from densenet_flax import config as config_lib
+from densenet_flax import accelerators
 from densenet_flax import config_checks
-from densenet_flax import metrics as metrics_lib
+from densenet_flax import metrics
 from densenet_flax import parallel
 from densenet_flax import steps
-from densenet_flax import workdir as workdir_lib
+from densenet_flax import recipe
+from densenet_flax import run_directory
 
 
 def evaluate_split(
@@ -62,10 +63,8 @@ def evaluate_split(
     labels = gathered[:, 0][keep].astype(np.int64)
     predictions = gathered[:, 1][keep].astype(np.int64)
     loss = gathered[:, 2][keep]
-  matrix = metrics_lib.confusion_matrix(
-    labels, predictions, data.spec.num_classes
-  )
-  report = metrics_lib.classification_report(matrix, data.class_names)
+  matrix = metrics.confusion_matrix(labels, predictions, data.spec.num_classes)
+  report = metrics.classification_report(matrix, data.class_names)
   report.update(split=split, tta=tta or 'none', loss=float(loss.mean()))
   return report
 
@@ -79,7 +78,7 @@ def selection_record(config, split: str, checkpoint: str | int) -> dict:
   protocol, or an eval_split watched as the test), so the figure is
   optimistic.
   """
-  selected_on = config_lib.selection_split(config)
+  selected_on = recipe.selection_split(config)
   return {
     'checkpoint': checkpoint,
     'selected_on': selected_on,
@@ -143,17 +142,17 @@ def evaluate(
   from densenet_flax.data import pipeline  # TensorFlow loads only here
 
   workdir = os.path.abspath(workdir)
-  config = workdir_lib.load_config(workdir)
+  config = run_directory.load_config(workdir)
   split = split or config.test_split or config.eval_split
   dp = parallel.DataParallel(parallelism=config.parallelism)
   config_checks.validate_devices(config, dp.num_devices)
-  config_lib.enable_compilation_cache(config)
+  accelerators.enable_compilation_cache(config)
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
   if split.split('[')[0] not in data.spec.splits:
     raise ValueError(
       f'--split {split!r}: {data.spec.name} has splits {data.spec.splits}'
     )
-  model, variables, step = workdir_lib.restore_variables(
+  model, variables, step = run_directory.restore_variables(
     workdir,
     checkpoint,
     config=config,
@@ -167,9 +166,9 @@ def evaluate(
   )
   report['step'] = step
   report['selection'] = selection_record(config, split, checkpoint)
-  raw = raw_weights and workdir_lib.uses_ema(config)
+  raw = raw_weights and recipe.uses_ema(config)
   report['weights'] = (
-    'ema' if workdir_lib.uses_ema(config) and not raw else 'trained'
+    'ema' if recipe.uses_ema(config) and not raw else 'trained'
   )
   if jax.process_index() == 0:
     report['files'] = list(

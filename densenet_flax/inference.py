@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from densenet_flax import workdir as workdir_lib
+from densenet_flax import recipe
+from densenet_flax import run_directory
 from densenet_flax.data import specs
 
 # The evaluation view of crop='resized' (ImageNet): the shorter side resized
@@ -111,11 +112,11 @@ class Classifier:
         recorded for a dataset without fixed statistics; no checkpoints, none
         evaluated (for 'best'), or none at the step asked for.
     """
-    config = workdir_lib.load_config(workdir)
-    model, variables, step = workdir_lib.restore_variables(
+    config = run_directory.load_config(workdir)
+    model, variables, step = run_directory.restore_variables(
       workdir, checkpoint, config=config
     )
-    mean, std = workdir_lib.normalization(config, workdir)
+    mean, std = run_directory.normalization(config, workdir)
     log.info('Classifier from %s, step %d', workdir, step)
     return cls(
       model, variables, config, mean, std, step=step, batch_sizes=batch_sizes
@@ -124,7 +125,7 @@ class Classifier:
   @property
   def input_shape(self) -> tuple[int, int, int]:
     """(height, width, channels) the model takes."""
-    return workdir_lib.input_shape(self.config)
+    return recipe.input_shape(self.config)
 
   @property
   def stored_size(self) -> int | None:

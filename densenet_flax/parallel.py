@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from densenet_flax.config import PARALLELISMS
+from densenet_flax.config_keys import PARALLELISMS
 
 AXIS_NAME = 'batch'
 P = jax.sharding.PartitionSpec

@@ -143,15 +143,15 @@ def frames(
   import cv2
   from tqdm import tqdm
 
-  from densenet_flax import video as video_lib
+  from densenet_flax import video
 
-  video = cv2.VideoCapture(path)
-  if not video.isOpened():
+  capture = cv2.VideoCapture(path)
+  if not capture.isOpened():
     raise UnreadableFile(f'{path}: not a video OpenCV can decode')
-  video_fps = video.get(cv2.CAP_PROP_FPS)
+  video_fps = capture.get(cv2.CAP_PROP_FPS)
   if not video_fps > 0:
     if fps is not None:
-      video.release()
+      capture.release()
       raise UnreadableFile(
         f'{path}: the video does not say its frame rate, '
         f'so --fps cannot sample it (use --every)'
@@ -159,7 +159,7 @@ def frames(
     video_fps = None
   index = read = 0
   bar = tqdm(
-    total=int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None,
+    total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None,
     unit='frame',
     desc=os.path.basename(path),
     leave=False,
@@ -168,12 +168,12 @@ def frames(
   )
   try:
     while True:
-      ok = video.grab()
+      ok = capture.grab()
       if not ok:
         break
       bar.update(1)
-      if video_lib.sampled(index, video_fps, every, fps):
-        ok, frame = video.retrieve()
+      if video.sampled(index, video_fps, every, fps):
+        ok, frame = capture.retrieve()
         if not ok:
           raise UnreadableFile(f'{path}: frame {index} cannot be decoded')
         read += 1
@@ -185,7 +185,7 @@ def frames(
       index += 1
   finally:
     bar.close()
-    video.release()
+    capture.release()
   if not read:
     raise UnreadableFile(f'{path}: no frames could be read')
 
@@ -377,7 +377,7 @@ def run(
   """
   from tqdm import tqdm
 
-  from densenet_flax import video as video_lib
+  from densenet_flax import video
 
   if every < 1:
     raise ValueError(f'--every {every}: expected a positive frame interval')
@@ -418,7 +418,7 @@ def run(
   try:
     for path in bar:
       is_video = path.lower().endswith(VIDEO_SUFFIXES)
-      tracker = video_lib.FaceTracker() if is_video and detector else None
+      tracker = video.FaceTracker() if is_video and detector else None
       first, sampled = len(rows), 0
       try:
         for frame, time_s, image in frames(path, every, progress, fps):
@@ -467,7 +467,7 @@ def run(
         videos[path] = {
           'path': path,
           'frames_sampled': sampled,
-          **video_lib.summarize(rows[first:], classifier.class_names),
+          **video.summarize(rows[first:], classifier.class_names),
           **({'error': error} if error else {}),
         }
   finally:
@@ -483,7 +483,7 @@ def _write_video_reports(
   videos: dict, rows: list, class_names, output, summary, timeline, stems
 ) -> None:
   from densenet_flax import atomic
-  from densenet_flax import video as video_lib
+  from densenet_flax import video
 
   if summary is None and output:
     summary = os.path.splitext(output)[0] + '.summary.json'
@@ -496,7 +496,7 @@ def _write_video_reports(
         if len(videos) == 1
         else (os.path.splitext(timeline)[0] + '-' + stems[path] + '.png')
       )
-      video_lib.plot_timeline(
+      video.plot_timeline(
         [r for r in rows if r['path'] == path],
         class_names,
         name,

@@ -33,104 +33,17 @@ import numpy as np
 
 from densenet_flax import convert
 from densenet_flax import models
+from densenet_flax.weight_source import KERAS_NAMES  # noqa: F401
+from densenet_flax.weight_source import KINDS  # noqa: F401
+from densenet_flax.weight_source import Source
+from densenet_flax.weight_source import model_overrides  # noqa: F401
+from densenet_flax.weight_source import parse  # noqa: F401
+from densenet_flax.weight_source import source_of
 
 log = logging.getLogger(__name__)
 
-KINDS = ('keras', 'torchvision', 'workdir')
-KERAS_NAMES = ('DenseNet121', 'DenseNet169', 'DenseNet201')
 _KERAS_PRESET = {name: name.lower() for name in KERAS_NAMES}  # models.PRESETS
-_WHICH = re.compile(r'^(.*):(best|latest|\d+)$')
 _KEY = 'config.init_from'
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """A parsed `config.init_from`.
-
-  `str(source)` writes it back as 'kind:location[:checkpoint]'.
-
-  Attributes:
-    kind: one of KINDS.
-    location: a KERAS_NAMES name (Keras), or a path with '~' expanded.
-    checkpoint: workdir sources only: 'best', 'latest' or a step (int).
-  """
-
-  kind: str  # one of KINDS
-  location: str  # a Keras model name or a path
-  checkpoint: str | int = 'best'  # workdir sources only
-
-  def __str__(self) -> str:
-    suffix = f':{self.checkpoint}' if self.kind == 'workdir' else ''
-    return f'{self.kind}:{self.location}{suffix}'
-
-
-def parse(init_from: str) -> Source:
-  """'kind:location' -> Source; a ValueError names the key and the forms.
-
-  Args:
-    init_from: 'keras:NAME' (one of KERAS_NAMES) or 'keras:PATH' (.h5),
-      'torchvision:PATH', or 'workdir:PATH[:best|latest|STEP]'. A location
-      is a path when it has a path separator, starts with '~' or '.', or
-      ends in .h5, .pth or .pt.
-
-  Returns:
-    The Source; a workdir source's checkpoint is 'best' unless given.
-
-  Raises:
-    ValueError: no known 'kind:' prefix, no location, or a Keras location
-      that is neither one of KERAS_NAMES nor a path.
-  """
-  kind, sep, location = init_from.partition(':')
-  forms = (
-    "'keras:DenseNet121' (or a path to a .h5 weights file), "
-    "'torchvision:/path/weights.pth' or 'workdir:/path/run[:best|"
-    "latest|STEP]'"
-  )
-  if not sep or kind not in KINDS or not location:
-    raise ValueError(f'{_KEY}={init_from!r}: expected {forms}')
-  if kind == 'keras' and not _is_path(location) and location not in KERAS_NAMES:
-    raise ValueError(
-      f'{_KEY}={init_from!r}: {location!r} is neither a '
-      f'keras.applications DenseNet ({", ".join(KERAS_NAMES)}) '
-      f'nor a path to a weights file (.h5)'
-    )
-  if kind == 'workdir':
-    checkpoint: str | int = 'best'
-    if m := _WHICH.match(location):
-      location, checkpoint = m.group(1), m.group(2)
-      checkpoint = int(checkpoint) if checkpoint.isdigit() else checkpoint
-    return Source(kind, os.path.expanduser(location), checkpoint)
-  return Source(
-    kind, os.path.expanduser(location) if _is_path(location) else location
-  )
-
-
-def _is_path(location: str) -> bool:
-  return (
-    os.sep in location
-    or location.endswith(('.h5', '.pth', '.pt'))
-    or location.startswith(('~', '.'))
-  )
-
-
-def source_of(config) -> Source | None:
-  """The run's source: `init_from`, or the deprecated `init_from_keras`.
-
-  Args:
-    config: a run config; `init_from` (see `parse`) wins over
-      `init_from_keras` (a KERAS_NAMES name or a .h5 path).
-
-  Returns:
-    The parsed Source, or None when neither is set.
-
-  Raises:
-    ValueError: as `parse`.
-  """
-  if config.get('init_from'):
-    return parse(config.init_from)
-  if config.get('init_from_keras'):
-    return parse(f'keras:{config.init_from_keras}')
-  return None
 
 
 def resolve_config(
@@ -187,13 +100,13 @@ def resolve_config(
 
 def _recorded_epsilon(workdir: str | None, source: Source) -> float | None:
   """The BN epsilon `workdir`'s config.json recorded for `source`, if any."""
-  from densenet_flax import workdir as workdir_lib
+  from densenet_flax import run_directory
 
   if not workdir or not os.path.exists(
-    os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    os.path.join(workdir, run_directory.CONFIG_FILE)
   ):
     return None
-  recorded = workdir_lib.load_config(workdir)
+  recorded = run_directory.load_config(workdir)
   if source_of(recorded) != source:
     return None
   return recorded.model_overrides.get('bn_epsilon')
@@ -212,10 +125,11 @@ def source_bn_epsilon(source: Source) -> float:
     return convert.KERAS_BN_EPSILON
   if source.kind == 'torchvision':
     return convert.TORCHVISION_BN_EPSILON
-  from densenet_flax import workdir as workdir_lib
+  from densenet_flax import recipe
+  from densenet_flax import run_directory
 
-  source_config = workdir_lib.load_config(source.location)
-  return workdir_lib.build_model(source_config).bn_epsilon
+  source_config = run_directory.load_config(source.location)
+  return recipe.build_model(source_config).bn_epsilon
 
 
 @dataclasses.dataclass
@@ -276,10 +190,11 @@ def load(
     )
   if source.kind == 'keras':
     return _load_keras(source)
-  from densenet_flax import workdir as workdir_lib
+  from densenet_flax import recipe
+  from densenet_flax import run_directory
 
-  source_config = workdir_lib.load_config(source.location)
-  _, variables, step = workdir_lib.restore_variables(
+  source_config = run_directory.load_config(source.location)
+  _, variables, step = run_directory.restore_variables(
     source.location, source.checkpoint, config=source_config, sharding=sharding
   )
   from densenet_flax import parallel
@@ -288,7 +203,7 @@ def load(
   return Weights(
     variables,
     source_config.model,
-    workdir_lib.num_classes(source_config),
+    recipe.num_classes(source_config),
     f'{source_config.model} of {source.location} (step {step})',
   )
 
@@ -425,7 +340,7 @@ def fit_to_model(weights: Weights, config) -> dict:
     ValueError: the source's architecture is not config.model, or its stem
       cannot be adapted (only 1 <-> 3 channels).
   """
-  from densenet_flax import workdir as workdir_lib
+  from densenet_flax import recipe
 
   if weights.architecture and weights.architecture != config.model:
     raise ValueError(
@@ -446,7 +361,7 @@ def fit_to_model(weights: Weights, config) -> dict:
       if config.channels == 1
       else 'kernel split evenly over RGB',
     )
-  classes = workdir_lib.num_classes(config)
+  classes = recipe.num_classes(config)
   if weights.num_classes is None:
     log.info(
       '%s: no classifier in the source; a new one (%d classes) is initialised',

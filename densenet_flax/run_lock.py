@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from densenet_flax.config import WORKDIR_LOCKS
+from densenet_flax.config_keys import WORKDIR_LOCKS
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import dynamic_scale as dynamic_scale_lib
+from flax.training.dynamic_scale import DynamicScale
 from flax.training import train_state
 from jax import lax
 
@@ -39,7 +39,7 @@ class TrainState(train_state.TrainState):
   """
 
   batch_stats: Any
-  dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
+  dynamic_scale: DynamicScale | None = None
 
 
 class EMATrainState(TrainState):
@@ -125,12 +125,12 @@ def create_train_state(
   return TrainState.create(**kwargs)
 
 
-def new_dynamic_scale(**kwargs) -> dynamic_scale_lib.DynamicScale:
+def new_dynamic_scale(**kwargs) -> DynamicScale:
   """Flax's DynamicScale (initial scale 2**16, x2 after 2000 finite steps,
   /2 after an overflow), its state as arrays so that it checkpoints and
   replicates like the rest of the state. kwargs: DynamicScale's fields."""
   fields = {'fin_steps': 0, 'scale': 65536.0, **kwargs}
-  return dynamic_scale_lib.DynamicScale(
+  return DynamicScale(
     **dict(
       fields,
       fin_steps=jnp.asarray(fields['fin_steps'], jnp.int32),

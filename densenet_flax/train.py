@@ -33,7 +33,6 @@ import numpy as np
 from densenet_flax import accelerators
 from densenet_flax import checkpointing
 from densenet_flax import cli
-from densenet_flax import config as config_lib
 from densenet_flax import config_checks
 from densenet_flax import evaluation
 from densenet_flax import layers
@@ -43,7 +42,9 @@ from densenet_flax import pretrained
 from densenet_flax import reporting
 from densenet_flax import run_lock
 from densenet_flax import steps
-from densenet_flax import workdir as workdir_lib
+from densenet_flax import recipe
+from densenet_flax import resume_policy
+from densenet_flax import run_directory
 from densenet_flax.data import specs
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class _Run:
   ) -> dict:
     """A report on `split` of the run's model: the EMA weights where the run
     keeps them (unless `raw`), else the trained weights."""
-    if workdir_lib.uses_ema(self.config) and not raw:
+    if recipe.uses_ema(self.config) and not raw:
       state = state.ema_model()
     return evaluation.evaluate_split(
       self.eval_step, state, self.data, split, self.dp, tta=tta
@@ -272,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dp = parallel.DataParallel(parallelism=config.parallelism)
   accelerators.log_backend()
   config_checks.validate_devices(config, dp.num_devices)
-  config_lib.enable_compilation_cache(config)
+  accelerators.enable_compilation_cache(config)
   # One writer per workdir: held from before anything is written to the end.
   with run_lock.hold(os.path.abspath(workdir), config):
     run = _build_run(config, os.path.abspath(workdir), dp)
@@ -345,9 +346,9 @@ def state_factory(config, model, tx, backend: str | None = None):
     run_keys(config)[0],
     model,
     tx,
-    workdir_lib.input_shape(config),
-    use_dynamic_scale=workdir_lib.dynamic_loss_scaling(config, backend),
-    ema=workdir_lib.uses_ema(config),
+    recipe.input_shape(config),
+    use_dynamic_scale=recipe.dynamic_loss_scaling(config, backend),
+    ema=recipe.uses_ema(config),
   )
 
 
@@ -362,8 +363,8 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
 
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
   if is_writer:  # what inference and export normalise with
-    workdir_lib.save_normalization(workdir, data.mean, data.std)
-  model = workdir_lib.build_model(config, dp.axis_name)
+    run_directory.save_normalization(workdir, data.mean, data.std)
+  model = recipe.build_model(config, dp.axis_name)
   steps_per_epoch = data.steps_per_epoch
   tx, schedule = optim.create_optimizer(config, steps_per_epoch)
   train_step = compile_train_step(
@@ -379,9 +380,9 @@ def _build_run(config, workdir: str, dp: parallel.DataParallel) -> _Run:
     schedule=schedule,
     train_step=train_step,
     eval_step=dp.compile(steps.eval_step, per_example_output=True),
-    ckpts=workdir_lib.open_checkpoints(config, workdir),
+    ckpts=run_directory.open_checkpoints(config, workdir),
     writer=reporting.MetricWriter(workdir, enabled=is_writer),
-    identity=workdir_lib.run_identity(config),
+    identity=recipe.identity(config),
     steps_per_epoch=steps_per_epoch,
     total_steps=int(config.num_epochs * steps_per_epoch),
     is_writer=is_writer,
@@ -439,7 +440,7 @@ def _restore_or_init(run: _Run):
     )
     run.last_saved = start_step
   if run.is_writer:
-    workdir_lib.save_config(config, run.workdir)
+    run_directory.save_config(config, run.workdir)
   run.writer.supersede_after(start_step)
   if changes:
     run.writer.record(
@@ -498,13 +499,13 @@ def _config_changes(run: _Run, meta: dict, step: int) -> dict:
       step,
     )
     return {}
-  changes = workdir_lib.config_changes(meta['config'], run.config)
+  changes = resume_policy.config_changes(meta['config'], run.config)
   if changes:
     listing = '; '.join(
       f'{key}: {old!r} -> {new!r}' for key, (old, new) in changes.items()
     )
     if not run.config.allow_config_change:
-      raise workdir_lib.ConfigChangeError(
+      raise resume_policy.ConfigChangeError(
         f'{run.workdir} was trained to step {step} with another config, and '
         f'these changes alter the result (data order, schedule, model): '
         f'{listing}. Use a new --workdir, put the values back, or pass '
@@ -554,7 +555,7 @@ def _train(run: _Run, state, start_step: int):
     layers.kernel_set(),
     layers.KERNELS_ENV,
     layers.kernel_choice(),
-    workdir_lib.compute_dtype(config).dtype.name,
+    recipe.compute_dtype(config).dtype.name,
     'dynamic' if state.dynamic_scale is not None else 'none',
   )
 
@@ -643,7 +644,7 @@ def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
   if done % config.log_every_steps == 0 or evaluate_now or checkpoint_now:
     log_train(done)  # raises on NaN/Inf before anything is saved
   if evaluate_now:
-    split = config_lib.selection_split(config)
+    split = recipe.selection_split(config)
     report = run.evaluate(state, split)
     metrics = {
       'accuracy': report['accuracy'],
@@ -652,14 +653,12 @@ def _log_evaluate_save(run: _Run, state, done: int, log_train) -> None:
       'loss': report['loss'],
     }
     scalars = {f'eval/{k}': v for k, v in metrics.items()}
-    if workdir_lib.uses_ema(
-      config
-    ):  # the EMA is evaluated; the raw weights too
+    if recipe.uses_ema(config):  # the EMA is evaluated; the raw weights too
       raw = run.evaluate(state, split, raw=True)
       scalars.update({f'eval/raw_{k}': raw[k] for k in metrics})
     run.writer.write(done, scalars)
     run.last_eval = metrics
-    weights = ' (EMA weights)' if workdir_lib.uses_ema(config) else ''
+    weights = ' (EMA weights)' if recipe.uses_ema(config) else ''
     run.say(
       f'epoch {epoch} (step {done}): {split} accuracy '
       f'{report["accuracy"]:.4f}, balanced {report["balanced_accuracy"]:.4f}'
@@ -676,7 +675,7 @@ def _final_test(run: _Run, state, last_step: int) -> dict:
   last state), once. Its report says how the checkpoint was chosen."""
   config, dp = run.config, run.dp
   run.ckpts.wait()
-  selected_on = config_lib.selection_split(config)
+  selected_on = recipe.selection_split(config)
   tested_step = last_step
   best = None if config.select_on == 'last' else run.ckpts.best_step()
   if best is not None:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from densenet_flax import config as config_lib
+from densenet_flax import config_keys
 from densenet_flax import config_checks
 from densenet_flax import pretrained
 
@@ -32,19 +32,19 @@ def test_the_recipes_are_found():
 
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 def test_a_recipe_is_valid(path, tmp_path):
-  config = config_lib.load_config_file(path)
+  config = config_keys.load_config_file(path)
   if config.dataset == 'image_folder':  # the classes come from its root
     import fakedata
 
     fakedata.write_image_folder(tmp_path)
     config.manual_dir = str(tmp_path)
   config_checks.validate(config)
-  assert set(config) == set(config_lib.base_config())  # no stray keys
+  assert set(config) == set(config_keys.base_config())  # no stray keys
 
 
 def test_the_face_recipes_select_on_validation_and_test_once():
   for name in ('rafdb.py', 'affectnet.py', 'image_folder.py'):
-    config = config_lib.load_config_file(
+    config = config_keys.load_config_file(
       [p for p in CONFIGS if p.endswith(os.sep + name)][0]
     )
     assert config.eval_split == 'validation' and config.test_split == 'test'
@@ -54,7 +54,7 @@ def test_the_face_recipes_select_on_validation_and_test_once():
 
 
 def test_the_fine_tuning_recipe_starts_from_imagenet_densenet121():
-  config = config_lib.load_config_file(
+  config = config_keys.load_config_file(
     [p for p in CONFIGS if p.endswith('fer2013_densenet121_finetune.py')][0]
   )
   assert pretrained.source_of(config) == pretrained.parse('keras:DenseNet121')
@@ -67,4 +67,4 @@ def test_config_declares_the_readers_label_modes():
   label modes; they must stay those the reader implements."""
   from densenet_flax.data import fer_sources
 
-  assert config_lib.LABEL_MODES == fer_sources.FERPLUS_LABEL_MODES
+  assert config_keys.LABEL_MODES == fer_sources.FERPLUS_LABEL_MODES

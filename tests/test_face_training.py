@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip('tensorflow')
 
 from densenet_flax import checkpointing  # noqa: E402
-from densenet_flax import config as config_lib  # noqa: E402
+from densenet_flax import config_keys  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
 from densenet_flax.data import order  # noqa: E402
 from densenet_flax.data import pipeline  # noqa: E402
@@ -53,7 +53,7 @@ TINY = {
 
 def recipe(name, manual_dir, data_dir, **overrides):
   """configs/<name> with TINY and `overrides` (dotted keys) applied."""
-  config = config_lib.load_config_file(
+  config = config_keys.load_config_file(
     os.path.join(trainutil.REPO, 'configs', name)
   )
   config.manual_dir, config.data_dir = str(manual_dir), str(data_dir)

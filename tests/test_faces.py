@@ -11,8 +11,8 @@ skimage_data = pytest.importorskip('skimage.data')
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from densenet_flax import config as config_lib  # noqa: E402
-from densenet_flax import workdir as workdir_lib  # noqa: E402
+from densenet_flax import recipe  # noqa: E402
+from densenet_flax import config_keys  # noqa: E402
 from densenet_flax.faces import FaceEmotionDetector  # noqa: E402
 from densenet_flax.inference import Classifier  # noqa: E402
 from densenet_flax.data import fer_sources  # noqa: E402
@@ -21,13 +21,13 @@ from densenet_flax.data import fer_sources  # noqa: E402
 @pytest.fixture(scope='module')
 def fer_classifier():
   """A small fer_densenet with random weights: the mechanics, not accuracy."""
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.dataset, config.model = 'fer2013', 'fer_densenet'
   config.model_overrides.block_sizes = (1, 1)
   config.model_overrides.growth_rate = 4
   config.image_size, config.channels = 44, 1
   config.augment.crop = 'random'
-  model = workdir_lib.build_model(config)
+  model = recipe.build_model(config)
   variables = model.init(
     jax.random.key(0), jnp.zeros((1, 44, 44, 1)), train=False
   )
@@ -343,14 +343,14 @@ def test_files_of_one_name_in_different_folders_get_their_own_outputs():
 
 def color_classifier(dataset):
   """A tiny DenseNet-121-shaped model for `dataset`, random weights."""
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.dataset, config.model = dataset, 'densenet121'
   config.model_overrides.block_sizes = (1, 1, 1, 1)
   config.model_overrides.growth_rate = 4
   config.model_overrides.num_init_features = 8
   config.image_size, config.channels = 32, 3
   config.augment.resize, config.augment.crop = 32, 'pad'
-  model = workdir_lib.build_model(config)
+  model = recipe.build_model(config)
   variables = model.init(
     jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
   )

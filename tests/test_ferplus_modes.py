@@ -14,7 +14,7 @@ import pytest
 
 tf = pytest.importorskip('tensorflow')
 
-from densenet_flax import config as config_lib  # noqa: E402
+from densenet_flax import config_keys  # noqa: E402
 from densenet_flax import config_checks  # noqa: E402
 from densenet_flax.data import fer_sources  # noqa: E402
 from densenet_flax.data import pipeline  # noqa: E402
@@ -309,7 +309,7 @@ def test_probability_draws_follow_the_distribution(ferplus_dirs):
 
 
 def test_label_mode_is_validated():
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.train_split, config.eval_split = 'train', 'public_test'
   config.dataset, config.label_mode = 'ferplus', 'soft'
   with pytest.raises(

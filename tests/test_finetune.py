@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import trainutil
-from densenet_flax import config as config_lib
+from densenet_flax import config_keys
 from densenet_flax import config_checks
 from densenet_flax import convert
 from densenet_flax import evaluation
@@ -25,7 +25,9 @@ from densenet_flax import optim
 from densenet_flax import pretrained
 from densenet_flax import steps
 from densenet_flax import train
-from densenet_flax import workdir as workdir_lib
+from densenet_flax import recipe
+from densenet_flax import resume_policy
+from densenet_flax import run_directory
 
 
 def _leaves_equal(a, b) -> bool:
@@ -115,7 +117,7 @@ def test_deprecated_init_from_keras_is_mapped_with_keras_epsilon(
   assert 'bn_epsilon' not in config.model_overrides  # the caller's is untouched
   # A config.json written before epsilons were recorded compares equal.
   old = json.loads(config.to_json())
-  assert workdir_lib.config_changes(old, resolved) == {}
+  assert resume_policy.config_changes(old, resolved) == {}
 
 
 # --- a workdir as the source ----------------------------------------------------
@@ -199,10 +201,10 @@ def test_frozen_stages_are_bit_identical_after_fine_tuning(
 
 def test_the_source_epsilon_and_init_from_are_in_config_json(fine_tuned):
   workdir, _ = fine_tuned
-  config = workdir_lib.load_config(workdir)
+  config = run_directory.load_config(workdir)
   assert config.model_overrides.bn_epsilon == 1e-5
   assert config.init_from.startswith('workdir:')
-  assert workdir_lib.build_model(config).frozen_bn_through == 'transition1'
+  assert recipe.build_model(config).frozen_bn_through == 'transition1'
 
 
 def test_the_ema_is_evaluated_checkpointed_and_loaded(fine_tuned):
@@ -220,8 +222,8 @@ def test_the_ema_is_evaluated_checkpointed_and_loaded(fine_tuned):
   assert ema_report['loss'] == summary['eval']['loss']
   assert raw_report['accuracy'] == evals[-1]['eval/raw_accuracy']
   assert raw_report['files'][0].endswith('-raw.json')
-  _, ema, _ = workdir_lib.restore_variables(workdir)
-  _, raw, _ = workdir_lib.restore_variables(workdir, ema=False)
+  _, ema, _ = run_directory.restore_variables(workdir)
+  _, raw, _ = run_directory.restore_variables(workdir, ema=False)
   assert not _leaves_equal(ema['params'], raw['params'])
 
 
@@ -245,7 +247,7 @@ def test_a_source_with_other_classes_gets_a_new_head(
     variables = pretrained.initial_variables(config)
   assert 'classifier re-initialised (10 classes in the source, 7' in caplog.text
   assert 'classifier' not in variables['params']
-  model = workdir_lib.build_model(config)
+  model = recipe.build_model(config)
   fresh = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
   merged = steps.merge_variables(fresh, variables)
   assert merged['params']['classifier']['kernel'].shape[-1] == 7
@@ -299,7 +301,7 @@ def test_a_keras_release_file_is_recognised_and_read(tmp_path, digits_dir):
       image_size=32,
       init_from=f'keras:{weights}',
     )
-    config.model_overrides = config_lib.base_config().model_overrides
+    config.model_overrides = config_keys.base_config().model_overrides
     config_checks.validate(config)
     resolved = pretrained.resolve_config(config)
     assert resolved.model_overrides.bn_epsilon == convert.KERAS_BN_EPSILON
@@ -328,7 +330,7 @@ def test_a_torchvision_file_initialises_gray_fer_with_a_new_head(
     **{'augment.crop': 'random'},
     init_from=f'torchvision:{path}',
   )
-  config.model_overrides = config_lib.base_config().model_overrides
+  config.model_overrides = config_keys.base_config().model_overrides
   config_checks.validate(config)
   variables = pretrained.initial_variables(pretrained.resolve_config(config))
   want = convert.adapt_input_channels(convert.from_torchvision(path), 1)
@@ -348,7 +350,7 @@ def test_stage_learning_rates_scale_the_updates(digits_dir):
     weight_decay=0.0,
     warmup_epochs=0.0,
   )
-  model = workdir_lib.build_model(config)
+  model = recipe.build_model(config)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))['params']
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   tx, _ = optim.create_optimizer(config, 8)
@@ -452,7 +454,7 @@ def _densenet121_digits(digits_dir, init_from):
     freeze='denseblock1',
     head_lr_multiplier=10.0,
   )
-  config.model_overrides = config_lib.base_config().model_overrides
+  config.model_overrides = config_keys.base_config().model_overrides
   config.augment.resize = 32
   return config
 
@@ -464,7 +466,7 @@ def test_keras_initialised_training_and_evaluate_agree(tmp_path, digits_dir):
   summary = train.train_and_evaluate(
     _densenet121_digits(digits_dir, f'keras:{path}'), workdir
   )
-  config = workdir_lib.load_config(workdir)
+  config = run_directory.load_config(workdir)
   assert config.model_overrides.bn_epsilon == convert.KERAS_BN_EPSILON
   report = evaluation.evaluate(workdir, 'latest', 'test')
   assert report['accuracy'] == summary['eval']['accuracy']
@@ -521,7 +523,7 @@ def test_resumes_need_no_source_and_refuse_layout_changes_untouched(
   shutil.rmtree(source)
   saved = sorted(os.listdir(os.path.join(run, 'checkpoints')))
   with pytest.raises(
-    workdir_lib.ConfigChangeError, match='ema_decay: 0.0 -> 0.9'
+    resume_policy.ConfigChangeError, match='ema_decay: 0.0 -> 0.9'
   ):
     train.train_and_evaluate(
       trainutil.tiny_config(digits_dir, ema_decay=0.9, **tune), run

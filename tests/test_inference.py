@@ -12,7 +12,9 @@ pytest.importorskip('tensorflow')
 cv2 = pytest.importorskip('cv2')
 
 from densenet_flax import evaluation  # noqa: E402
-from densenet_flax import workdir as workdir_lib  # noqa: E402
+from densenet_flax import run_directory  # noqa: E402
+from densenet_flax import recipe  # noqa: E402
+from densenet_flax import config_keys  # noqa: E402
 from densenet_flax.inference import Classifier  # noqa: E402
 
 import trainutil  # noqa: E402
@@ -70,7 +72,7 @@ def test_preprocessing_is_the_evaluation_pipelines(digits_run):
   from densenet_flax.data import augment
 
   rng = np.random.RandomState(0)
-  base = workdir_lib.load_config(digits_run)
+  base = run_directory.load_config(digits_run)
   cases = [
     ('fer2013', 44, 'random', 0, 48, 48, 1),  # FER: centre 44 of 48
     ('fer2013', 40, 'random', 0, 100, 80, 1),  # a photo, any size
@@ -119,7 +121,7 @@ def test_bad_input_is_named(classifier, digits_run, tmp_path):
     classifier.predict(np.zeros((8, 8), np.uint8))
   (tmp_path / 'checkpoints').mkdir()
   (tmp_path / 'config.json').write_text(
-    workdir_lib.load_config(digits_run).to_json()
+    run_directory.load_config(digits_run).to_json()
   )
   with pytest.raises(FileNotFoundError, match='No checkpoints in'):
     Classifier.from_workdir(str(tmp_path), 'latest')
@@ -317,17 +319,16 @@ def test_export_of_a_color_run_gives_its_predictions(tmp_path):
   import jax
   import jax.numpy as jnp
   import tensorflow as tf
-  from densenet_flax import config as config_lib
   from densenet_flax import export
 
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.dataset, config.model = 'rafdb', 'densenet121'
   config.model_overrides.block_sizes = (1, 1, 1, 1)
   config.model_overrides.growth_rate = 4
   config.model_overrides.num_init_features = 8
   config.image_size, config.channels = 64, 3
   config.augment.resize, config.augment.crop = 64, 'pad'
-  model = workdir_lib.build_model(config)
+  model = recipe.build_model(config)
   variables = model.init(
     jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False
   )

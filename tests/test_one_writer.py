@@ -37,7 +37,7 @@ from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
 from densenet_flax import run_lock  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
-from densenet_flax import workdir as workdir_lib  # noqa: E402
+from densenet_flax import run_directory  # noqa: E402
 
 import multiprocess  # noqa: E402
 import trainutil  # noqa: E402
@@ -632,7 +632,9 @@ def test_evaluation_beside_a_run_saving_every_step_reads_committed_steps(
       reads.append(('evaluate', report['step'], None))
       for _ in range(5):
         which = 'best' if max(s for _, s, _ in reads) >= 8 else 'latest'
-        _, variables, step = workdir_lib.restore_variables(str(workdir), which)
+        _, variables, step = run_directory.restore_variables(
+          str(workdir), which
+        )
         reads.append((which, step, jax.device_get(variables)))
     except Exception as e:  # noqa: BLE001 - collected, asserted below
       errors.append(repr(e))

@@ -13,11 +13,12 @@ import pytest
 ort = pytest.importorskip('onnxruntime')
 onnx = pytest.importorskip('onnx')
 
-from densenet_flax import config as config_lib  # noqa: E402
+from densenet_flax import run_directory  # noqa: E402
+from densenet_flax import recipe  # noqa: E402
+from densenet_flax import config_keys  # noqa: E402
 from densenet_flax import export  # noqa: E402
 from densenet_flax import layers  # noqa: E402
 from densenet_flax import onnx_export  # noqa: E402
-from densenet_flax import workdir as workdir_lib  # noqa: E402
 from densenet_flax.inference import Classifier  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ def random_variables(model, input_shape, seed=0):
 
 
 def make_config(model, dataset, size, channels, **overrides):
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.model, config.dataset = model, dataset
   config.image_size, config.channels = size, channels
   config.augment.crop = 'none'
@@ -73,7 +74,7 @@ def test_onnx_runtime_gives_classifier_predict(
   model_name, dataset, size, channels
 ):
   config = make_config(model_name, dataset, size, channels)
-  model = workdir_lib.build_model(config)
+  model = recipe.build_model(config)
   variables = random_variables(model, (size, size, channels))
   mean, std = [0.4] * channels, [0.3] * channels
   # One compiled batch size: a batch of 1 is padded to it.
@@ -191,15 +192,15 @@ def test_export_command_writes_the_model_and_its_labels(tmp_path):
     'fer_densenet', 'fer2013', 16, 1, block_sizes=(1, 1), growth_rate=4
   )
   os.makedirs(workdir)
-  workdir_lib.save_config(config, workdir)
-  workdir_lib.save_normalization(workdir, [0.5], [0.25])
-  model = workdir_lib.build_model(config)
+  run_directory.save_config(config, workdir)
+  run_directory.save_normalization(workdir, [0.5], [0.25])
+  model = recipe.build_model(config)
   variables = random_variables(model, (16, 16, 1))
-  ckpts = workdir_lib.open_checkpoints(config, workdir)
+  ckpts = run_directory.open_checkpoints(config, workdir)
   ckpts.save(
     3,
     variables,
-    workdir_lib.run_identity(config),
+    recipe.identity(config),
     eval_metrics={'accuracy': 0.5},
   )
   ckpts.close()

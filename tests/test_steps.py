@@ -10,14 +10,14 @@ import numpy as np
 import optax
 import pytest
 
-from densenet_flax import config as config_lib
+from densenet_flax import config_keys
 from densenet_flax import models
 from densenet_flax import optim
 from densenet_flax import steps
 
 
 def opt_config(**overrides):
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.update(overrides)
   return config
 

@@ -16,10 +16,10 @@ import pytest
 pytest.importorskip('tensorflow')
 
 from densenet_flax import checkpointing  # noqa: E402
-from densenet_flax import config as config_lib  # noqa: E402
+from densenet_flax import resume_policy  # noqa: E402
+from densenet_flax import config_keys  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
-from densenet_flax import workdir as workdir_lib  # noqa: E402
 
 import multiprocess  # noqa: E402
 import trainutil  # noqa: E402
@@ -338,20 +338,20 @@ def test_a_row_cut_just_before_its_newline_stays_a_row_of_its_own(tmp_path):
 
 
 def test_every_config_key_is_classified():
-  keys = set(config_lib.base_config())
+  keys = set(config_keys.base_config())
   result, bookkeeping = (
-    set(workdir_lib.RESULT_KEYS),
-    set(workdir_lib.BOOKKEEPING_KEYS),
+    set(resume_policy.RESULT_KEYS),
+    set(resume_policy.BOOKKEEPING_KEYS),
   )
   assert not result & bookkeeping
   assert keys == result | bookkeeping, (
     keys - result - bookkeeping,
     (result | bookkeeping) - keys,
   )
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   stored = json.loads(config.to_json())
   config.shuffle_buffer = 1024
-  assert workdir_lib.config_changes(stored, config) == {
+  assert resume_policy.config_changes(stored, config) == {
     'shuffle_buffer': (16384, 1024)
   }
 

@@ -158,9 +158,9 @@ ABSTRACT_CHILD = textwrap.dedent(
   import json, sys
   import jax, numpy as np
   from benchmarks import tpu_compile
-  from densenet_flax import config as config_lib, layers, train
+  from densenet_flax import config_keys, layers, train
 
-  config = config_lib.base_config()
+  config = config_keys.base_config()
   config.model_overrides.block_sizes = (1, 1)
   config.model_overrides.growth_rate = 4
   config.image_size, config.channels, config.batch_size = 8, 1, 8

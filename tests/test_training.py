@@ -21,7 +21,9 @@ from densenet_flax import config_checks  # noqa: E402
 from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
 from densenet_flax import train as train_lib  # noqa: E402
-from densenet_flax import workdir as workdir_lib  # noqa: E402
+from densenet_flax import run_directory  # noqa: E402
+from densenet_flax import resume_policy  # noqa: E402
+from densenet_flax import recipe  # noqa: E402
 
 import multiprocess  # noqa: E402
 import trainutil  # noqa: E402
@@ -172,12 +174,12 @@ def test_checkpoint_of_another_model_names_the_parameter(uninterrupted):
   from densenet_flax import steps
 
   workdir, _ = uninterrupted
-  config = workdir_lib.load_config(workdir)
+  config = run_directory.load_config(workdir)
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
 
   def abstract_state(num_classes, **overrides):
     config.model_overrides.update(overrides)
-    model = workdir_lib.build_model(config).clone(num_classes=num_classes)
+    model = recipe.build_model(config).clone(num_classes=num_classes)
     tx, _ = optim.create_optimizer(config, 8)
     return jax.eval_shape(
       lambda: steps.create_train_state(jax.random.key(0), model, tx, (8, 8, 1))
@@ -317,7 +319,7 @@ def test_resuming_with_a_result_changing_config_is_refused(
   shutil.copytree(uninterrupted[0], workdir)
   with open(os.path.join(workdir, 'config.json')) as f:
     saved_config = f.read()
-  with pytest.raises(workdir_lib.ConfigChangeError) as info:
+  with pytest.raises(resume_policy.ConfigChangeError) as info:
     train_lib.train_and_evaluate(
       trainutil.tiny_config(
         digits_dir,

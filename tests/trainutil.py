@@ -2,14 +2,14 @@
 
 import os
 
-from densenet_flax import config as config_lib
+from densenet_flax import config_keys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir, **overrides):
   """DenseNet-BC with three 1-layer blocks on 8x8 digits; 8 steps per epoch."""
-  config = config_lib.load_config_file(
+  config = config_keys.load_config_file(
     os.path.join(REPO, 'configs', 'default.py')
   )
   config.data_dir = data_dir

@@ -49,7 +49,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from densenet_flax.data import augment
-from densenet_flax.data import erasing as erasing_lib
+from densenet_flax.data import erasing
 from densenet_flax.data import fer_sources
 from densenet_flax.data import indexed
 from densenet_flax.data import order
@@ -403,7 +403,7 @@ class InputPipeline:
     # count from 0 each.
     process_offset = 0 if self.spec.indexable else self.process_index << 32
     draw = self.label_mode == 'probability'
-    rand_ops, erasing = a.get('rand_augment_ops', 0), a.get('erasing', 0.0)
+    rand_ops, erase = a.get('rand_augment_ops', 0), a.get('erasing', 0.0)
 
     def fn(position, image, label, target=None):
       seed = tf.stack(
@@ -418,11 +418,11 @@ class InputPipeline:
           magnitude=a.get('rand_augment_magnitude', 9),
         )
       image = self._finish(image)
-      if erasing:  # after normalisation, as torchvision's: 0 is the mean
-        image = erasing_lib.random_erasing(
+      if erase:  # after normalisation, as torchvision's: 0 is the mean
+        image = erasing.random_erasing(
           image,
           seed,
-          probability=erasing,
+          probability=erase,
           scale=tuple(a.get('erasing_scale', (0.02, 0.33))),
         )
       out = {'image': image, 'label': tf.cast(label, tf.int32)}
