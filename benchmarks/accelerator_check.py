@@ -78,7 +78,9 @@ def _setup(case: dict, mode: str, dtype: str, overrides: dict, seed: int = 0):
     ),
   }
   step = jax.jit(
-    functools.partial(steps.train_step, num_classes=case['num_classes']),
+    functools.partial(
+      steps.train_step, spec=steps.TrainSpec(num_classes=case['num_classes'])
+    ),
     donate_argnums=0,
   )
   return model, state, batch, step

@@ -56,7 +56,9 @@ def jitted_step(model, image_shape, num_classes=10, tx=None):
     jax.random.key(0), model, tx or optax.sgd(0.1, 0.9), image_shape
   )
   step = jax.jit(
-    functools.partial(steps.train_step, num_classes=num_classes),
+    functools.partial(
+      steps.train_step, spec=steps.TrainSpec(num_classes=num_classes)
+    ),
     donate_argnums=0,
   )
   return step, state

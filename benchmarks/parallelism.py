@@ -66,7 +66,7 @@ def _worker(args) -> None:
   step = dp.compile(
     functools.partial(
       steps.train_step,
-      num_classes=case['num_classes'],
+      spec=steps.TrainSpec(num_classes=case['num_classes']),
       axis_name=dp.axis_name,
     ),
     donate_state=True,

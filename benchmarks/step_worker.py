@@ -57,7 +57,9 @@ class Ours:
     }
     self.rng = jax.random.key(3)
     step = jax.jit(
-      functools.partial(steps.train_step, num_classes=cmd['num_classes']),
+      functools.partial(
+        steps.train_step, spec=steps.TrainSpec(num_classes=cmd['num_classes'])
+      ),
       donate_argnums=0,
     )
     start = time.perf_counter()

@@ -17,7 +17,7 @@ that runs the tests: install it in a venv of its own (`install_hint`) and
 run this module with that venv's python. The host's backend stays the CPU
 (JAX_PLATFORMS=cpu); nothing runs on the target.
 
-Each case is the run's own train step: `train.compile_train_step` over a
+Each case is the run's own train step: `training.compile_train_step` over a
 `parallel.DataParallel` of the topology's devices (shard_map by default; the
 pmap path compiles too), the state donated, the model, optimizer and dtype
 policy of the config (--config, default `config.base_config()`, with the
@@ -405,7 +405,7 @@ class RunStep:
   model: Any
   dp: Any  # parallel.DataParallel
   step: Any  # parallel.CompiledStep
-  make_state: Any  # train.state_factory's: the fresh state
+  make_state: Any  # training.state_factory's: the fresh state
   arguments: tuple  # (state, batch, key) as jax.ShapeDtypeStructs
 
 
@@ -422,7 +422,7 @@ def run_step(config, devices, backend: str) -> RunStep:
 
   from densenet_flax import optim
   from densenet_flax import parallel
-  from densenet_flax import train
+  from densenet_flax import training
   from densenet_flax import recipe
 
   dp = parallel.DataParallel(devices=devices, parallelism=config.parallelism)
@@ -436,8 +436,8 @@ def run_step(config, devices, backend: str) -> RunStep:
     if config.class_weighting == 'balanced'
     else None
   )
-  step = train.compile_train_step(config, dp, num_classes, weights)
-  make_state = train.state_factory(config, model, tx, backend)
+  step = training.compile_train_step(config, dp, num_classes, weights)
+  make_state = training.state_factory(config, model, tx, backend)
   state = dp.abstract_global(jax.eval_shape(make_state))
   per_device = config.batch_size // dp.num_devices
   shape = (dp.num_local_devices, per_device)
@@ -452,7 +452,7 @@ def run_step(config, devices, backend: str) -> RunStep:
       (*shape, num_classes), jnp.float32
     )
   batch = dp.abstract_batch(host_batch)
-  key = dp.abstract_broadcast(train.run_keys(config)[1])
+  key = dp.abstract_broadcast(training.run_keys(config)[1])
   return RunStep(model, dp, step, make_state, (state, batch, key))
 
 

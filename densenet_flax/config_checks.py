@@ -196,14 +196,30 @@ def validate(
     )
 
 
-def _validate_splits(config, spec) -> None:
-  """Stored splits, TFDS slices of them, or a carved 'validation'; checkpoint
-  selection on the test split only when asked for (select_on='test')."""
-  carvable = (
+def _carvable(spec) -> bool:
+  """Whether a 'validation' split can be carved out of the training split."""
+  return (
     spec.indexable
     and spec.name not in VOTE_DATASETS
     and specs.VALIDATION not in spec.splits
   )
+
+
+def available_splits(config) -> tuple[str, ...]:
+  """The splits a run can evaluate: its dataset's, and 'validation' where
+  the run carves one (its eval_split or test_split names it)."""
+  spec = specs.spec_for(config)
+  carved = _carvable(spec) and specs.VALIDATION in (
+    config.eval_split,
+    config.test_split,
+  )
+  return spec.splits + ((specs.VALIDATION,) if carved else ())
+
+
+def _validate_splits(config, spec) -> None:
+  """Stored splits, TFDS slices of them, or a carved 'validation'; checkpoint
+  selection on the test split only when asked for (select_on='test')."""
+  carvable = _carvable(spec)
   splits = spec.splits + ((specs.VALIDATION,) if carvable else ())
   for key in ('train_split', 'eval_split', 'test_split'):
     if key == 'test_split' and not config[key]:

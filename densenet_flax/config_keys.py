@@ -38,8 +38,8 @@ CLASS_SAMPLINGS = ('none', 'balanced')
 # How a step is compiled over several devices (parallel.DataParallel): both
 # compute the same bits, and checkpoints of one resume under the other.
 PARALLELISMS = ('shard_map', 'pmap')
-# FER+ training targets (fer_sources.ferplus_target): majority, probability,
-# crossentropy, multi_target.
+# FER+ training targets (fer_sources.ferplus_target), the one list of them:
+# majority, probability, crossentropy, multi_target.
 LABEL_MODES = ('majority', 'probability', 'crossentropy', 'multi_target')
 # Datasets whose builder stores the crowd votes the other modes need.
 VOTE_DATASETS = ('ferplus',)
@@ -197,6 +197,14 @@ def base_config() -> ml_collections.ConfigDict:
   # the compile (docs/benchmarks.md#compile-time). '' = off.
   c.compilation_cache_dir = '~/.cache/densenet_flax/xla'
   return c
+
+
+def selection_split(config) -> str:
+  """The split evaluated every epoch, whose metric picks 'best' (with
+  select_on='last', 'best' is kept for inference but reports no test)."""
+  if config.get('select_on', 'validation') == 'test':
+    return config.test_split
+  return config.eval_split
 
 
 def with_defaults(recorded) -> ml_collections.ConfigDict:

@@ -17,14 +17,14 @@ import os
 import jax
 import numpy as np
 
-from densenet_flax import atomic
 from densenet_flax import accelerators
+from densenet_flax import atomic
 from densenet_flax import config_checks
+from densenet_flax import config_keys
 from densenet_flax import metrics
 from densenet_flax import parallel
-from densenet_flax import steps
-from densenet_flax import recipe
 from densenet_flax import run_directory
+from densenet_flax import steps
 
 
 def evaluate_split(
@@ -78,7 +78,7 @@ def selection_record(config, split: str, checkpoint: str | int) -> dict:
   protocol, or an eval_split watched as the test), so the figure is
   optimistic.
   """
-  selected_on = recipe.selection_split(config)
+  selected_on = config_keys.selection_split(config)
   return {
     'checkpoint': checkpoint,
     'selected_on': selected_on,
@@ -142,34 +142,33 @@ def evaluate(
   from densenet_flax.data import pipeline  # TensorFlow loads only here
 
   workdir = os.path.abspath(workdir)
-  config = run_directory.load_config(workdir)
-  split = split or config.test_split or config.eval_split
-  dp = parallel.DataParallel(parallelism=config.parallelism)
-  config_checks.validate_devices(config, dp.num_devices)
-  accelerators.enable_compilation_cache(config)
-  data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
-  if split.split('[')[0] not in data.spec.splits:
-    raise ValueError(
-      f'--split {split!r}: {data.spec.name} has splits {data.spec.splits}'
-    )
-  model, variables, step = run_directory.restore_variables(
+  # The default parallelism: both compute the same bits.
+  dp = parallel.DataParallel()
+  restored = run_directory.restore_run(
     workdir,
     checkpoint,
-    config=config,
     sharding=dp.replicated,
     ema=False if raw_weights else None,
   )
-  state = steps.ModelState(apply_fn=model.apply, **variables)
+  config = restored.config
+  split = split or config.test_split or config.eval_split
+  if split.split('[')[0] not in config_checks.available_splits(config):
+    raise ValueError(
+      f"--split {split!r}: the run's splits are "
+      f'{", ".join(config_checks.available_splits(config))}'
+    )
+  config_checks.validate_devices(config, dp.num_devices)
+  accelerators.enable_compilation_cache(config)
+  data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
+  state = steps.ModelState(apply_fn=restored.model.apply, **restored.variables)
   eval_step = dp.compile(steps.eval_step, per_example_output=True)
   report = evaluate_split(
     eval_step, dp.put_replicated(state), data, split, dp, tta=tta
   )
-  report['step'] = step
+  step = report['step'] = restored.step
   report['selection'] = selection_record(config, split, checkpoint)
-  raw = raw_weights and recipe.uses_ema(config)
-  report['weights'] = (
-    'ema' if recipe.uses_ema(config) and not raw else 'trained'
-  )
+  raw = raw_weights and bool(config.ema_decay)
+  report['weights'] = 'ema' if restored.ema else 'trained'
   if jax.process_index() == 0:
     report['files'] = list(
       write_report(

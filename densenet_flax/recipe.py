@@ -48,14 +48,6 @@ def uses_ema(config) -> bool:
   return bool(config.get('ema_decay'))
 
 
-def selection_split(config) -> str:
-  """The split evaluated every epoch, whose metric picks 'best' (with
-  select_on='last', 'best' is kept for inference but reports no test)."""
-  if config.get('select_on', 'validation') == 'test':
-    return config.test_split
-  return config.eval_split
-
-
 def build_model(config, axis_name: str | None = None):
   """The configured DenseNet; BN statistics are averaged over `axis_name`.
 
@@ -63,18 +55,38 @@ def build_model(config, axis_name: str | None = None):
   pretrained weights (weight_source.model_overrides), and frozen BN statistics
   through config.freeze when config.freeze_batch_stats.
   """
-  classes, dtype = num_classes(config), compute_dtype(config)
+  dtype = compute_dtype(config)
   overrides = weight_source.model_overrides(config)
   if config.get('freeze_batch_stats'):
     overrides.setdefault('frozen_bn_through', config.freeze)
   return models.create_model(
     config.model,
-    num_classes=classes,
+    num_classes=specs.spec_for(config).num_classes,
     dtype=dtype,
     memory_efficient=config.memory_efficient,
     bn_axis_name=axis_name,
     **overrides,
   )
+
+
+def restore_target(config):
+  """What restoring a checkpoint of the run needs, without reading one:
+  (the model, the shapes of its variables, the identity the checkpoint
+  must match)."""
+  shape = input_shape(config)
+  model = build_model(config)
+  identity = {
+    'model': config.model,
+    'num_classes': model.num_classes,
+    'dataset': config.dataset,
+    'model_overrides': config.model_overrides.to_dict(),
+  }
+  abstract = jax.eval_shape(
+    lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, *shape), jnp.float32), train=False
+    )
+  )
+  return model, abstract, identity
 
 
 def identity(config) -> dict:

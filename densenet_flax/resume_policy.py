@@ -110,6 +110,40 @@ class ConfigChangeError(checkpointing.CheckpointMismatchError):
   """
 
 
+def check_resume(
+  meta: dict, config: ml_collections.ConfigDict, workdir: str, step: int
+) -> dict[str, tuple[Any, Any]]:
+  """What a resume from checkpoint `step` (its record `meta`) changes.
+
+  Raises ConfigChangeError naming every change of a result key, unless
+  config.allow_config_change (then it is logged, and the caller records it).
+  A checkpoint of an older version records no config: nothing to compare.
+  """
+  if 'config' not in meta:
+    log.info(
+      'Checkpoint %d records no config (an older version wrote it); '
+      'resuming without comparing configs',
+      step,
+    )
+    return {}
+  changes = config_changes(meta['config'], config)
+  if changes:
+    listing = '; '.join(
+      f'{key}: {old!r} -> {new!r}' for key, (old, new) in changes.items()
+    )
+    if not config.allow_config_change:
+      raise ConfigChangeError(
+        f'{workdir} was trained to step {step} with another config, and '
+        f'these changes alter the result (data order, schedule, model): '
+        f'{listing}. Use a new --workdir, put the values back, or pass '
+        f'--config.allow_config_change=True to resume with them anyway.'
+      )
+    log.warning(
+      'Resuming at step %d with a changed config (allowed): %s', step, listing
+    )
+  return changes
+
+
 def config_changes(
   stored: dict, config: ml_collections.ConfigDict
 ) -> dict[str, tuple[Any, Any]]:

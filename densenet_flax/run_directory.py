@@ -13,11 +13,12 @@ here imports TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from densenet_flax import atomic
@@ -90,31 +91,45 @@ def open_checkpoints(
   )
 
 
-def restore_variables(
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint's variables and what they belong to.
+
+  config: the run's config; model: its DenseNet; variables: {'params',
+  'batch_stats'} (the EMA's where `ema`); step: the checkpoint's step.
+  """
+
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: dict
+  step: int
+  ema: bool
+
+
+def restore_run(
   workdir: str,
   checkpoint: str | int = 'latest',
   *,
   config: ml_collections.ConfigDict | None = None,
   sharding: jax.sharding.Sharding | None = None,
   ema: bool | None = None,
-):
+) -> Restored:
   """A checkpoint's variables, with no optimizer built.
 
-  Returns (model, {'params', 'batch_stats'}, step). A run with an EMA of its
-  weights (config.ema_decay > 0) gives the EMA, unless `ema=False`. For
-  'latest', a damaged newest checkpoint is skipped with a warning (and left
-  in place) for the one before it; an error that is not damage raises
-  checkpointing.CheckpointReadError. A training run may go on beside: only
-  committed checkpoints are read, and one it deletes during the read is
-  resolved again (`Checkpoints.restore_committed`). `config` defaults to the
-  workdir's config.json; `sharding` places the arrays (default: the first
-  device; under many processes, pass a replicated global sharding). Every
-  process of a run must call this together.
+  A run with an EMA of its weights (config.ema_decay > 0) gives the EMA,
+  unless `ema=False`. For 'latest', a damaged newest checkpoint is skipped
+  with a warning (and left in place) for the one before it; an error that is
+  not damage raises checkpointing.CheckpointReadError. A training run may go
+  on beside: only committed checkpoints are read, and one it deletes during
+  the read is resolved again (`Checkpoints.restore_committed`). `config`
+  defaults to the workdir's config.json; `sharding` places the arrays
+  (default: the first device; under many processes, pass a replicated
+  global sharding). Every process of a run must call this together.
   """
   config = config or load_config(workdir)
   ema = _restored_weights_are_ema(config, workdir, ema)
   ckpts = open_checkpoints(config, workdir, read_only=True)
-  model, abstract, identity = _restore_target(config)
+  model, abstract, identity = recipe.restore_target(config)
 
   def restore(step):
     return ckpts.restore_variables(
@@ -124,9 +139,25 @@ def restore_variables(
   try:
     # Beside a training run that deletes the step read: resolved again.
     step, variables = ckpts.restore_committed(checkpoint, restore)
-    return model, variables, step
   finally:
     ckpts.close()
+  return Restored(config, model, variables, step, ema)
+
+
+def restore_variables(
+  workdir: str,
+  checkpoint: str | int = 'latest',
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  sharding: jax.sharding.Sharding | None = None,
+  ema: bool | None = None,
+):
+  """(model, {'params', 'batch_stats'}, step) of a checkpoint: restore_run's
+  model, variables and step."""
+  restored = restore_run(
+    workdir, checkpoint, config=config, sharding=sharding, ema=ema
+  )
+  return restored.model, restored.variables, restored.step
 
 
 def _restored_weights_are_ema(config, workdir: str, ema: bool | None) -> bool:
@@ -137,16 +168,3 @@ def _restored_weights_are_ema(config, workdir: str, ema: bool | None) -> bool:
       f'(config.ema_decay=0)'
     )
   return uses_ema if ema is None else ema
-
-
-def _restore_target(config):
-  """(model, the shapes of its variables, the identity a checkpoint must
-  match), from the config alone."""
-  model, shape = recipe.build_model(config), recipe.input_shape(config)
-  identity = recipe.identity(config)
-  abstract = jax.eval_shape(
-    lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, *shape), jnp.float32), train=False
-    )
-  )
-  return model, abstract, identity

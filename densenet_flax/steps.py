@@ -1,8 +1,8 @@
 """The train state and the pure train and eval steps.
 
 `train_step` and `eval_step` take everything they need as arguments; per-run
-choices (model, loss options, the device axis) are bound once with
-functools.partial before `jax.pmap` (many devices) or `jax.jit` (one). With
+choices (a TrainSpec, the device axis) are bound once with functools.partial
+before parallel.DataParallel compiles them (or one's own jax.jit). With
 `axis_name` set, gradients, loss and BN statistics are averaged across
 devices, so N devices x B examples compute what 1 device x N*B computes.
 
@@ -11,6 +11,7 @@ Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -24,7 +25,6 @@ from flax.training import train_state
 from jax import lax
 
 from densenet_flax import models
-from densenet_flax.data import fer_sources
 
 Array = Any
 
@@ -164,8 +164,6 @@ def cross_entropy(logits: Array, targets: Array) -> Array:
   return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
 
 
-# config.label_mode (FER+, Barsoum et al. 2016; fer_sources.ferplus_target).
-LABEL_MODES = fer_sources.FERPLUS_LABEL_MODES
 MULTI_TARGET_EPSILON = 0.001  # microsoft/FERPlus `_process_target`
 
 
@@ -209,103 +207,115 @@ def _mean(x: Array, axis_name: str | None) -> Array:
   return lax.pmean(x, axis_name) if axis_name else x
 
 
-def train_step(
-  state: TrainState,
-  batch: dict[str, Array],
-  rng: Array,
-  *,
-  num_classes: int,
-  axis_name: str | None = None,
-  label_smoothing: float = 0.0,
-  mixup_alpha: float = 0.0,
-  class_weights: np.ndarray | None = None,
-  frozen: tuple[str, ...] = (),
-  ema_decay: float = 0.0,
-  label_mode: str = 'majority',
-) -> tuple[TrainState, dict[str, Array]]:
-  """One SGD step on one device's share of the batch.
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """What a train step does beyond the model: its targets and loss, frozen
+  stages and EMA. Frozen and hashable: bound once, a compile-time constant.
 
-  The targets (one-hot labels, or the batch's target) are smoothed, then
-  mixed up; the loss is the weighted mean of the per-example losses over the
-  global batch (all devices).
-
-  Args:
-    state: a TrainState; an EMATrainState also moves its EMA, and a
-      `state.dynamic_scale` scales the loss dynamically.
-    batch: image [B, H, W, C], label int [B], and optionally target [B, K]
-      (FER+ soft label modes: the target distribution, used instead of
-      one-hot labels). Other keys are ignored.
-    rng: the run's key; the step folds in the step number (and the device
-      index), so it is the same key every step.
+  Attributes:
     num_classes: K, the width of the one-hot targets.
-    axis_name: the pmap axis over which gradients, loss, accuracy and BN
-      statistics are averaged; None on one device.
     label_smoothing: optax.smooth_labels' alpha for the targets (0 = off).
     mixup_alpha: alpha of mixup's Beta(alpha, alpha) (`mixup`; 0 = off).
-    class_weights: [K] loss weight per class (train.class_weights), or None
+    class_weights: loss weight per class ([K]; train.class_weights), or None
       for equal weights; an example weighs targets @ class_weights.
     frozen: stages (models.stage_names) whose params get no gradient, which
       also spares computing it.
     ema_decay: the state's EMA (if any) moves by 1 - ema_decay towards the
       new weights.
-    label_mode: one of LABEL_MODES. 'multi_target' scores each example by its
-      most likely accepted class (`multi_target_loss`); the others by cross
-      entropy against the targets.
+    label_mode: config.label_mode (a valid one). 'multi_target' scores an
+      example by its most likely accepted class (`multi_target_loss`); the
+      others by cross entropy against the targets.
+  """
 
-  Returns:
-    (new state, metrics). Metrics: loss and accuracy (device means), and
-    finite (1.0 when the new params and BN statistics are all finite).
-    With a dynamic loss scale (state.dynamic_scale), a step whose gradients
-    overflow changes nothing but the scale (halved) and the step count, and
-    the metrics add grads_finite (0.0 for such a step) and loss_scale.
+  num_classes: int
+  label_smoothing: float = 0.0
+  mixup_alpha: float = 0.0
+  class_weights: tuple[float, ...] | None = None
+  frozen: tuple[str, ...] = ()
+  ema_decay: float = 0.0
+  label_mode: str = 'majority'
 
-  Raises:
-    ValueError: `label_mode` is not one of LABEL_MODES (when traced).
+  def __post_init__(self):
+    if self.class_weights is not None:  # an array is not hashable
+      weights = tuple(float(w) for w in np.asarray(self.class_weights))
+      object.__setattr__(self, 'class_weights', weights)
+    object.__setattr__(self, 'frozen', tuple(self.frozen))
+
+
+def training_targets(batch: dict[str, Array], rng: Array, spec: TrainSpec):
+  """(images, targets [B, K], accepted [B, K] or None) of a training batch.
+
+  The targets are one-hot labels, or the batch's `target` (FER+ soft label
+  modes), smoothed, then mixed up with the images; 'multi_target' also
+  gives the classes each example accepts (`multi_target_weights`), smoothed
+  and mixed by the same draw.
+  """
+  images, labels = batch['image'], batch['label']
+  if 'target' in batch:  # FER+ soft label modes
+    targets = batch['target'].astype(jnp.float32)
+    if spec.label_smoothing:
+      targets = optax.smooth_labels(targets, spec.label_smoothing)
+  else:
+    targets = soft_targets(labels, spec.num_classes, spec.label_smoothing)
+  accepted = None
+  if spec.label_mode == 'multi_target':
+    accepted = multi_target_weights(
+      batch['target']
+      if 'target' in batch
+      else jax.nn.one_hot(labels, spec.num_classes)
+    )
+    if spec.label_smoothing:
+      accepted = optax.smooth_labels(accepted, spec.label_smoothing)
+  if not spec.mixup_alpha:
+    return images, targets, accepted
+  if accepted is None:
+    return (*mixup(rng, images, targets, spec.mixup_alpha), None)
+  images, both = mixup(  # one draw mixes both
+    rng, images, jnp.concatenate([targets, accepted], -1), spec.mixup_alpha
+  )
+  return images, both[:, : spec.num_classes], both[:, spec.num_classes :]
+
+
+def train_step(
+  state: TrainState,
+  batch: dict[str, Array],
+  rng: Array,
+  *,
+  spec: TrainSpec,
+  axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, Array]]:
+  """One SGD step on one device's share of the batch.
+
+  The loss is the weighted mean of the per-example losses over the global
+  batch (all devices). `batch`: image [B, H, W, C], label int [B] and, for
+  the FER+ soft label modes, target [B, K]. `rng`: the run's key; the step
+  folds in the step number (and the device index), so it is the same key
+  every step. `axis_name`: the mapped axis over which gradients, loss,
+  accuracy and BN statistics are averaged; None on one device, or under a
+  plain jax.jit whose shardings let XLA average.
+
+  Returns (new state, metrics): loss and accuracy (device means), and finite
+  (1.0 when the new params and BN statistics are all finite). With a
+  dynamic loss scale (state.dynamic_scale), a step whose gradients overflow
+  changes nothing but the scale (halved) and the step count, and the
+  metrics add grads_finite (0.0 for such a step) and loss_scale.
   """
   step_rng = jax.random.fold_in(rng, state.step)
   if axis_name:
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
   dropout_rng, mixup_rng = jax.random.split(step_rng)
-  images, labels = batch['image'], batch['label']
-  if label_mode not in LABEL_MODES:
-    raise ValueError(
-      f'label_mode={label_mode!r}: expected one of {", ".join(LABEL_MODES)}'
-    )
-  if 'target' in batch:  # FER+ soft label modes
-    targets = batch['target'].astype(jnp.float32)
-    if label_smoothing:
-      targets = optax.smooth_labels(targets, label_smoothing)
+  images, targets, accepted = training_targets(batch, mixup_rng, spec)
+  if spec.class_weights is None:
+    weights = jnp.ones(batch['label'].shape, jnp.float32)
   else:
-    targets = soft_targets(labels, num_classes, label_smoothing)
-  accepted = None
-  if label_mode == 'multi_target':  # smoothed and mixed as the targets are
-    accepted = multi_target_weights(
-      batch['target']
-      if 'target' in batch
-      else jax.nn.one_hot(labels, num_classes)
-    )
-    if label_smoothing:
-      accepted = optax.smooth_labels(accepted, label_smoothing)
-  if mixup_alpha:
-    if accepted is None:
-      images, targets = mixup(mixup_rng, images, targets, mixup_alpha)
-    else:  # one draw mixes both
-      images, both = mixup(
-        mixup_rng, images, jnp.concatenate([targets, accepted], -1), mixup_alpha
-      )
-      targets, accepted = both[:, :num_classes], both[:, num_classes:]
-
-  if class_weights is None:
-    weights = jnp.ones(labels.shape, jnp.float32)
-  else:
-    weights = targets @ jnp.asarray(class_weights, jnp.float32)
+    weights = targets @ jnp.asarray(spec.class_weights, jnp.float32)
   # Weighted mean over the global batch: sum(w * ce) / sum(w).
   weight_norm = _mean(jnp.mean(weights), axis_name)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
       {
-        'params': _stop_gradient(params, frozen),
+        'params': _stop_gradient(params, spec.frozen),
         'batch_stats': state.batch_stats,
       },
       images,
@@ -321,6 +331,20 @@ def train_step(
     # The loss rides along unscaled: a dynamic scale multiplies the first.
     return loss, (loss, logits, updates['batch_stats'])
 
+  new_state, loss, logits, extra = _update(state, loss_fn, axis_name, spec)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  metrics = {
+    'loss': _mean(loss, axis_name),
+    'accuracy': _mean(accuracy, axis_name),
+    **extra,
+  }
+  metrics['finite'] = all_finite(new_state.params, new_state.batch_stats)
+  return new_state, metrics
+
+
+def _update(state, loss_fn, axis_name, spec: TrainSpec):
+  """(new state, loss, logits, extra metrics): the gradient step, the EMA,
+  and with a dynamic loss scale the skip of an overflowing step."""
   if state.dynamic_scale is not None:
     grad_fn = state.dynamic_scale.value_and_grad(
       loss_fn, has_aux=True, axis_name=axis_name
@@ -333,31 +357,27 @@ def train_step(
       loss_fn, has_aux=True
     )(state.params)
     grads = _mean(grads, axis_name)
-
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if isinstance(state, EMATrainState):
     new_state = new_state.replace(
       ema=jax.tree_util.tree_map(
-        lambda avg, new: ema_decay * avg + (1 - ema_decay) * new,
+        lambda avg, new: spec.ema_decay * avg + (1 - spec.ema_decay) * new,
         state.ema,
         {'params': new_state.params, 'batch_stats': new_state.batch_stats},
       )
     )
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  metrics = {
-    'loss': _mean(loss, axis_name),
-    'accuracy': _mean(accuracy, axis_name),
+  if state.dynamic_scale is None:
+    return new_state, loss, logits, {}
+  # The scaled gradients overflowed: skip the step, keeping everything the
+  # update would have changed (an EMA and BN statistics too).
+  new_state = _unless(grads_finite, new_state, state).replace(
+    step=new_state.step, dynamic_scale=dynamic_scale
+  )
+  extra = {
+    'grads_finite': grads_finite.astype(jnp.float32),
+    'loss_scale': state.dynamic_scale.scale,  # this step's
   }
-  if state.dynamic_scale is not None:
-    # The scaled gradients overflowed: skip the step, keeping everything the
-    # update would have changed (an EMA and BN statistics too).
-    new_state = _unless(grads_finite, new_state, state).replace(
-      step=new_state.step, dynamic_scale=dynamic_scale
-    )
-    metrics['grads_finite'] = grads_finite.astype(jnp.float32)
-    metrics['loss_scale'] = state.dynamic_scale.scale  # this step's
-  metrics['finite'] = all_finite(new_state.params, new_state.batch_stats)
-  return new_state, metrics
+  return new_state, loss, logits, extra
 
 
 def _unless(condition: Array, new: TrainState, old: TrainState) -> TrainState:

@@ -58,10 +58,10 @@ def one_step(
   step = dp.compile(
     functools.partial(
       steps.train_step,
-      num_classes=5,
+      spec=steps.TrainSpec(
+        num_classes=5, label_smoothing=0.1, class_weights=class_weights
+      ),
       axis_name=dp.axis_name,
-      label_smoothing=0.1,
-      class_weights=class_weights,
     )
   )
   n = len(devices)
@@ -87,7 +87,9 @@ def spmd_step(devices, batch):
     jax.random.key(0), model, tiny_optimizer(), batch['image'].shape[1:]
   )
   step = jax.jit(
-    functools.partial(steps.train_step, num_classes=5, axis_name=None),
+    functools.partial(
+      steps.train_step, spec=steps.TrainSpec(num_classes=5), axis_name=None
+    ),
     in_shardings=(replicated, split, replicated),
     out_shardings=replicated,
   )
@@ -214,14 +216,14 @@ def main():
     np.savez(sys.argv[2], **out)
   elif mode == 'train':
     import trainutil
-    from densenet_flax import train as train_lib
+    from densenet_flax import training
 
     data_dir, workdir, path = sys.argv[2:5]
     overrides = dict(
       (key, json.loads(value))
       for key, value in (arg.split('=', 1) for arg in sys.argv[5:])
     )
-    summary = train_lib.train_and_evaluate(
+    summary = training.train_and_evaluate(
       trainutil.tiny_config(data_dir, **{'eval_batch_size': 56, **overrides}),
       workdir,
     )

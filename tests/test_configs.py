@@ -62,9 +62,15 @@ def test_the_fine_tuning_recipe_starts_from_imagenet_densenet121():
   assert resolved.model_overrides.bn_epsilon == 1.001e-5
 
 
-def test_config_declares_the_readers_label_modes():
-  """config.py imports nothing from the package, so it spells out the FER+
-  label modes; they must stay those the reader implements."""
+def test_the_reader_implements_every_label_mode_of_the_config():
+  """config_keys.LABEL_MODES is the one list of label modes: the FER+
+  reader makes a target in each, and refuses any other."""
+  import numpy as np
+
   from densenet_flax.data import fer_sources
 
-  assert config_keys.LABEL_MODES == fer_sources.FERPLUS_LABEL_MODES
+  votes = np.array([6, 4, 0, 0, 0, 0, 0, 0, 0, 0])
+  for mode in config_keys.LABEL_MODES:
+    assert fer_sources.ferplus_target(votes, mode) is not None, mode
+  with pytest.raises(ValueError, match='soft'):
+    fer_sources.ferplus_target(votes, 'soft')

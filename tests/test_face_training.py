@@ -21,7 +21,7 @@ pytest.importorskip('tensorflow')
 
 from densenet_flax import checkpointing  # noqa: E402
 from densenet_flax import config_keys  # noqa: E402
-from densenet_flax import train as train_lib  # noqa: E402
+from densenet_flax import training  # noqa: E402
 from densenet_flax.data import order  # noqa: E402
 from densenet_flax.data import pipeline  # noqa: E402
 from densenet_flax.data import sources  # noqa: E402
@@ -143,7 +143,7 @@ def test_affectnet_recipe_trains_on_either_release(release, dataset, tmp_path):
     dataset=dataset,
     validation_fraction=0.2,
   )
-  summary = train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  summary = training.train_and_evaluate(config, str(tmp_path / 'run'))
   classes = int(dataset[-1])
   kept = [
     r
@@ -177,7 +177,7 @@ def test_class_folders_train_and_record_their_classes(tmp_path):
   config = recipe(
     'image_folder.py', tmp_path / 'root', tmp_path / 'data', eval_split='val'
   )
-  summary = train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  summary = training.train_and_evaluate(config, str(tmp_path / 'run'))
   recorded = json.loads((tmp_path / 'run' / 'config.json').read_text())
   assert recorded['class_names'] == ['2', '10', 'happy']
   assert summary['test']['class_names'] == ['2', '10', 'happy']
@@ -190,7 +190,7 @@ def test_a_flat_folder_is_refused_before_anything_is_written(tmp_path):
   fakedata.write_image(str(root / 'a.jpg'), (10, 20, 30))
   config = recipe('image_folder.py', root, tmp_path / 'data')
   with pytest.raises(sources.DataFormatError) as info:
-    train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
   assert str(root) in str(info.value) and '<class>/' in str(info.value)
   assert not (tmp_path / 'run').exists()
 
@@ -292,7 +292,7 @@ def test_a_balanced_run_resumed_after_sigterm_is_bit_identical(
       'rafdb.py', manual, data_dir, class_sampling='balanced', test_split=''
     )
 
-  train_lib.train_and_evaluate(config(), str(tmp_path / 'whole'))
+  training.train_and_evaluate(config(), str(tmp_path / 'whole'))
   batches = pipeline.InputPipeline.train_batches
 
   def signalled_at_the_fifth(self, start_step=0):
@@ -305,9 +305,9 @@ def test_a_balanced_run_resumed_after_sigterm_is_bit_identical(
     patch.setattr(
       pipeline.InputPipeline, 'train_batches', signalled_at_the_fifth
     )
-    first = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+    first = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert first['interrupted'] == 'SIGTERM' and 0 < first['step'] < 6
-  second = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  second = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert second['step'] == 6 and second['interrupted'] is None
   ckpts = [
     checkpointing.Checkpoints(str(tmp_path / name / 'checkpoints'))
@@ -331,7 +331,7 @@ def test_select_on_test_says_so_in_every_report(rafdb_dir, tmp_path):
   optimistic."""
   manual, data = rafdb_dir
   workdir = str(tmp_path / 'run')
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     recipe('rafdb.py', manual, data, select_on='test', num_epochs=1),
     workdir,
   )

@@ -24,7 +24,7 @@ from densenet_flax import models
 from densenet_flax import optim
 from densenet_flax import pretrained
 from densenet_flax import steps
-from densenet_flax import train
+from densenet_flax import training
 from densenet_flax import recipe
 from densenet_flax import resume_policy
 from densenet_flax import run_directory
@@ -140,7 +140,7 @@ def fine_tuned(digits_run, digits_dir, tmp_path_factory):
     layer_lr_decay=0.8,
     ema_decay=0.9,
   )
-  summary = train.train_and_evaluate(config, workdir)
+  summary = training.train_and_evaluate(config, workdir)
   return workdir, summary
 
 
@@ -392,7 +392,9 @@ def test_the_ema_moves_by_one_minus_decay(digits_dir):
     'label': jnp.array([0, 1, 2, 3]),
   }
   step = jax.jit(
-    functools.partial(steps.train_step, num_classes=10, ema_decay=0.75)
+    functools.partial(
+      steps.train_step, spec=steps.TrainSpec(num_classes=10, ema_decay=0.75)
+    )
   )
   new, _ = step(state, batch, jax.random.key(2))
   for avg, before, after in zip(
@@ -463,7 +465,7 @@ def _densenet121_digits(digits_dir, init_from):
 def test_keras_initialised_training_and_evaluate_agree(tmp_path, digits_dir):
   backbone, path = _keras_release_file(tmp_path / 'densenet121_notop.h5', 2)
   workdir = str(tmp_path / 'run')
-  summary = train.train_and_evaluate(
+  summary = training.train_and_evaluate(
     _densenet121_digits(digits_dir, f'keras:{path}'), workdir
   )
   config = run_directory.load_config(workdir)
@@ -488,7 +490,7 @@ def test_a_torchvision_initialised_run_trains_and_evaluates(
   path = str(tmp_path / 'densenet121.pth')
   torch.save(torchvision_reference.randomized('densenet121').state_dict(), path)
   workdir = str(tmp_path / 'run')
-  summary = train.train_and_evaluate(
+  summary = training.train_and_evaluate(
     _densenet121_digits(digits_dir, f'torchvision:{path}'), workdir
   )
   report = evaluation.evaluate(workdir, 'latest', 'test')
@@ -512,11 +514,11 @@ def test_resumes_need_no_source_and_refuse_layout_changes_untouched(
   from densenet_flax import checkpointing
 
   source, run = str(tmp_path / 'source'), str(tmp_path / 'run')
-  train.train_and_evaluate(
+  training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, num_epochs=1), source
   )
   tune = dict(init_from=f'workdir:{source}', freeze='denseblock1')
-  first = train.train_and_evaluate(
+  first = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, stop_after_steps=3, **tune), run
   )
   assert first['interrupted'] and first['step'] == 3
@@ -525,13 +527,13 @@ def test_resumes_need_no_source_and_refuse_layout_changes_untouched(
   with pytest.raises(
     resume_policy.ConfigChangeError, match='ema_decay: 0.0 -> 0.9'
   ):
-    train.train_and_evaluate(
+    training.train_and_evaluate(
       trainutil.tiny_config(digits_dir, ema_decay=0.9, **tune), run
     )
   with pytest.raises(
     checkpointing.CheckpointMismatchError, match='another layout'
   ):
-    train.train_and_evaluate(
+    training.train_and_evaluate(
       trainutil.tiny_config(
         digits_dir, ema_decay=0.9, allow_config_change=True, **tune
       ),
@@ -539,7 +541,7 @@ def test_resumes_need_no_source_and_refuse_layout_changes_untouched(
     )
   assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == saved
   assert not os.path.exists(os.path.join(run, 'checkpoints_set_aside'))
-  summary = train.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, **tune), run
   )
   assert (

@@ -36,7 +36,7 @@ from densenet_flax import config_checks  # noqa: E402
 from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
 from densenet_flax import run_lock  # noqa: E402
-from densenet_flax import train as train_lib  # noqa: E402
+from densenet_flax import training  # noqa: E402
 from densenet_flax import run_directory  # noqa: E402
 
 import multiprocess  # noqa: E402
@@ -261,7 +261,7 @@ def test_train_and_evaluate_is_refused_before_it_writes(tmp_path, holders):
   # Refused before any data is read: the data directory is never opened.
   config = trainutil.tiny_config(str(tmp_path / 'no-data'))
   with pytest.raises(run_lock.WorkdirLockedError, match=f'pid {holder.pid}'):
-    train_lib.train_and_evaluate(config, str(workdir))
+    training.train_and_evaluate(config, str(workdir))
   assert os.listdir(workdir) == [run_lock.LOCK_FILE]
 
 

@@ -202,8 +202,7 @@ def test_process_shards_are_disjoint(fer_config):
 def test_batch_not_divisible_by_devices_names_the_key(fer_config):
   with pytest.raises(
     ValueError,
-    match=r'config.batch_size=10 is not divisible '
-    r'by the 4 devices',
+    match=r'config.batch_size=10: expected a multiple of the 4 devices',
   ):
     pipeline.InputPipeline(fer_config(batch_size=10), num_devices=4)
   with pytest.raises(ValueError, match='config.eval_batch_size=6'):

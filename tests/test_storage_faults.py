@@ -19,7 +19,7 @@ from densenet_flax import checkpointing  # noqa: E402
 from densenet_flax import resume_policy  # noqa: E402
 from densenet_flax import config_keys  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
-from densenet_flax import train as train_lib  # noqa: E402
+from densenet_flax import training  # noqa: E402
 
 import multiprocess  # noqa: E402
 import trainutil  # noqa: E402
@@ -186,7 +186,7 @@ def test_the_classification_follows_the_chain_of_causes():
 def trained(digits_dir, tmp_path_factory):
   """A finished tiny run (16 steps; checkpoints 15 and 16)."""
   workdir = str(tmp_path_factory.mktemp('trained'))
-  train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
+  training.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
   return workdir
 
 
@@ -225,7 +225,7 @@ def test_a_failing_read_leaves_everything_and_the_next_run_resumes(
       match=r'Checkpoint 16 in .*checkpoints could not be '
       r'read: OSError: \[Errno 5\] Input/output error',
     ):
-      train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
+      training.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
   after = snapshot(workdir)
   assert after.keys() == before.keys()
   for name in ('metrics.jsonl', 'config.json', 'normalization.json'):
@@ -234,7 +234,7 @@ def test_a_failing_read_leaves_everything_and_the_next_run_resumes(
     '15',
     '16',
   }
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, num_epochs=3, allow_config_change=True),
     workdir,
   )
@@ -250,7 +250,7 @@ def test_all_checkpoints_damaged_stops_until_a_deliberate_restart(
     truncate_chunks(os.path.join(checkpoints, step))
   history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   with pytest.raises(checkpointing.NoRestorableCheckpointError) as info:
-    train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
+    training.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
   message = str(info.value)
   assert 'step 16: ' in message and 'step 15: ' in message
   assert 'OUT_OF_RANGE' in message and '--config.restart=True' in message
@@ -259,7 +259,7 @@ def test_all_checkpoints_damaged_stops_until_a_deliberate_restart(
     reporting.read_history(os.path.join(workdir, 'metrics.jsonl')) == history
   )
 
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, restart=True), workdir
   )
   assert summary['step'] == 16
@@ -274,7 +274,7 @@ def test_all_checkpoints_damaged_stops_until_a_deliberate_restart(
 
   # The same command line again (a requeued job) resumes the restarted run:
   # it does not restart a second time.
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, restart=True), workdir
   )
   assert summary['step'] == 16
@@ -291,7 +291,7 @@ def test_a_rewinding_resume_moves_the_rows_it_redoes_to_a_side_file(
   workdir = copy_of(trained, tmp_path)
   history = reporting.read_history(os.path.join(workdir, 'metrics.jsonl'))
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '16'))
-  train_lib.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
+  training.train_and_evaluate(trainutil.tiny_config(digits_dir), workdir)
   [side] = glob.glob(os.path.join(workdir, 'metrics.superseded-*.jsonl'))
   moved = reporting.read_history(side)
   assert moved and moved == [r for r in history if r['step'] > 15]
@@ -412,7 +412,7 @@ def test_a_disk_filled_during_a_run_stops_it_loses_nothing_and_resumes(
   with monkeypatch.context() as patch:
     patch.setattr(pipeline.InputPipeline, 'train_batches', filled_at_the_eighth)
     with pytest.raises(checkpointing.CheckpointSaveError) as info:
-      train_lib.train_and_evaluate(config(), workdir)
+      training.train_and_evaluate(config(), workdir)
   message = str(info.value)
   assert 'the disk is full' in message and 'No space left' in message
   unsaved = int(message.split('Checkpoint ')[1].split()[0])
@@ -431,7 +431,7 @@ def test_a_disk_filled_during_a_run_stops_it_loses_nothing_and_resumes(
   )
 
   os.remove(filler[0])  # space freed: the same command resumes and finishes
-  summary = train_lib.train_and_evaluate(config(), workdir)
+  summary = training.train_and_evaluate(config(), workdir)
   assert summary['step'] == 16 and summary['interrupted'] is None
   assert not glob.glob(os.path.join(workdir, 'checkpoints', '*tmp*'))
 

@@ -158,7 +158,7 @@ ABSTRACT_CHILD = textwrap.dedent(
   import json, sys
   import jax, numpy as np
   from benchmarks import tpu_compile
-  from densenet_flax import config_keys, layers, train
+  from densenet_flax import config_keys, layers, training
 
   config = config_keys.base_config()
   config.model_overrides.block_sizes = (1, 1)
@@ -177,7 +177,7 @@ ABSTRACT_CHILD = textwrap.dedent(
       'image': rng.random((dp.num_local_devices, 4, 8, 8, 1), np.float32),
       'label': rng.integers(0, 10, (dp.num_local_devices, 4), np.int32),
     })
-    key = dp.put_broadcast(train.run_keys(config)[1])
+    key = dp.put_broadcast(training.run_keys(config)[1])
     with layers.use_kernels('generic'):
       expected = run.step(dp.put_replicated(run.make_state()), batch, key)
     # A CompiledStep's lowering takes the broadcast arguments as one tuple.

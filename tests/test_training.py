@@ -20,7 +20,7 @@ from densenet_flax import checkpointing  # noqa: E402
 from densenet_flax import config_checks  # noqa: E402
 from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import reporting  # noqa: E402
-from densenet_flax import train as train_lib  # noqa: E402
+from densenet_flax import training  # noqa: E402
 from densenet_flax import run_directory  # noqa: E402
 from densenet_flax import resume_policy  # noqa: E402
 from densenet_flax import recipe  # noqa: E402
@@ -32,7 +32,7 @@ import trainutil  # noqa: E402
 @pytest.fixture(scope='module')
 def uninterrupted(digits_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir), workdir
   )
   return workdir, summary
@@ -68,7 +68,7 @@ def test_a_run_produces_checkpoints_logs_and_reports(uninterrupted):
 
 
 def test_images_per_second_leaves_out_the_compiling_first_step():
-  buffer = train_lib._MetricBuffer()
+  buffer = training._MetricBuffer()
   metrics = {
     'loss': np.float32(1.0),
     'accuracy': np.float32(0.5),
@@ -90,14 +90,14 @@ def test_resumed_run_ends_with_identical_parameters(
   uninterrupted, digits_dir, tmp_path
 ):
   workdir = str(tmp_path)
-  first = train_lib.train_and_evaluate(
+  first = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, stop_after_steps=6), workdir
   )
   assert first['interrupted'] == 'stop_after_steps' and first['step'] == 6
   ckpts = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'))
   assert ckpts.latest_step() == 6  # mid-epoch (8 steps per epoch)
   ckpts.close()
-  second = train_lib.train_and_evaluate(
+  second = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir), workdir
   )
   assert second['step'] == 16 and second['interrupted'] is None
@@ -218,7 +218,7 @@ def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir, tmp_path):
     checkpoint_every_steps=1000,
   )
   reference = str(tmp_path / 'uninterrupted')
-  train_lib.train_and_evaluate(
+  training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, **overrides), reference
   )
   config_file = trainutil.write_config_file(
@@ -248,7 +248,7 @@ def test_sigterm_mid_epoch_then_resume_ends_bit_identical(digits_dir, tmp_path):
   report = evaluation.evaluate(str(workdir), 'latest', split='test')
   assert report['step'] == step and report['num_examples'] == 359
 
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, **overrides), str(workdir)
   )
   assert summary['step'] == 44 and summary['interrupted'] is None
@@ -297,7 +297,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_set_aside(
   # had happened.
   caplog.clear()
   with caplog.at_level('WARNING', logger='densenet_flax'):
-    summary = train_lib.train_and_evaluate(
+    summary = training.train_and_evaluate(
       trainutil.tiny_config(digits_dir), workdir
     )
   assert 'Checkpoint 16' in caplog.text
@@ -320,7 +320,7 @@ def test_resuming_with_a_result_changing_config_is_refused(
   with open(os.path.join(workdir, 'config.json')) as f:
     saved_config = f.read()
   with pytest.raises(resume_policy.ConfigChangeError) as info:
-    train_lib.train_and_evaluate(
+    training.train_and_evaluate(
       trainutil.tiny_config(
         digits_dir,
         num_epochs=4,
@@ -338,7 +338,7 @@ def test_resuming_with_a_result_changing_config_is_refused(
   with open(os.path.join(workdir, 'config.json')) as f:
     assert f.read() == saved_config  # nothing rewritten
 
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, num_epochs=3, allow_config_change=True),
     workdir,
   )
@@ -371,7 +371,7 @@ def test_divergence_stops_naming_the_step_and_saves_nothing_bad(
     loss_scaling=loss_scaling,
   )
   with pytest.raises(FloatingPointError, match=r'at step (\d+)') as info:
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   assert str(info.value).startswith(what), str(info.value)
   bad_step = int(re.search(r'at step (\d+)', str(info.value)).group(1))
   ckpts = checkpointing.Checkpoints(str(tmp_path / 'checkpoints'), keep=100)
@@ -420,7 +420,7 @@ def test_bad_config_fails_before_anything_is_built(digits_dir, tmp_path):
   config = trainutil.tiny_config(digits_dir, learning_rate=-1.0)
   start = time.monotonic()
   with pytest.raises(ValueError, match='config.learning_rate'):
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   assert time.monotonic() - start < 5
   assert not os.listdir(tmp_path)  # no workdir files, nothing compiled
 
@@ -454,7 +454,7 @@ def test_bad_distributed_config_names_the_key(digits_dir, overrides, message):
 
 
 def test_a_second_stop_signal_interrupts_at_once():
-  stop = train_lib._StopRequest()
+  stop = training._StopRequest()
   stop(signal.SIGTERM, None)
   assert stop.signal == 'SIGTERM'  # the loop saves and returns
   with pytest.raises(KeyboardInterrupt, match='second signal'):
@@ -473,7 +473,7 @@ def test_memory_efficient_training_matches_plain_and_resumes_exactly(
     config = trainutil.tiny_config(
       digits_dir, **{'model_overrides.block_sizes': (3, 3, 3), **overrides}
     )
-    summary = train_lib.train_and_evaluate(config, str(tmp_path / name))
+    summary = training.train_and_evaluate(config, str(tmp_path / name))
     return summary, trainutil.final_variables(str(tmp_path / name))[1]
 
   _, plain = run('plain')
@@ -528,7 +528,7 @@ def test_rbg_keys_train_other_streams_and_resume_exactly(digits_dir, tmp_path):
         **overrides,
       },
     )
-    summary = train_lib.train_and_evaluate(config, str(tmp_path / name))
+    summary = training.train_and_evaluate(config, str(tmp_path / name))
     return summary, trainutil.final_variables(str(tmp_path / name))[1]
 
   _, threefry = run('threefry')
@@ -559,7 +559,7 @@ def test_dynamic_loss_scaling_skips_overflowing_steps_and_trains_on(
     'new_dynamic_scale',
     functools.partial(steps.new_dynamic_scale, scale=2.0**24),
   )
-  summary = train_lib.train_and_evaluate(
+  summary = training.train_and_evaluate(
     trainutil.tiny_config(
       digits_dir, log_every_steps=1, test_split='', **FLOAT16_DYNAMIC
     ),
@@ -594,7 +594,7 @@ def test_float16_dynamic_run_stopped_by_sigterm_resumes_bit_identical(
   config = lambda: trainutil.tiny_config(  # noqa: E731
     digits_dir, test_split='', **FLOAT16_DYNAMIC
   )
-  train_lib.train_and_evaluate(config(), str(tmp_path / 'whole'))
+  training.train_and_evaluate(config(), str(tmp_path / 'whole'))
 
   batches = pipeline.InputPipeline.train_batches
 
@@ -608,9 +608,9 @@ def test_float16_dynamic_run_stopped_by_sigterm_resumes_bit_identical(
     patch.setattr(
       pipeline.InputPipeline, 'train_batches', signalled_at_the_sixth
     )
-    first = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+    first = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert first['interrupted'] == 'SIGTERM' and 0 < first['step'] < 8
-  second = train_lib.train_and_evaluate(config(), str(tmp_path / 'resumed'))
+  second = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert second['step'] == 16 and second['interrupted'] is None
   ckpts = [
     checkpointing.Checkpoints(str(tmp_path / name / 'checkpoints'))

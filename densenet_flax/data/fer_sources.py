@@ -31,6 +31,8 @@ from typing import IO
 
 import numpy as np
 
+from densenet_flax import config_keys
+
 # DataFormatError and Example are part of this module's interface. Its
 # examples: key 'row00017' (CSV row) or 'train/angry/x.jpg' (folder release);
 # split train | public_test | private_test; image [48, 48, 1] uint8; label in
@@ -389,12 +391,7 @@ def ferplus_majority(votes: np.ndarray) -> int | None:
 #   probability   one label drawn from the vote distribution at every step (PLD)
 #   crossentropy  the vote distribution as a soft target (CEL)
 #   multi_target  any emotion with >= 30% of the votes counts as right (MT)
-FERPLUS_LABEL_MODES = (
-  'majority',
-  'probability',
-  'crossentropy',
-  'multi_target',
-)
+FERPLUS_LABEL_MODES = config_keys.LABEL_MODES
 
 
 def ferplus_target(votes: np.ndarray, mode: str) -> np.ndarray | None:

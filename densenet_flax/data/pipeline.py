@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from densenet_flax import config_checks
 from densenet_flax.data import augment
 from densenet_flax.data import erasing
 from densenet_flax.data import fer_sources
@@ -88,15 +89,6 @@ class _Examples:
     )
 
 
-def _divide(total: int, parts: int, what: str, key: str) -> int:
-  if total % parts:
-    raise ValueError(
-      f'config.{key}={total} is not divisible by the {parts} '
-      f'{what}; choose a multiple of {parts}'
-    )
-  return total // parts
-
-
 class InputPipeline:
   """Training and evaluation batches of one dataset, for this process.
 
@@ -124,34 +116,14 @@ class InputPipeline:
       jax.process_index() if process_index is None else process_index
     )
     self.process_count = process_count or jax.process_count()
-    per_process = _divide(
-      config.batch_size, self.process_count, 'processes', 'batch_size'
+    # The batch sizes divide over every process's devices (the config's
+    # check, for callers that build a pipeline on their own).
+    config_checks.validate_devices(
+      config, self.num_devices * self.process_count
     )
-    self.local_batch = per_process
-    _divide(
-      config.batch_size,
-      self.num_devices * self.process_count,
-      'devices',
-      'batch_size',
-    )
-    self.local_eval_batch = _divide(
-      config.eval_batch_size, self.process_count, 'processes', 'eval_batch_size'
-    )
-    _divide(
-      config.eval_batch_size,
-      self.num_devices * self.process_count,
-      'devices',
-      'eval_batch_size',
-    )
+    self.local_batch = config.batch_size // self.process_count
+    self.local_eval_batch = config.eval_batch_size // self.process_count
     self.label_mode = config.get('label_mode', 'majority')
-    if self.label_mode not in fer_sources.FERPLUS_LABEL_MODES or (
-      self.label_mode != 'majority' and not self._has_votes
-    ):
-      raise ValueError(
-        f'config.label_mode={self.label_mode!r}: expected one of '
-        f"{', '.join(fer_sources.FERPLUS_LABEL_MODES)}, and 'majority' "
-        f'for {self.spec.name} (the other modes need FER+ votes)'
-      )
     self.builder = prepare.load_builder(
       self.spec.name,
       data_dir=config.get('data_dir') or None,
