@@ -82,6 +82,11 @@ def real_images(batch) -> int:
   return int(batch['mask'].sum()) if 'mask' in batch else batch['label'].size
 
 
+def rates(timed) -> dict:
+  """time_batches' (median, min, max) as rounded images/s."""
+  return dict(zip(('median', 'min', 'max'), (round(r) for r in timed)))
+
+
 def time_batches(iterator, batches: int, repeats: int = 3):
   """(median, min, max) real images per second over `repeats` timings."""
   next(iterator)  # warm-up: pipeline construction and the first epoch
@@ -155,16 +160,8 @@ def _run(args, root, prepare, pipeline, config_keys):
     'rows': args.rows,
     'csv_write_s': round(written, 1),
     'tfds_build_s': round(built, 1),
-    'train_images_per_s': {
-      'median': round(train[0]),
-      'min': round(train[1]),
-      'max': round(train[2]),
-    },
-    'ten_crop_eval_images_per_s': {
-      'median': round(ten_crop[0]),
-      'min': round(ten_crop[1]),
-      'max': round(ten_crop[2]),
-    },
+    'train_images_per_s': rates(train),
+    'ten_crop_eval_images_per_s': rates(ten_crop),
     'batch_size': config.batch_size,
   }
   return result
@@ -202,16 +199,8 @@ def _run_rafdb(args, root, prepare, pipeline, config_keys):
     'rows': args.rows,
     'write_s': round(written, 1),
     'tfds_build_s': round(built, 1),
-    'train_images_per_s': {
-      'median': round(train[0]),
-      'min': round(train[1]),
-      'max': round(train[2]),
-    },
-    'eval_images_per_s': {
-      'median': round(evaluation[0]),
-      'min': round(evaluation[1]),
-      'max': round(evaluation[2]),
-    },
+    'train_images_per_s': rates(train),
+    'eval_images_per_s': rates(evaluation),
     'batch_size': config.batch_size,
     'image_size': config.image_size,
   }

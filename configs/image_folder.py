@@ -1,12 +1,10 @@
 """Class folders (root/<split>/<class>/*.jpg) with ImageNet DenseNet-121.
 
 For face datasets laid out as class folders (RAF-DB or AffectNet as POSTER
-V2 and DDAMFN read them, or your own), on DAN's RAF-DB recipe
-(configs/rafdb.py, source yaoing/DAN rafdb.py): every image resized to
-224x224, flips, for 20% of the images a rotation of up to 20 degrees and a
-crop of the image padded by 32, ImageNet mean/std, RandomErasing (p 0.5,
-area 2-25%); SGD with momentum 0.9, lr 0.1 at batch 256, weight decay 1e-4,
-lr / 10 every 10 of 40 epochs. The classes come from train/'s folders.
+V2 and DDAMFN read them, or your own): configs/rafdb.py's recipe (DAN's
+RAF-DB recipe, source yaoing/DAN rafdb.py), with every image resized to
+224x224 first, whatever its stored size. The classes come from train/'s
+folders (numeric names in numeric order) and go to the run's config.json.
 
 Checkpoints are selected on a validation split carved from train (10% of
 each class); where the root has its own validation folder, pass
@@ -16,41 +14,15 @@ each class); where the root has its own validation folder, pass
       --config.manual_dir ~/data/faces     # the root holding train/, test/
 """
 
-from densenet_flax.config_keys import base_config
+import os
+
+from densenet_flax import config_keys
 
 
 def get_config():
-  config = base_config()
-  config.model = 'densenet121'
-  config.init_from = 'keras:DenseNet121'  # ImageNet weights (downloads)
+  config = config_keys.load_config_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'rafdb.py')
+  )
   config.dataset = 'image_folder'
-  config.train_split = 'train'
-  config.eval_split = 'validation'  # carved from train
-  config.validation_fraction = 0.1
-  config.test_split = 'test'
-  config.image_size = 224
-  config.channels = 3
   config.augment.resize = 224  # any stored size -> 224x224
-  config.augment.crop = 'pad'
-  config.augment.crop_padding = 32
-  config.augment.rotation = 20.0
-  config.augment.geometric_probability = 0.2
-  config.augment.flip = True
-  config.augment.erasing = 0.5
-  config.augment.erasing_scale = (0.02, 0.25)
-  config.half_precision = True
-  config.batch_size = 256
-  config.eval_batch_size = 256
-  config.num_epochs = 40
-  config.optimizer = 'sgd'
-  config.nesterov = False
-  config.momentum = 0.9
-  config.learning_rate = 0.1
-  config.lr_batch_reference = 256
-  config.schedule = 'piecewise'
-  config.lr_boundaries = (0.25, 0.5, 0.75)
-  config.lr_decay = 0.1
-  config.weight_decay = 1e-4
-  config.checkpoint_every_steps = 1000
-  config.log_every_steps = 20
   return config

@@ -85,6 +85,7 @@ def digits_run(digits_dir, tmp_path_factory):
   """A trained workdir (16 steps): 8x8 digits resized to 16x16, as the demo."""
   import trainutil
   from densenet_flax import training
+
   workdir = str(tmp_path_factory.mktemp('digits_run'))
   training.train_and_evaluate(
     trainutil.tiny_config(digits_dir, image_size=16, **{'augment.resize': 16}),

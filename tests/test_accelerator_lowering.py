@@ -50,9 +50,9 @@ def abstract_state(mode: str, dtype, dynamic_scale: bool = False):
 
 def export_train_step(state, platforms):
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-  step = jax.jit(functools.partial(
-      steps.train_step, spec=steps.TrainSpec(num_classes=4)
-    ))
+  step = jax.jit(
+    functools.partial(steps.train_step, spec=steps.TrainSpec(num_classes=4))
+  )
   return jax.export.export(step, platforms=platforms)(state, BATCH, key)
 
 

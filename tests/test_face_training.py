@@ -9,17 +9,14 @@ chosen).
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 pytest.importorskip('tensorflow')
 
-from densenet_flax import checkpointing  # noqa: E402
 from densenet_flax import config_keys  # noqa: E402
 from densenet_flax import training  # noqa: E402
 from densenet_flax.data import order  # noqa: E402
@@ -293,35 +290,16 @@ def test_a_balanced_run_resumed_after_sigterm_is_bit_identical(
     )
 
   training.train_and_evaluate(config(), str(tmp_path / 'whole'))
-  batches = pipeline.InputPipeline.train_batches
-
-  def signalled_at_the_fifth(self, start_step=0):
-    for i, batch in enumerate(batches(self, start_step)):
-      if i == 4:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-
-  with monkeypatch.context() as patch:
-    patch.setattr(
-      pipeline.InputPipeline, 'train_batches', signalled_at_the_fifth
-    )
+  with trainutil.sigterm_at_batch(monkeypatch, 4):
     first = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert first['interrupted'] == 'SIGTERM' and 0 < first['step'] < 6
   second = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert second['step'] == 6 and second['interrupted'] is None
-  ckpts = [
-    checkpointing.Checkpoints(str(tmp_path / name / 'checkpoints'))
-    for name in ('whole', 'resumed')
-  ]
-  want, got = (jax.device_get(c.read(6)) for c in ckpts)
-  for c in ckpts:
-    c.close()
-  for key in ('params', 'batch_stats', 'opt_state'):
-    leaves_want = jax.tree_util.tree_leaves(want[key])
-    leaves_got = jax.tree_util.tree_leaves(got[key])
-    assert len(leaves_want) == len(leaves_got) > 0
-    for x, y in zip(leaves_want, leaves_got):
-      np.testing.assert_array_equal(x, y, err_msg=key)
+  trainutil.assert_same_checkpoints(
+    [str(tmp_path / 'whole'), str(tmp_path / 'resumed')],
+    6,
+    ('params', 'batch_stats', 'opt_state'),
+  )
 
 
 @pytest.mark.slow

@@ -342,6 +342,7 @@ def test_a_run_trains_in_the_mode_and_evaluates_on_majority_labels(
   import trainutil
   from densenet_flax import evaluation
   from densenet_flax import training
+
   config = trainutil.tiny_config(
     ferplus_dirs[0],
     dataset='ferplus',

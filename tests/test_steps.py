@@ -208,9 +208,9 @@ def test_half_precision_step_keeps_float32_state():
     'image': jax.random.normal(jax.random.key(1), (4, 8, 8, 1)),
     'label': jnp.array([0, 1, 2, 3]),
   }
-  step = jax.jit(functools.partial(
-      steps.train_step, spec=steps.TrainSpec(num_classes=4)
-    ))
+  step = jax.jit(
+    functools.partial(steps.train_step, spec=steps.TrainSpec(num_classes=4))
+  )
   new, metrics = step(state, batch, jax.random.key(2))
   for leaf in jax.tree_util.tree_leaves(
     (new.params, new.batch_stats, new.opt_state)
@@ -461,9 +461,9 @@ def test_an_overflowing_step_is_skipped_and_halves_the_scale():
 def test_the_scale_grows_after_its_period_of_finite_steps():
   """Flax's rule: after `growth_interval` finite steps in a row, the next
   finite step doubles the scale and starts counting again."""
-  step = jax.jit(functools.partial(
-      steps.train_step, spec=steps.TrainSpec(num_classes=4)
-    ))
+  step = jax.jit(
+    functools.partial(steps.train_step, spec=steps.TrainSpec(num_classes=4))
+  )
   state = scaled_state(2.0**8, growth_interval=2)
   scales, fin_steps = [], []
   for i in range(6):

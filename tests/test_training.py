@@ -589,40 +589,18 @@ def test_float16_dynamic_run_stopped_by_sigterm_resumes_bit_identical(
   """SIGTERM to the process mid-epoch (sent as the loop draws a batch), then
   the same command: params, BN statistics, optimizer state and the loss
   scale end as in an uninterrupted run."""
-  from densenet_flax.data import pipeline
 
   config = lambda: trainutil.tiny_config(  # noqa: E731
     digits_dir, test_split='', **FLOAT16_DYNAMIC
   )
   training.train_and_evaluate(config(), str(tmp_path / 'whole'))
-
-  batches = pipeline.InputPipeline.train_batches
-
-  def signalled_at_the_sixth(self, start_step=0):
-    for i, batch in enumerate(batches(self, start_step)):
-      if i == 5:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-
-  with monkeypatch.context() as patch:
-    patch.setattr(
-      pipeline.InputPipeline, 'train_batches', signalled_at_the_sixth
-    )
+  with trainutil.sigterm_at_batch(monkeypatch, 5):
     first = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert first['interrupted'] == 'SIGTERM' and 0 < first['step'] < 8
   second = training.train_and_evaluate(config(), str(tmp_path / 'resumed'))
   assert second['step'] == 16 and second['interrupted'] is None
-  ckpts = [
-    checkpointing.Checkpoints(str(tmp_path / name / 'checkpoints'))
-    for name in ('whole', 'resumed')
-  ]
-  want, got = (jax.device_get(c.read(16)) for c in ckpts)
-  for c in ckpts:
-    c.close()
-  assert set(want) == set(got) and 'dynamic_scale' in want
-  for key in ('params', 'batch_stats', 'opt_state', 'dynamic_scale'):
-    leaves_want = jax.tree_util.tree_leaves(want[key])
-    leaves_got = jax.tree_util.tree_leaves(got[key])
-    assert len(leaves_want) == len(leaves_got) > 0
-    for x, y in zip(leaves_want, leaves_got):
-      np.testing.assert_array_equal(x, y, err_msg=key)
+  trainutil.assert_same_checkpoints(
+    [str(tmp_path / 'whole'), str(tmp_path / 'resumed')],
+    16,
+    ('params', 'batch_stats', 'opt_state', 'dynamic_scale'),
+  )

@@ -67,3 +67,51 @@ def final_variables(workdir):
     'batch_stats': state['batch_stats'],
     'opt_state': state['opt_state'],
   }
+
+
+def sigterm_at_batch(monkeypatch, index):
+  """A context in which the training pipeline sends this process SIGTERM
+  as the loop draws batch `index` (of this invocation), mid-epoch."""
+  import contextlib
+  import signal
+
+  from densenet_flax.data import pipeline
+
+  batches = pipeline.InputPipeline.train_batches
+
+  def signalled(self, start_step=0):
+    for i, batch in enumerate(batches(self, start_step)):
+      if i == index:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  @contextlib.contextmanager
+  def patched():
+    with monkeypatch.context() as patch:
+      patch.setattr(pipeline.InputPipeline, 'train_batches', signalled)
+      yield
+
+  return patched()
+
+
+def assert_same_checkpoints(workdirs, step, keys):
+  """The checkpoints at `step` of two workdirs hold the same bits under
+  each of `keys` (e.g. params, batch_stats, opt_state)."""
+  import jax
+  import numpy as np
+
+  from densenet_flax import checkpointing
+
+  ckpts = [
+    checkpointing.Checkpoints(os.path.join(w, 'checkpoints')) for w in workdirs
+  ]
+  want, got = (jax.device_get(c.read(step)) for c in ckpts)
+  for c in ckpts:
+    c.close()
+  assert set(keys) <= set(want) and set(want) == set(got)
+  for key in keys:
+    leaves_want = jax.tree_util.tree_leaves(want[key])
+    leaves_got = jax.tree_util.tree_leaves(got[key])
+    assert len(leaves_want) == len(leaves_got) > 0
+    for x, y in zip(leaves_want, leaves_got):
+      np.testing.assert_array_equal(x, y, err_msg=key)
