@@ -646,11 +646,11 @@ def main(argv=None) -> None:
   # The host's backend stays the CPU: the target is compiled for, not run.
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   target = args.parsed_target
-  import jax
+  with quiet_stderr():  # from JAX's import on, which loads the plugins
+    import jax
 
-  # Compile times are measured: no persistent cache answers for XLA.
-  jax.config.update('jax_enable_compilation_cache', False)
-  with quiet_stderr():
+    # Compile times are measured: no persistent cache answers for XLA.
+    jax.config.update('jax_enable_compilation_cache', False)
     try:
       devices = topology_devices(target)
     except MissingCompiler as e:
