@@ -32,8 +32,8 @@ as the run places them (`run_step`). One JSON line per case, per device
   compile_s, compile_cpu_s  the compiler's wall and CPU seconds
   argument_bytes, output_bytes, alias_bytes, temp_bytes, peak_bytes
                           XLA's memory analysis
-  held_bytes, fits        the larger of peak_bytes and arguments + outputs
-                          not aliased + temp; whether it fits the chip's HBM
+  fits                    peak_bytes within the chip's HBM (`_memory` says
+                          why the peak and not the temp size)
   compile_error           where libtpu refused the program for want of HBM
                           (fits false, no memory or cost figures)
   flops, bytes_accessed   XLA's cost analysis (flops_source 'xla'); CUDA's
@@ -553,7 +553,6 @@ MEMORY_KEYS = (
   'alias_bytes',
   'temp_bytes',
   'peak_bytes',
-  'held_bytes',
 )
 COST_KEYS = (
   'flops',
@@ -566,27 +565,27 @@ COST_KEYS = (
 
 
 def _memory(compiled, chip: Chip) -> dict:
+  """XLA's memory analysis; fits: the peak within the chip's HBM.
+
+  On TPU the temp size is no bound in either direction: 0 or far below the
+  peak for some programs, above it (and above the chip's HBM, for a program
+  libtpu accepted) for others. The peak is what tracks libtpu's own check.
+  Without a peak (older jaxlibs), arguments + outputs not aliased + temp.
+  """
   memory = compiled.memory_analysis()
-  peak = int(getattr(memory, 'peak_memory_in_bytes', 0) or 0)
-  # The buffers the executable allocates: arguments, outputs not aliased
-  # to them, and one temp block. On TPU the reported peak (a heap
-  # simulation) can be below that block, or the temp far below the peak:
-  # the larger of the two is what must fit.
-  allocated = (
+  peak = int(getattr(memory, 'peak_memory_in_bytes', 0) or 0) or int(
     memory.argument_size_in_bytes
     + memory.output_size_in_bytes
     - memory.alias_size_in_bytes
     + memory.temp_size_in_bytes
   )
-  held = int(max(peak, allocated))
   return {
     'argument_bytes': int(memory.argument_size_in_bytes),
     'output_bytes': int(memory.output_size_in_bytes),
     'alias_bytes': int(memory.alias_size_in_bytes),
     'temp_bytes': int(memory.temp_size_in_bytes),
     'peak_bytes': peak,
-    'held_bytes': held,
-    'fits': held <= chip.hbm_bytes,
+    'fits': peak <= chip.hbm_bytes,
   }
 
 

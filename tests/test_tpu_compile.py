@@ -333,13 +333,13 @@ def test_densenet_bc_train_step_compiles_for_a_v5e_pod_slice():
       'TPU v5e',
     )
     assert (row['batch'], row['dtype']) == (16, 'bfloat16')
-    assert row['fits'] and 0 < row['held_bytes'] < 16 * 2**30
+    assert row['fits'] and 0 < row['peak_bytes'] < 16 * 2**30
     assert 'estimate' in row['roofline_note']
   assert not plain['memory_efficient'] and efficient['memory_efficient']
   # The same state and batch go in.
   assert plain['argument_bytes'] == efficient['argument_bytes']
   assert efficient['temp_bytes'] < plain['temp_bytes']
-  assert efficient['held_bytes'] < plain['held_bytes']
+  assert efficient['peak_bytes'] < plain['peak_bytes']
 
   model = models.create_model(
     'densenet_bc_100_12', num_classes=10, block_sizes=(6, 6, 6)
