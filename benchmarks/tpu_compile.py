@@ -32,8 +32,10 @@ as the run places them (`run_step`). One JSON line per case, per device
   compile_s, compile_cpu_s  the compiler's wall and CPU seconds
   argument_bytes, output_bytes, alias_bytes, temp_bytes, peak_bytes
                           XLA's memory analysis
-  held_bytes, fits        the larger of peak_bytes and arguments + outputs
-                          not aliased + temp; whether it fits the chip's HBM
+  fits                    peak_bytes within the chip's HBM (`_memory` says
+                          why the peak and not the temp size)
+  compile_error           where libtpu refused the program for want of HBM
+                          (fits false, no memory or cost figures)
   flops, bytes_accessed   XLA's cost analysis (flops_source 'xla'); CUDA's
                           compiler gives none: flops is then analytic_flops
                           and bytes_accessed null ('analytic')
@@ -410,7 +412,7 @@ class RunStep:
 
 
 def run_step(config, devices, backend: str) -> RunStep:
-  """The config's train step as train.py builds it, over `devices`.
+  """The config's train step as training.py builds it, over `devices`.
 
   `backend` ('tpu', 'gpu', 'cpu') decides the 'auto' loss scaling. The
   arguments are those of a step on one global batch: the replicated state,
@@ -456,23 +458,6 @@ def run_step(config, devices, backend: str) -> RunStep:
   return RunStep(model, dp, step, make_state, (state, batch, key))
 
 
-def compile_case(config, devices, backend: str):
-  """(RunStep, compiled step, lower_s, compile_s, compile_cpu_s) of the
-  config's train step over `devices`, from abstract arguments only, with
-  the kernels GPUs and TPUs run."""
-  from densenet_flax import layers
-
-  run = run_step(config, devices, backend)
-  start = time.perf_counter()
-  with layers.use_kernels('generic'):
-    lowered = run.step.lower(*run.arguments)
-  lower_s = time.perf_counter() - start
-  start, cpu = time.perf_counter(), time.process_time()
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start
-  return run, compiled, lower_s, compile_s, time.process_time() - cpu
-
-
 def _cost(compiled) -> dict:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
@@ -480,53 +465,42 @@ def _cost(compiled) -> dict:
   return cost or {}
 
 
-def measure(target: Target, config, devices, batch: int) -> dict:
-  """One case's JSON row."""
+def _versions() -> dict:
   import jax
 
-  from benchmarks import model_flops
-  from densenet_flax import recipe
-
-  chip = CHIPS[target.chip]
-  backend = 'gpu' if target.platform == 'cuda' else 'tpu'
-  run, compiled, lower_s, compile_s, compile_cpu_s = compile_case(
-    config, devices, backend
-  )
-  model = run.model
-  memory = compiled.memory_analysis()
-  cost = _cost(compiled)
-  shape = recipe.input_shape(config)
-  analytic = model_flops.train_step_flops(model, shape, batch)
-  if 'flops' in cost:
-    flops, source = float(cost['flops']), 'xla'
-    accessed = float(cost.get('bytes accessed', 0.0)) or None
-  else:
-    flops, source, accessed = float(analytic), 'analytic', None
-  peak = int(getattr(memory, 'peak_memory_in_bytes', 0) or 0)
-  # The buffers the executable allocates: arguments, outputs not aliased
-  # to them, and one temp block. On TPU the reported peak (a heap
-  # simulation) can be below that block, or the temp 0 where the peak is
-  # not: the larger of the two is what must fit.
-  allocated = (
-    memory.argument_size_in_bytes
-    + memory.output_size_in_bytes
-    - memory.alias_size_in_bytes
-    + memory.temp_size_in_bytes
-  )
-  held = int(max(peak, allocated))
-  loops = bool(config.memory_efficient)
-  # XLA's cost analysis counts a while loop's body once: for the
-  # memory-efficient blocks the analytic count of all their layers is the
-  # compute term, and XLA's bytes a lower bound.
-  compute_s = max(flops, float(analytic)) / chip.peak_flops
-  memory_s = accessed / chip.hbm_bytes_per_s if accessed else 0.0
   versions = {'jax': jax.__version__}
   for package in ('libtpu', 'jax-cuda12-plugin'):
     try:
       versions[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
       pass
-  return {
+  return versions
+
+
+def out_of_memory(error: Exception) -> bool:
+  """Whether a compile failed because the program does not fit the chip
+  (libtpu refuses such programs: 'RESOURCE_EXHAUSTED: Ran out of memory
+  on HBM ...')."""
+  return 'RESOURCE_EXHAUSTED' in str(error)
+
+
+def measure(target: Target, config, devices, batch: int) -> dict:
+  """One case's JSON row.
+
+  A compile that the compiler refuses for want of memory gives a row too:
+  fits false, its message as compile_error, and no memory or cost figures.
+  """
+  from benchmarks import model_flops
+  from densenet_flax import layers
+  from densenet_flax import recipe
+
+  chip = CHIPS[target.chip]
+  backend = 'gpu' if target.platform == 'cuda' else 'tpu'
+  run = run_step(config, devices, backend)
+  model = run.model
+  shape = recipe.input_shape(config)
+  analytic = model_flops.train_step_flops(model, shape, batch)
+  row = {
     'topology': target.topology,
     'target': target.platform,
     'chip': chip.name,
@@ -539,26 +513,106 @@ def measure(target: Target, config, devices, batch: int) -> dict:
     'memory_efficient': bool(config.memory_efficient),
     'dtype': str(recipe.compute_dtype(config).dtype),
     'parallelism': run.dp.parallelism,  # 'jit' on one device
-    'lower_s': round(lower_s, 2),
-    'compile_s': round(compile_s, 2),
-    'compile_cpu_s': round(compile_cpu_s, 2),
+    'hbm_bytes': chip.hbm_bytes,
+    'analytic_flops': float(analytic),
+    'analytic_flops_loops_once': float(
+      model_flops.train_step_flops(model, shape, batch, loop_bodies_once=True)
+    ),
+    **_versions(),
+  }
+  start = time.perf_counter()
+  with layers.use_kernels('generic'):
+    lowered = run.step.lower(*run.arguments)
+  row['lower_s'] = round(time.perf_counter() - start, 2)
+  start, cpu = time.perf_counter(), time.process_time()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # jaxlib raises its own error type
+    if not out_of_memory(e):
+      raise
+    compiled, error = None, str(e).strip().splitlines()[0]
+  row['compile_s'] = round(time.perf_counter() - start, 2)
+  row['compile_cpu_s'] = round(time.process_time() - cpu, 2)
+  if compiled is None:
+    return dict(
+      row,
+      fits=False,
+      compile_error=error,
+      **dict.fromkeys(MEMORY_KEYS + COST_KEYS),
+    )
+  return dict(
+    row,
+    **_memory(compiled, chip),
+    **_roofline(compiled, chip, analytic, config.memory_efficient),
+  )
+
+
+MEMORY_KEYS = (
+  'argument_bytes',
+  'output_bytes',
+  'alias_bytes',
+  'temp_bytes',
+  'peak_bytes',
+)
+COST_KEYS = (
+  'flops',
+  'flops_source',
+  'bytes_accessed',
+  'roofline_step_s',
+  'roofline_bound',
+  'roofline_note',
+)
+
+
+def _memory(compiled, chip: Chip) -> dict:
+  """XLA's memory analysis; fits: the peak within the chip's HBM.
+
+  On TPU the temp size is no bound in either direction: 0 or far below the
+  peak for some programs, above it (and above the chip's HBM, for a program
+  libtpu accepted) for others. The peak is what tracks libtpu's own check.
+  Without a peak (older jaxlibs), arguments + outputs not aliased + temp.
+  """
+  memory = compiled.memory_analysis()
+  peak = int(getattr(memory, 'peak_memory_in_bytes', 0) or 0) or int(
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+  return {
     'argument_bytes': int(memory.argument_size_in_bytes),
     'output_bytes': int(memory.output_size_in_bytes),
     'alias_bytes': int(memory.alias_size_in_bytes),
     'temp_bytes': int(memory.temp_size_in_bytes),
     'peak_bytes': peak,
-    'held_bytes': held,
-    'hbm_bytes': chip.hbm_bytes,
-    'fits': held <= chip.hbm_bytes,
+    'fits': peak <= chip.hbm_bytes,
+  }
+
+
+def _roofline(compiled, chip: Chip, analytic: int, loops: bool) -> dict:
+  """XLA's FLOPs and bytes (or the analytic FLOPs where the compiler has no
+  cost analysis) and the roofline estimate from them."""
+  cost = _cost(compiled)
+  if 'flops' in cost:
+    flops, source = float(cost['flops']), 'xla'
+    accessed = float(cost.get('bytes accessed', 0.0)) or None
+  else:
+    flops, source, accessed = float(analytic), 'analytic', None
+  # XLA's cost analysis counts a while loop's body once: for the
+  # memory-efficient blocks the analytic count of all their layers is the
+  # compute term, and XLA's bytes a lower bound.
+  compute_s = max(flops, float(analytic)) / chip.peak_flops
+  memory_s = accessed / chip.hbm_bytes_per_s if accessed else 0.0
+  if not accessed:
+    bound = 'compute only (no byte count): a lower bound'
+  else:
+    bound = 'compute' if compute_s >= memory_s else 'memory'
+  return {
     'flops': flops,
     'flops_source': source,
-    'analytic_flops': float(analytic),
-    'analytic_flops_loops_once': float(
-      model_flops.train_step_flops(model, shape, batch, loop_bodies_once=True)
-    ),
     'bytes_accessed': accessed,
     'roofline_step_s': max(compute_s, memory_s),
-    'roofline_bound': 'compute' if compute_s >= memory_s else 'memory',
+    'roofline_bound': bound,
     'roofline_note': (
       f'an estimate, not a measurement: max(max(flops, analytic_flops) / '
       f'{chip.peak_flops:.4g}, bytes_accessed / {chip.hbm_bytes_per_s:.4g}) '
@@ -571,7 +625,6 @@ def measure(target: Target, config, devices, batch: int) -> dict:
         else ''
       )
     ),
-    **versions,
   }
 
 
@@ -646,11 +699,11 @@ def main(argv=None) -> None:
   # The host's backend stays the CPU: the target is compiled for, not run.
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   target = args.parsed_target
-  import jax
+  with quiet_stderr():  # from JAX's import on, which loads the plugins
+    import jax
 
-  # Compile times are measured: no persistent cache answers for XLA.
-  jax.config.update('jax_enable_compilation_cache', False)
-  with quiet_stderr():
+    # Compile times are measured: no persistent cache answers for XLA.
+    jax.config.update('jax_enable_compilation_cache', False)
     try:
       devices = topology_devices(target)
     except MissingCompiler as e:

@@ -242,6 +242,50 @@ def tpu_python() -> str:
   return python
 
 
+def run_benchmark(python: str, *args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ)
+  # The tests' XLA:CPU flags and compilation cache are not the TPU's.
+  for name in ('XLA_FLAGS', 'JAX_COMPILATION_CACHE_DIR'):
+    env.pop(name, None)
+  env['JAX_PLATFORMS'] = 'cpu'
+  return subprocess.run(
+    [python, '-m', 'benchmarks.tpu_compile', *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1500,
+  )
+
+
+@pytest.mark.slow
+def test_a_step_too_big_for_the_chip_is_a_row_that_does_not_fit():
+  """libtpu refuses a program larger than the chip's HBM: the row says so,
+  with the compiler's words, and the benchmark goes on."""
+  done = run_benchmark(
+    tpu_python(),
+    '--topology',
+    'v5e:1x1',
+    '--model',
+    'densenet_bc_100_12',
+    '--block-sizes',
+    '1,1',
+    '--image-size',
+    '32',
+    '--channels',
+    '1',
+    '--batch',
+    '65536',
+    '2',
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  big, small = (json.loads(line) for line in done.stdout.splitlines())
+  assert big['batch'] == 65536 and not big['fits']
+  assert 'Ran out of memory on HBM' in big['compile_error']
+  assert big['temp_bytes'] is None and big['roofline_step_s'] is None
+  assert small['batch'] == 2 and small['fits'] and 'compile_error' not in small
+
+
 @pytest.mark.slow
 def test_densenet_bc_train_step_compiles_for_a_v5e_pod_slice():
   """DenseNet-BC (blocks of 6, 32 px, bf16, 16 per chip) for 4 v5e chips:
@@ -256,40 +300,25 @@ def test_densenet_bc_train_step_compiles_for_a_v5e_pod_slice():
   blocks (one loop of 6 layers each) it matches the count of one layer per
   loop, a fraction of the work the loops do.
   """
-  python = tpu_python()
-  env = dict(os.environ)
-  # The tests' XLA:CPU flags and compilation cache are not the TPU's.
-  for name in ('XLA_FLAGS', 'JAX_COMPILATION_CACHE_DIR'):
-    env.pop(name, None)
-  env['JAX_PLATFORMS'] = 'cpu'
-  done = subprocess.run(
-    [
-      python,
-      '-m',
-      'benchmarks.tpu_compile',
-      '--topology',
-      'v5e:2x2',
-      '--model',
-      'densenet_bc_100_12',
-      '--block-sizes',
-      '6,6,6',
-      '--image-size',
-      '32',
-      '--channels',
-      '1',
-      '--batch',
-      '16',
-      '--modes',
-      'plain',
-      'memory_efficient',
-      '--dtype',
-      'bfloat16',
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=1500,
+  done = run_benchmark(
+    tpu_python(),
+    '--topology',
+    'v5e:2x2',
+    '--model',
+    'densenet_bc_100_12',
+    '--block-sizes',
+    '6,6,6',
+    '--image-size',
+    '32',
+    '--channels',
+    '1',
+    '--batch',
+    '16',
+    '--modes',
+    'plain',
+    'memory_efficient',
+    '--dtype',
+    'bfloat16',
   )
   assert done.returncode == 0, done.stderr[-3000:]
   # libtpu's complaints about a host without TPU VM settings stay out.
@@ -304,13 +333,13 @@ def test_densenet_bc_train_step_compiles_for_a_v5e_pod_slice():
       'TPU v5e',
     )
     assert (row['batch'], row['dtype']) == (16, 'bfloat16')
-    assert row['fits'] and 0 < row['held_bytes'] < 16 * 2**30
+    assert row['fits'] and 0 < row['peak_bytes'] < 16 * 2**30
     assert 'estimate' in row['roofline_note']
   assert not plain['memory_efficient'] and efficient['memory_efficient']
   # The same state and batch go in.
   assert plain['argument_bytes'] == efficient['argument_bytes']
   assert efficient['temp_bytes'] < plain['temp_bytes']
-  assert efficient['held_bytes'] < plain['held_bytes']
+  assert efficient['peak_bytes'] < plain['peak_bytes']
 
   model = models.create_model(
     'densenet_bc_100_12', num_classes=10, block_sizes=(6, 6, 6)
