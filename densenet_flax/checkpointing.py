@@ -266,15 +266,27 @@ class Checkpoints:
 
   def best_step(self) -> int | None:
     """The retained step with the highest selection metric (None if none has
-    one). A reader skips a record that a training run deleted while it was
-    read."""
-    scored = []
+    one). A reader whose listing went stale (a training run deleted a step
+    while its record was read) lists the steps again, so the best is never
+    missed for a step that replaced it."""
+    for _ in range(REREADS):
+      scored, vanished = self._scored_steps()
+      if not vanished:
+        break
+      _listing_retried(self._manager.reload)
+    return max(scored)[1] if scored else None
+
+  def _scored_steps(self) -> tuple[list[tuple[float, int]], bool]:
+    """[(selection metric, step)] of the listed steps that have one, and
+    whether a listed step was deleted while it was read."""
+    scored, vanished = [], False
     for step in self.all_steps():
       try:
         metrics = self.meta(step).get('eval_metrics') or {}
       except Exception as e:  # noqa: BLE001 - a damaged record is never best
         if self.read_only and self._deleted(step):
           log.info('Checkpoint %d was deleted while its record was read', step)
+          vanished = True
           continue
         if damage_shown_by(e) is None:
           raise CheckpointReadError(
@@ -290,7 +302,7 @@ class Checkpoints:
         continue
       if self.select_metric in metrics:
         scored.append((metrics[self.select_metric], step))
-    return max(scored)[1] if scored else None
+    return scored, vanished
 
   def resolve(self, which: str | int) -> int:
     """'latest', 'best' or a step number -> a step that exists."""

@@ -365,6 +365,22 @@ def test_a_best_step_deleted_while_read_is_resolved_again(tmp_path, caplog):
   reader.close()
 
 
+def test_the_best_is_listed_again_when_the_listed_steps_were_deleted(
+  tmp_path, caplog
+):
+  writer = checkpointing.Checkpoints(str(tmp_path), keep=1)
+  save(writer, [1, 2], {1: {'accuracy': 0.5}})
+  reader = checkpointing.Checkpoints(str(tmp_path), read_only=True)
+  assert reader.all_steps() == [1, 2]  # listed; then a new best: 1, 2 go
+  save(writer, [3], {3: {'accuracy': 0.9}})
+  assert os.listdir(tmp_path) == ['3']
+  caplog.set_level(logging.INFO, 'densenet_flax.checkpointing')
+  assert reader.best_step() == 3
+  assert 'Checkpoint 1 was deleted while its record was read' in caplog.text
+  writer.close()
+  reader.close()
+
+
 def test_a_save_in_flight_is_never_read(tmp_path):
   writer = checkpointing.Checkpoints(str(tmp_path), keep=5)
   save(writer, [1, 2])
