@@ -44,6 +44,31 @@ def train_command(workdir, config_file, *flags) -> list[str]:
   ]
 
 
+def evaluate_command(workdir, *flags) -> list[str]:
+  return [
+    sys.executable,
+    os.path.join(trainutil.REPO, 'evaluate.py'),
+    '--workdir',
+    str(workdir),
+    *flags,
+  ]
+
+
+def run(
+  command: list[str], *, timeout: float, devices: int = 1
+) -> subprocess.CompletedProcess:
+  """`command` to its end in cpu_env(devices), from the repository root,
+  its output captured as text."""
+  return subprocess.run(
+    command,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=cpu_env(devices),
+    cwd=trainutil.REPO,
+  )
+
+
 def distributed_train_flags(
   port: int, n: int, i: int, timeout_s: int = 60
 ) -> list[str]:

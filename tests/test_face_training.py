@@ -9,8 +9,6 @@ chosen).
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -87,18 +85,14 @@ def test_rafdb_recipe_trains_from_the_command_line(rafdb_dir, tmp_path):
     'def get_config():\n'
     "  return test_face_training.recipe('rafdb.py', '', '')\n"
   )
-  out = subprocess.run(
+  out = multiprocess.run(
     multiprocess.train_command(
       workdir,
       config_file,
       f'--config.manual_dir={manual}',
       f'--config.data_dir={data}',
     ),
-    capture_output=True,
-    text=True,
-    env=multiprocess.cpu_env(),
     timeout=600,
-    cwd=trainutil.REPO,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'carved out as' in out.stderr
@@ -315,20 +309,10 @@ def test_select_on_test_says_so_in_every_report(rafdb_dir, tmp_path):
   )
   assert summary['test']['selection']['test_used_for_selection']
   assert summary['test']['selection']['selected_on'] == 'test'
-  out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(trainutil.REPO, 'evaluate.py'),
-      '--workdir',
-      workdir,
-      '--checkpoint',
-      'best',
-      '--split',
-      'test',
-    ],
-    capture_output=True,
-    text=True,
-    env=multiprocess.cpu_env(),
+  out = multiprocess.run(
+    multiprocess.evaluate_command(
+      workdir, '--checkpoint', 'best', '--split', 'test'
+    ),
     timeout=600,
   )
   assert out.returncode == 0, out.stderr[-3000:]

@@ -16,6 +16,7 @@ from densenet_flax import config_keys  # noqa: E402
 from densenet_flax.faces import FaceEmotionDetector  # noqa: E402
 from densenet_flax.inference import Classifier  # noqa: E402
 from densenet_flax.data import fer_sources  # noqa: E402
+import trainutil  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -341,37 +342,21 @@ def test_files_of_one_name_in_different_folders_get_their_own_outputs():
 # faces.
 
 
-def color_classifier(dataset):
-  """A tiny DenseNet-121-shaped model for `dataset`, random weights."""
-  config = config_keys.base_config()
-  config.dataset, config.model = dataset, 'densenet121'
-  config.model_overrides.block_sizes = (1, 1, 1, 1)
-  config.model_overrides.growth_rate = 4
-  config.model_overrides.num_init_features = 8
-  config.image_size, config.channels = 32, 3
-  config.augment.resize, config.augment.crop = 32, 'pad'
-  model = recipe.build_model(config)
-  variables = model.init(
-    jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
-  )
-  return Classifier(
-    model, variables, config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-  )
-
-
 def test_a_color_run_classifies_rgb_crops_framed_as_its_dataset():
   photo = skimage_data.astronaut()  # RGB
-  raf = FaceEmotionDetector(color_classifier('rafdb'))
+  raf = FaceEmotionDetector(trainutil.color_classifier('rafdb'))
   assert (raf.margin, raf.align, raf.face_size) == (0.15, True, 100)
   (face,) = raf.detect(photo)
-  assert set(face['emotions']) == set(color_classifier('rafdb').class_names)
+  assert set(face['emotions']) == set(
+    trainutil.color_classifier('rafdb').class_names
+  )
   crops = raf.face_crops(photo, [face['box']])
   assert crops.shape == (1, 100, 100, 3) and crops.dtype == np.uint8
   # Color survives: the crop's channels differ where the photo's do.
   assert np.abs(crops[0, ..., 0].astype(int) - crops[0, ..., 2]).mean() > 5
 
   # AffectNet's faces are its boxes as they are: no margin, no rotation.
-  affectnet = FaceEmotionDetector(color_classifier('affectnet8'))
+  affectnet = FaceEmotionDetector(trainutil.color_classifier('affectnet8'))
   assert (affectnet.margin, affectnet.align, affectnet.face_size) == (
     0.0,
     False,

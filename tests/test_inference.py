@@ -13,8 +13,6 @@ cv2 = pytest.importorskip('cv2')
 
 from densenet_flax import evaluation  # noqa: E402
 from densenet_flax import run_directory  # noqa: E402
-from densenet_flax import recipe  # noqa: E402
-from densenet_flax import config_keys  # noqa: E402
 from densenet_flax.inference import Classifier  # noqa: E402
 
 import trainutil  # noqa: E402
@@ -316,25 +314,10 @@ def test_export_round_trip(classifier, digits_dir, tmp_path):
 def test_export_of_a_color_run_gives_its_predictions(tmp_path):
   """A RAF-DB-shaped run (RGB, DenseNet-121 layout, ImageNet mean/std):
   SavedModel, TFLite and ONNX answer as Classifier.predict does."""
-  import jax
-  import jax.numpy as jnp
   import tensorflow as tf
   from densenet_flax import export
 
-  config = config_keys.base_config()
-  config.dataset, config.model = 'rafdb', 'densenet121'
-  config.model_overrides.block_sizes = (1, 1, 1, 1)
-  config.model_overrides.growth_rate = 4
-  config.model_overrides.num_init_features = 8
-  config.image_size, config.channels = 64, 3
-  config.augment.resize, config.augment.crop = 64, 'pad'
-  model = recipe.build_model(config)
-  variables = model.init(
-    jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False
-  )
-  classifier = Classifier(
-    model, variables, config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-  )
+  classifier = trainutil.color_classifier('rafdb', size=64)
   photos = np.random.default_rng(0).integers(0, 256, (3, 100, 100, 3))
   want = classifier.predict(photos)
   pixels = classifier.crops(photos).astype(np.float32)

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -114,12 +113,10 @@ def two_process_pmap_run(config_file, tmp_path_factory):
 def one_process_run(config_file, tmp_path_factory):
   """The same config in one process with 2 devices: its workdir."""
   workdir = str(tmp_path_factory.mktemp('one_process') / 'run')
-  out = subprocess.run(
+  out = multiprocess.run(
     multiprocess.train_command(workdir, config_file),
-    env=multiprocess.cpu_env(devices=2),
-    capture_output=True,
-    text=True,
     timeout=TIMEOUT,
+    devices=2,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert '2 device(s) in 1 process(es)' in out.stderr

@@ -285,15 +285,11 @@ def test_train_py_exits_75_naming_the_holder(tmp_path, holders, kind):
   config_file = trainutil.write_config_file(
     tmp_path / 'config.py', str(tmp_path / 'no-data')
   )
-  out = subprocess.run(
+  out = multiprocess.run(
     multiprocess.train_command(
       workdir, config_file, f'--config.workdir_lock={kind}'
     ),
-    capture_output=True,
-    text=True,
     timeout=120,
-    env=multiprocess.cpu_env(),
-    cwd=trainutil.REPO,
   )
   assert out.returncode == 75, out.stderr[-3000:]
   assert (
@@ -455,13 +451,9 @@ def test_two_train_py_on_one_workdir_the_second_exits_75_the_first_unharmed(
   )
   assert holder_pid(workdir) == first.pid
   start = time.monotonic()
-  second = subprocess.run(
+  second = multiprocess.run(
     multiprocess.train_command(workdir, config_file),
-    capture_output=True,
-    text=True,
     timeout=300,
-    env=multiprocess.cpu_env(),
-    cwd=trainutil.REPO,
   )
   print(f'the second run was refused in {time.monotonic() - start:.1f} s')
   assert first.poll() is None  # refused while the first trained
@@ -497,13 +489,9 @@ def test_after_kill_9_of_the_holder_the_next_run_starts_at_once_and_resumes(
   first.send_signal(signal.SIGKILL)
   first.wait()
   assert holder_pid(workdir) == first.pid  # its record stays behind
-  rerun = subprocess.run(
+  rerun = multiprocess.run(
     multiprocess.train_command(workdir, config_file),
-    capture_output=True,
-    text=True,
     timeout=600,
-    env=multiprocess.cpu_env(),
-    cwd=trainutil.REPO,
   )
   assert rerun.returncode == 0, rerun.stderr[-3000:]  # not refused, no wait
   assert 'waiting' not in rerun.stderr
@@ -542,15 +530,11 @@ def test_train_py_takes_over_a_stale_heartbeat_file(digits_dir, tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
   fake_record(workdir / run_lock.LOCK_FILE, age_s=3600)
-  out = subprocess.run(
+  out = multiprocess.run(
     multiprocess.train_command(
       workdir, config_file, '--config.workdir_lock=heartbeat'
     ),
-    capture_output=True,
-    text=True,
     timeout=600,
-    env=multiprocess.cpu_env(),
-    cwd=trainutil.REPO,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'Took over the workdir lock' in out.stderr
@@ -597,13 +581,9 @@ def test_two_processes_hold_one_lock_and_are_refused_together(
     procs.paths[0],
   )
   assert holder_pid(workdir) == procs.procs[0].pid  # process 0's, once
-  one = subprocess.run(
+  one = multiprocess.run(
     multiprocess.train_command(workdir, config_file),
-    capture_output=True,
-    text=True,
     timeout=300,
-    env=multiprocess.cpu_env(),
-    cwd=trainutil.REPO,
   )
   assert procs.procs[0].poll() is None
   assert one.returncode == 75, one.stderr[-3000:]

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -148,16 +147,9 @@ def test_evaluate_reproduces_the_logged_metric(uninterrupted):
 def test_evaluate_command_line(uninterrupted):
   workdir, _ = uninterrupted
   out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(trainutil.REPO, 'evaluate.py'),
-      '--workdir',
-      workdir,
-      '--checkpoint',
-      'best',
-      '--split',
-      'test',
-    ],
+    multiprocess.evaluate_command(
+      workdir, '--checkpoint', 'best', '--split', 'test'
+    ),
     capture_output=True,
     text=True,
     timeout=300,

@@ -1,4 +1,5 @@
-"""Tiny, fast training configs on the digits set, for the training tests."""
+"""Tiny, fast training configs on the digits set, for the training tests,
+and a tiny color model for the inference tests."""
 
 import os
 
@@ -115,3 +116,28 @@ def assert_same_checkpoints(workdirs, step, keys):
     assert len(leaves_want) == len(leaves_got) > 0
     for x, y in zip(leaves_want, leaves_got):
       np.testing.assert_array_equal(x, y, err_msg=key)
+
+
+def color_classifier(dataset, size=32):
+  """A tiny DenseNet-121-shaped Classifier for `dataset` at size x size RGB
+  (ImageNet mean/std), random weights."""
+  import jax
+  import jax.numpy as jnp
+
+  from densenet_flax import recipe
+  from densenet_flax.inference import Classifier
+
+  config = config_keys.base_config()
+  config.dataset, config.model = dataset, 'densenet121'
+  config.model_overrides.block_sizes = (1, 1, 1, 1)
+  config.model_overrides.growth_rate = 4
+  config.model_overrides.num_init_features = 8
+  config.image_size, config.channels = size, 3
+  config.augment.resize, config.augment.crop = size, 'pad'
+  model = recipe.build_model(config)
+  variables = model.init(
+    jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False
+  )
+  return Classifier(
+    model, variables, config, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+  )
