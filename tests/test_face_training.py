@@ -9,6 +9,7 @@ chosen).
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from densenet_flax import training  # noqa: E402
 from densenet_flax.data import order  # noqa: E402
 from densenet_flax.data import pipeline  # noqa: E402
 from densenet_flax.data import sources  # noqa: E402
+from densenet_flax.inference import Classifier  # noqa: E402
 
 import fakedata  # noqa: E402
 import multiprocess  # noqa: E402
@@ -174,6 +176,9 @@ def test_class_folders_train_and_record_their_classes(tmp_path):
   assert summary['test']['class_names'] == ['2', '10', 'happy']
   assert summary['test']['num_examples'] == 6
   assert summary['test']['selection']['selected_on'] == 'val'
+  shutil.rmtree(tmp_path / 'root')  # the run restores without its root
+  classifier = Classifier.from_workdir(str(tmp_path / 'run'))
+  assert classifier.class_names == ('2', '10', 'happy')
 
 
 def test_a_flat_folder_is_refused_before_anything_is_written(tmp_path):

@@ -9,6 +9,7 @@ class folders take their classes from the run's config (or its root).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from densenet_flax.data import affectnet
 from densenet_flax.data import fer_sources
@@ -198,8 +199,11 @@ def spec_for(config) -> DatasetSpec:
     return spec
   names = tuple(config.get('class_names') or ())
   splits = ()
-  if config.get('manual_dir'):
-    layout = image_folder.find_release(config.manual_dir)
+  root = config.get('manual_dir')
+  # A run that recorded its classes restores without its root (inference
+  # and export on another machine).
+  if root and (not names or os.path.isdir(root)):
+    layout = image_folder.find_release(root)
     names, splits = names or layout.class_names, layout.splits
   if not names:
     raise ValueError(
