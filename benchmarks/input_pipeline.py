@@ -112,14 +112,11 @@ def main(argv=None):
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from densenet_flax import config_keys
-  from densenet_flax.data import pipeline
-  from densenet_flax.datasets import prepare
-
   root = tempfile.mkdtemp(prefix=f'{args.recipe}_bench_')
   try:
+    data, written, built = _built_pipeline(args, root)
     run = _run if args.recipe == 'fer2013' else _run_rafdb
-    result = run(args, root, prepare, pipeline, config_keys)
+    result = run(args, data, written, built)
   finally:
     shutil.rmtree(root, ignore_errors=True)
   print(json.dumps(result, indent=2))
@@ -128,25 +125,37 @@ def main(argv=None):
       json.dump(result, f, indent=2)
 
 
-def _run(args, root, prepare, pipeline, config_keys):
+def _built_pipeline(args, root):
+  """The recipe's training InputPipeline (configs/<recipe>.py, one device)
+  on synthetic data written and built under `root`, and the seconds the
+  writing and the build took."""
+  from densenet_flax import config_keys
+  from densenet_flax.data import pipeline
+  from densenet_flax.datasets import prepare
+
   manual = os.path.join(root, 'manual')
-  os.makedirs(manual)
   start = time.perf_counter()
-  write_fake_fer(os.path.join(manual, 'fer2013.csv'), args.rows)
+  if args.recipe == 'fer2013':
+    os.makedirs(manual)
+    write_fake_fer(os.path.join(manual, 'fer2013.csv'), args.rows)
+  else:
+    write_fake_rafdb(manual, args.rows)
   written = time.perf_counter() - start
   start = time.perf_counter()
   prepare.load_builder(
-    'fer2013', data_dir=os.path.join(root, 'data'), manual_dir=manual
+    args.recipe, data_dir=os.path.join(root, 'data'), manual_dir=manual
   )
   built = time.perf_counter() - start
-
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = config_keys.load_config_file(
-    os.path.join(here, 'configs', 'fer2013.py')
+    os.path.join(here, 'configs', f'{args.recipe}.py')
   )
   config.data_dir = os.path.join(root, 'data')
   config.manual_dir = manual
-  data = pipeline.InputPipeline(config, num_devices=1)
+  return pipeline.InputPipeline(config, num_devices=1), written, built
+
+
+def _run(args, data, written, built):
   train = time_batches(data.train_batches(), args.batches)
 
   def eval_forever():
@@ -155,36 +164,19 @@ def _run(args, root, prepare, pipeline, config_keys):
 
   # Real examples only: the padding of each pass's last batch is not work.
   ten_crop = time_batches(eval_forever(), max(1, args.batches // 10))
-  result = {
+  return {
     'machine': f'{platform.machine()}, {os.cpu_count()} cores',
     'rows': args.rows,
     'csv_write_s': round(written, 1),
     'tfds_build_s': round(built, 1),
     'train_images_per_s': rates(train),
     'ten_crop_eval_images_per_s': rates(ten_crop),
-    'batch_size': config.batch_size,
+    'batch_size': data.config.batch_size,
   }
-  return result
 
 
-def _run_rafdb(args, root, prepare, pipeline, config_keys):
-  manual = os.path.join(root, 'manual')
-  start = time.perf_counter()
-  write_fake_rafdb(manual, args.rows)
-  written = time.perf_counter() - start
-  start = time.perf_counter()
-  prepare.load_builder(
-    'rafdb', data_dir=os.path.join(root, 'data'), manual_dir=manual
-  )
-  built = time.perf_counter() - start
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = config_keys.load_config_file(
-    os.path.join(here, 'configs', 'rafdb.py')
-  )
-  config.data_dir = os.path.join(root, 'data')
-  config.manual_dir = manual
-  data = pipeline.InputPipeline(config, num_devices=1)
-  batches = max(1, args.batches * 128 // config.batch_size)
+def _run_rafdb(args, data, written, built):
+  batches = max(1, args.batches * 128 // data.config.batch_size)
   train = time_batches(data.train_batches(), batches)
 
   def eval_forever():
@@ -201,8 +193,8 @@ def _run_rafdb(args, root, prepare, pipeline, config_keys):
     'tfds_build_s': round(built, 1),
     'train_images_per_s': rates(train),
     'eval_images_per_s': rates(evaluation),
-    'batch_size': config.batch_size,
-    'image_size': config.image_size,
+    'batch_size': data.config.batch_size,
+    'image_size': data.config.image_size,
   }
 
 
