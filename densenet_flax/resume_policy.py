@@ -169,9 +169,15 @@ def _as_today(recorded: dict) -> dict:
   Missing keys take their defaults; the deprecated init_from_keras=NAME is
   init_from='keras:NAME'; the model's fields are those it was built with
   (weight_source.model_overrides: a run that started from Keras weights before
-  runs recorded their source's BN epsilon used Keras's).
+  runs recorded their source's BN epsilon used Keras's); a run from before
+  select_on tested its last state when it evaluated on its test split
+  (select_on='last').
   """
   config = json.loads(config_keys.with_defaults(recorded).to_json())
+  if 'select_on' not in recorded and (
+    config['eval_split'] == config['test_split']
+  ):
+    config['select_on'] = 'last'
   legacy = config.get('init_from_keras')
   if legacy and not config.get('init_from'):
     config['init_from'], config['init_from_keras'] = f'keras:{legacy}', ''

@@ -356,6 +356,25 @@ def test_every_config_key_is_classified():
   }
 
 
+def test_a_run_from_before_select_on_resumes_as_it_selected():
+  """It tested its last state when it evaluated on its test split, and
+  selected on its eval split otherwise."""
+  config = config_keys.base_config()
+  config.eval_split = config.test_split = 'test'
+  stored = json.loads(config.to_json())
+  del stored['select_on']
+  config.select_on = 'last'  # configs/default.py's
+  assert resume_policy.config_changes(stored, config) == {}
+  config.select_on = 'validation'
+  assert resume_policy.config_changes(stored, config) == {
+    'select_on': ('last', 'validation')
+  }
+  config.eval_split = 'validation'
+  stored = json.loads(config.to_json())
+  del stored['select_on']
+  assert resume_policy.config_changes(stored, config) == {}
+
+
 # --- a full disk -------------------------------------------------------------------
 
 
