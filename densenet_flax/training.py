@@ -248,11 +248,13 @@ class _TrainLog:
       )
     self._run.writer.write(done, scalars)
     if self._progress is not None:
-      self._progress.set_postfix(
-        loss=f'{scalars["train/loss"]:.4f}',
-        acc=f'{scalars["train/accuracy"]:.4f}',
-        img_s=f'{scalars["train/images_per_second"]:.0f}',
-      )
+      shown = {
+        'loss': f'{scalars["train/loss"]:.4f}',
+        'acc': f'{scalars["train/accuracy"]:.4f}',
+      }
+      if 'train/images_per_second' in scalars:  # none for the 1st step alone
+        shown['img_s'] = f'{scalars["train/images_per_second"]:.0f}'
+      self._progress.set_postfix(**shown)
 
   def say(self, message: str) -> None:
     """A line for the person watching: above the progress bar, or logged."""

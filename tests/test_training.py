@@ -85,6 +85,23 @@ def test_images_per_second_leaves_out_the_compiling_first_step():
   assert stacked['timed_steps'] == 1 and 'untimed_seconds' not in stacked
 
 
+def test_a_progress_bar_shows_a_write_of_the_untimed_first_step_alone(
+  digits_dir, tmp_path
+):
+  summary = training.train_and_evaluate(
+    trainutil.tiny_config(
+      digits_dir, progress_bar=True, log_every_steps=1, stop_after_steps=2
+    ),
+    str(tmp_path / 'run'),
+  )
+  assert summary['interrupted'] == 'stop_after_steps'
+  rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+  train = [row for row in rows if 'train/loss' in row]
+  assert [row['step'] for row in train] == [1, 2]
+  assert 'train/images_per_second' not in train[0]
+  assert 'train/images_per_second' in train[1]
+
+
 def test_resumed_run_ends_with_identical_parameters(
   uninterrupted, digits_dir, tmp_path
 ):
