@@ -132,18 +132,25 @@ class FaceEmotionDetector:
   def face_crops(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
     """[len(boxes), S, S] (gray runs) or [len(boxes), S, S, 3] (color runs)
     uint8 faces of `image` (RGB or gray), aligned and cropped as documented."""
-    gray, source = to_gray(image), self._source(image)
+    return self._crops(image, to_gray(image), boxes)
+
+  def _crops(
+    self, image: np.ndarray, gray: np.ndarray, boxes: Sequence[Box]
+  ) -> np.ndarray:
+    """face_crops, with `image`'s gray version (to_gray) given."""
+    source = self._source(image, gray)
     if not boxes:
       return np.zeros((0, *(self.face_size,) * 2, *source.shape[2:]), np.uint8)
     return np.stack([self._crop(source, gray, box) for box in boxes])
 
-  def _source(self, image: np.ndarray) -> np.ndarray:
-    """The pixels crops come from: RGB uint8 for a color run, else gray."""
+  def _source(self, image: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """The pixels crops come from: RGB uint8 for a color run, else `gray`,
+    the image's to_gray."""
     if not self.color:
-      return to_gray(image)
+      return gray
     image = np.asarray(image)
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-      image = np.repeat(to_gray(image)[..., None], 3, axis=-1)
+      image = np.repeat(gray[..., None], 3, axis=-1)
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
   def detect(
@@ -173,7 +180,7 @@ class FaceEmotionDetector:
     if not boxes:
       return []
     probabilities = self.classifier.predict(
-      self.face_crops(image, boxes), tta=tta
+      self._crops(image, gray, boxes), tta=tta
     )
     return [
       result(box, p, self.classifier.class_names)
