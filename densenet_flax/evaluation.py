@@ -23,6 +23,7 @@ from densenet_flax import config_checks
 from densenet_flax import config_keys
 from densenet_flax import metrics
 from densenet_flax import parallel
+from densenet_flax import recipe
 from densenet_flax import run_directory
 from densenet_flax import steps
 
@@ -144,13 +145,7 @@ def evaluate(
   workdir = os.path.abspath(workdir)
   # The default parallelism: both compute the same bits.
   dp = parallel.DataParallel()
-  restored = run_directory.restore_run(
-    workdir,
-    checkpoint,
-    sharding=dp.replicated,
-    ema=False if raw_weights else None,
-  )
-  config = restored.config
+  config = run_directory.load_config(workdir)
   split = split or config.test_split or config.eval_split
   if split.split('[')[0] not in config_checks.available_splits(config):
     raise ValueError(
@@ -159,6 +154,13 @@ def evaluate(
     )
   config_checks.validate_devices(config, dp.num_devices)
   accelerators.enable_compilation_cache(config)
+  restored = run_directory.restore_run(
+    workdir,
+    checkpoint,
+    config=config,
+    sharding=dp.replicated,
+    ema=False if raw_weights else None,
+  )
   data = pipeline.InputPipeline(config, num_devices=dp.num_local_devices)
   state = steps.ModelState(apply_fn=restored.model.apply, **restored.variables)
   eval_step = dp.compile(steps.eval_step, per_example_output=True)
@@ -167,7 +169,7 @@ def evaluate(
   )
   step = report['step'] = restored.step
   report['selection'] = selection_record(config, split, checkpoint)
-  raw = raw_weights and bool(config.ema_decay)
+  raw = raw_weights and recipe.uses_ema(config)
   report['weights'] = 'ema' if restored.ema else 'trained'
   if jax.process_index() == 0:
     report['files'] = list(

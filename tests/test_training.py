@@ -161,6 +161,17 @@ def test_evaluate_reproduces_the_logged_metric(uninterrupted):
   assert sum(c['support'] for c in saved['per_class'].values()) == 359
 
 
+def test_evaluate_names_the_splits_before_reading_a_checkpoint(
+  uninterrupted, monkeypatch
+):
+  def restore_run(*args, **kwargs):
+    raise AssertionError('a checkpoint was read before the split was checked')
+
+  monkeypatch.setattr(run_directory, 'restore_run', restore_run)
+  with pytest.raises(ValueError, match="--split 'nope': the run's splits"):
+    evaluation.evaluate(uninterrupted[0], 'latest', split='nope')
+
+
 def test_evaluate_command_line(uninterrupted):
   workdir, _ = uninterrupted
   out = subprocess.run(
