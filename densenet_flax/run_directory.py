@@ -161,7 +161,7 @@ def restore_variables(
 
 
 def _restored_weights_are_ema(config, workdir: str, ema: bool | None) -> bool:
-  uses_ema = bool(config.get('ema_decay'))
+  uses_ema = recipe.uses_ema(config)
   if ema and not uses_ema:
     raise ValueError(
       f'{workdir} was trained without an EMA of its weights '
