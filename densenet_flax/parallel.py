@@ -359,7 +359,8 @@ class DataParallel:
 
     In the order of the host batch `put_batch` took (local devices in turn).
     """
-    if self._pmapped or self.parallelism == 'jit':
+    # One process holds all of a global array, its devices the local ones.
+    if self._pmapped or self.num_processes == 1:
       fetched = jax.device_get(tree)
       if self.parallelism == 'jit':
         return fetched
@@ -370,7 +371,8 @@ class DataParallel:
 
     def rows(x):
       shards = sorted(x.addressable_shards, key=lambda s: order[s.device])
-      return np.concatenate([np.asarray(s.data)[0] for s in shards])
+      fetched = jax.device_get([s.data for s in shards])
+      return np.concatenate([data[0] for data in fetched])
 
     return jax.tree_util.tree_map(rows, tree)
 
