@@ -205,14 +205,21 @@ def _carvable(spec) -> bool:
   )
 
 
+def carves_validation(config, spec) -> bool:
+  """Whether the run carves 'validation' out of its training split: its
+  dataset (`spec`) stores none and can, and its eval_split or test_split
+  names it."""
+  return _carvable(spec) and specs.VALIDATION in (
+    config.get('eval_split'),
+    config.get('test_split'),
+  )
+
+
 def available_splits(config) -> tuple[str, ...]:
   """The splits a run can evaluate: its dataset's, and 'validation' where
-  the run carves one (its eval_split or test_split names it)."""
+  the run carves one."""
   spec = specs.spec_for(config)
-  carved = _carvable(spec) and specs.VALIDATION in (
-    config.eval_split,
-    config.test_split,
-  )
+  carved = carves_validation(config, spec)
   return spec.splits + ((specs.VALIDATION,) if carved else ())
 
 

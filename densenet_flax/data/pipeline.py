@@ -232,12 +232,7 @@ class InputPipeline:
 
   @property
   def _carves_validation(self) -> bool:
-    """Whether 'validation' is carved from the training split: the run uses
-    it, and the dataset stores none."""
-    return specs.VALIDATION not in self.spec.splits and specs.VALIDATION in (
-      self.config.get('eval_split'),
-      self.config.get('test_split'),
-    )
+    return config_checks.carves_validation(self.config, self.spec)
 
   @functools.cache
   def _carve(self) -> tuple[np.ndarray, np.ndarray]:
