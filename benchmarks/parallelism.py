@@ -30,8 +30,10 @@ import subprocess
 import sys
 import time
 
+from densenet_flax import config_keys
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARALLELISMS = ('shard_map', 'pmap')
+PARALLELISMS = config_keys.PARALLELISMS
 
 
 def _worker(args) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from densenet_flax import config_keys
+
 # Folded into the seeds so that the carve, the epoch permutations and the
 # balanced draws are independent streams of the run's seed.
 CARVE_SALT = 0x5EED_CA7E
 SAMPLE_SALT = 0xBA1A_4CED
-CLASS_SAMPLINGS = ('none', 'balanced')
+CLASS_SAMPLINGS = config_keys.CLASS_SAMPLINGS
 
 
 def carve_validation(
