@@ -284,14 +284,7 @@ class DataParallel:
     typed keys again (under many processes pmap would copy a typed key from
     the host at every call).
     """
-
-    def put(x):
-      host = np.asarray(x)  # every process holds the same value
-      return jax.make_array_from_callback(
-        host.shape, self.replicated, lambda index: host[index]
-      )
-
-    return jax.tree_util.tree_map(put, _to_key_data(tree))
+    return jax.tree_util.tree_map(self._replicate, _to_key_data(tree))
 
   def abstract_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
     """What `put_batch` makes of a host batch, as shapes and shardings only.
@@ -367,11 +360,9 @@ class DataParallel:
       return jax.tree_util.tree_map(
         lambda x: x.reshape(-1, *x.shape[2:]), fetched
       )
-    order = {d: i for i, d in enumerate(self.local_devices)}
 
     def rows(x):
-      shards = sorted(x.addressable_shards, key=lambda s: order[s.device])
-      fetched = jax.device_get([s.data for s in shards])
+      fetched = jax.device_get([s.data for s in self._local_shards(x)])
       return np.concatenate([data[0] for data in fetched])
 
     return jax.tree_util.tree_map(rows, tree)
@@ -385,15 +376,18 @@ class DataParallel:
     """
     if not (self._pmapped and self.num_processes > 1):
       return tree
-    order = {d: i for i, d in enumerate(self.local_devices)}
 
     def convert(x):
-      shards = sorted(x.addressable_shards, key=lambda s: order[s.device])
       return jax.make_array_from_single_device_arrays(
-        x.shape, self.replicated, [s.data for s in shards]
+        x.shape, self.replicated, [s.data for s in self._local_shards(x)]
       )
 
     return jax.tree_util.tree_map(convert, tree)
+
+  def _local_shards(self, x: jax.Array) -> list:
+    """`x`'s shards on this process's devices, in local_devices' order."""
+    order = {d: i for i, d in enumerate(self.local_devices)}
+    return sorted(x.addressable_shards, key=lambda s: order[s.device])
 
   def abstract_global(self, tree: Any) -> Any:
     """Shapes and dtypes of `tree` (one copy, e.g. from jax.eval_shape) with
